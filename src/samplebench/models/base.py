@@ -1,0 +1,58 @@
+"""A loaded model: what ``--model`` names. It builds denoisers for one conditioning and decodes samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from ..schedules import NoiseSchedule
+from .protocol import Denoiser
+
+__all__ = ["DiffusionModel", "Conditioning"]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Per-batch conditioning: one class label per row, one prompt for the whole batch, a guidance scale."""
+
+    class_labels: torch.Tensor | None = None
+    prompt: str | None = None
+    negative_prompt: str = ""
+    guidance_scale: float = 1.0
+
+
+@dataclass
+class DiffusionModel:
+    """Base class. ``sample_shape`` is the shape the sampler works in (latents for latent models)."""
+
+    name: str
+    schedule: NoiseSchedule
+    sample_shape: tuple[int, ...]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    num_classes: int | None = None
+    takes_prompt: bool = False
+
+    def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples in image space, values nominally in [-1, 1], shape [B, C, H, W]."""
+        return x
+
+    def check_conditioning(self, cond: Conditioning) -> None:
+        if cond.class_labels is not None and self.num_classes is None:
+            raise UsageError(f"model {self.name!r} is not class-conditional; drop --class-label")
+        if cond.class_labels is not None and bool(((cond.class_labels < 0) | (cond.class_labels >= self.num_classes)).any()):
+            raise UsageError(f"--class-label must be in 0..{self.num_classes - 1} for model {self.name!r}")
+        if cond.prompt is not None and not self.takes_prompt:
+            raise UsageError(f"model {self.name!r} takes no prompt; drop --prompt")
+        if cond.guidance_scale != 1.0 and self.num_classes is None and not self.takes_prompt:
+            raise UsageError(f"model {self.name!r} is unconditional, so --guidance-scale must be 1")
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "schedule": self.schedule.to_config(), "sample_shape": list(self.sample_shape),
+                "num_classes": self.num_classes, "takes_prompt": self.takes_prompt}

@@ -1,0 +1,144 @@
+"""Adapters for diffusers pipelines loaded with ``DiffusionPipeline.from_pretrained`` (hub id or local directory).
+
+- ``UNet2DModel`` pipelines (DDPMPipeline / DDIMPipeline), eps, v or sample prediction, optional class labels;
+- ``DiTTransformer2DModel`` (DiTPipeline): class-conditional, learned sigma (the eps half is used), VAE latents;
+- Stable-Diffusion-style ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder, prompts, VAE latents.
+
+The scheduler config of the pipeline gives the noise schedule and the prediction type; diffusers' scheduler
+state machine is never used for sampling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from ..schedules import schedule_from_config
+from .base import Conditioning, DiffusionModel
+from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser
+
+__all__ = ["load_pipeline_model", "UNet2DPixelModel", "DiTLatentModel", "LatentUNetModel"]
+
+
+def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+@dataclass
+class _PipelineModel(DiffusionModel):
+    pipe: Any = None
+    prediction_type: str = "epsilon"
+
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _cond(self, cond: Conditioning, batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
+        self.check_conditioning(cond)
+        c, u = self._cond(cond, batch_size)
+        if cond.guidance_scale != 1.0:
+            return CFGDenoiser(self._network, self.schedule, c, u, cond.guidance_scale, _cat,
+                               self.prediction_type, self.dtype)
+        return NetworkDenoiser(lambda x, t: self._network(x, t, c), self.schedule, self.prediction_type, self.dtype)
+
+
+@dataclass
+class UNet2DPixelModel(_PipelineModel):
+    """A pixel-space ``UNet2DModel`` (e.g. google/ddpm-cifar10-32), unconditional or with class embeddings."""
+
+    def _network(self, x, timestep, cond):
+        return self.pipe.unet(x, timestep, class_labels=cond.get("class_labels")).sample
+
+    def _cond(self, cond, batch_size):
+        if self.num_classes is None:
+            return {}, {}
+        labels = cond.class_labels.to(self.device)
+        return {"class_labels": labels}, {"class_labels": labels}
+
+
+@dataclass
+class DiTLatentModel(_PipelineModel):
+    """``DiTTransformer2DModel`` in VAE latent space; unconditional rows use the null class (index num_classes)."""
+
+    def _network(self, x, timestep, cond):
+        out = self.pipe.transformer(x, timestep=timestep, class_labels=cond["class_labels"]).sample
+        c = x.shape[1]
+        return out[:, :c] if out.shape[1] == 2 * c else out  # learned sigma: keep the eps half
+
+    def _cond(self, cond, batch_size):
+        labels = cond.class_labels.to(self.device)
+        return {"class_labels": labels}, {"class_labels": torch.full_like(labels, self.num_classes)}
+
+    def decode(self, x):
+        return _vae_decode(self.pipe.vae, x, self.dtype)
+
+
+@dataclass
+class LatentUNetModel(_PipelineModel):
+    """Stable-Diffusion-style text-to-image: CLIP prompt embeddings condition a latent ``UNet2DConditionModel``."""
+
+    def _network(self, x, timestep, cond):
+        return self.pipe.unet(x, timestep, encoder_hidden_states=cond["encoder_hidden_states"]).sample
+
+    def _cond(self, cond, batch_size):
+        prompt = cond.prompt if cond.prompt is not None else ""
+        with torch.inference_mode():
+            c, u = self.pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt=cond.negative_prompt)
+        return ({"encoder_hidden_states": c.expand(batch_size, -1, -1)},
+                {"encoder_hidden_states": u.expand(batch_size, -1, -1)})
+
+    def decode(self, x):
+        return _vae_decode(self.pipe.vae, x, self.dtype)
+
+
+def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode():
+        return vae.decode(x.to(dtype) / vae.config.scaling_factor).sample.float()
+
+
+def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
+                        local_files_only: bool | None = None) -> DiffusionModel:
+    """Load a diffusers pipeline by hub id or local directory and wrap it. ``local_files_only`` defaults to
+    the ``HF_HUB_OFFLINE`` environment variable."""
+    from diffusers import DiffusionPipeline
+
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        index = DiffusionPipeline.load_config(name, local_files_only=local_files_only)
+    except Exception as e:  # diffusers raises EnvironmentError / OSError / ValueError variants
+        raise UsageError(f"{name!r} is not a diffusers pipeline (no readable model_index.json: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "give an embedded model name (see 'samplebench models'), a hub id or a local directory "
+                         "saved with save_pretrained") from None
+    extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype, local_files_only=local_files_only, **extra)
+    except Exception as e:
+        raise UsageError(f"could not load diffusers pipeline {name!r}: {str(e).splitlines()[0]}") from None
+    pipe.to(device)
+    schedule = schedule_from_config(dict(pipe.scheduler.config))
+    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type)
+    transformer, unet = getattr(pipe, "transformer", None), getattr(pipe, "unet", None)
+    if transformer is not None and type(transformer).__name__ == "DiTTransformer2DModel":
+        cfg = transformer.config
+        return DiTLatentModel(sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size),
+                              num_classes=cfg.num_embeds_ada_norm, **common)
+    if unet is not None and type(unet).__name__ == "UNet2DConditionModel" and hasattr(pipe, "text_encoder"):
+        cfg = unet.config
+        return LatentUNetModel(sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size),
+                               takes_prompt=True, **common)
+    if unet is not None and type(unet).__name__ == "UNet2DModel":
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+        h, w = (size, size) if isinstance(size, int) else size
+        return UNet2DPixelModel(sample_shape=(cfg.in_channels, h, w), num_classes=cfg.num_class_embeds, **common)
+    raise UsageError(f"pipeline {name!r} ({index.get('_class_name')}) is not supported; supported: UNet2DModel, "
+                     "DiTTransformer2DModel and Stable-Diffusion-style UNet2DConditionModel pipelines")

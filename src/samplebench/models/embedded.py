@@ -1,0 +1,59 @@
+"""Models that ship with samplebench and load by name, without a download."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..schedules import DiscreteVP
+from .analytic import AnalyticDenoiser, GaussianMixture
+from .base import Conditioning, DiffusionModel
+from .protocol import Denoiser
+
+__all__ = ["AnalyticModel", "EMBEDDED", "ddpm_linear_schedule"]
+
+
+def ddpm_linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+                         beta_end: float = 0.02) -> DiscreteVP:
+    """The DDPM schedule (Ho et al. 2020, Sec. 4): linear betas over 1000 steps."""
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    return DiscreteVP(torch.cumprod(1.0 - betas, 0))
+
+
+@dataclass
+class AnalyticModel(DiffusionModel):
+    """Gaussian-mixture data with its exact denoiser (see ``analytic.py``)."""
+
+    mixture: GaussianMixture | None = None
+
+    def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
+        self.check_conditioning(cond)
+        return AnalyticDenoiser(self.mixture, self.schedule)
+
+
+def _gaussian(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    shape = (1, 16, 16)
+    mixture = GaussianMixture.gaussian(0.0, 0.5, shape)
+    return AnalyticModel("gaussian", ddpm_linear_schedule(), shape, device, dtype, mixture=mixture)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    load: Callable[[torch.device, torch.dtype], DiffusionModel]
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel("gaussian", "analytic: N(0, 0.5^2 I) data on 1x16x16 with its exact denoiser, DDPM linear schedule",
+                      _gaussian),
+    ]
+}
+
+DEFAULT_MODEL = "gaussian"
+
+

@@ -1,0 +1,72 @@
+"""Time grids: ``steps + 1`` decreasing times from ``t_start`` (default T) to ``t_end`` (default t_min).
+
+- ``logsnr``: uniform in lambda (DPM-Solver, Lu et al. 2022, Sec. 3.3);
+- ``time-uniform`` and ``time-quadratic``: uniform in t and in sqrt(t) (DDIM, Song et al. 2021, App. D.2);
+- ``karras``: uniform in rho_t^(1/rho), rho_t = sigma_t / alpha_t, rho = 7 (Karras et al. 2022, Eq. 5);
+- an explicit list of times, e.g. ``"1.0,0.5,0.2,0.001"``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UsageError
+from ..schedules import NoiseSchedule
+
+__all__ = ["GRID_KINDS", "make_grid", "parse_grid", "validate_grid"]
+
+GRID_KINDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
+
+
+def validate_grid(schedule: NoiseSchedule, grid: torch.Tensor) -> torch.Tensor:
+    grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    if grid.numel() < 2:
+        raise UsageError("a time grid needs at least 2 points (1 step)")
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise UsageError(f"time grid must be strictly decreasing, got {grid.tolist()}")
+    lo, hi = schedule.t_min, schedule.T
+    if float(grid[0]) > hi * (1 + 1e-9) or float(grid[-1]) < lo * (1 - 1e-9):
+        raise UsageError(f"time grid {grid.tolist()} leaves the schedule's range [{lo}, {hi}]")
+    return grid
+
+
+def make_grid(schedule: NoiseSchedule, kind: str, steps: int, *, t_start: float | None = None,
+              t_end: float | None = None, rho: float = 7.0) -> torch.Tensor:
+    """A float64 grid of ``steps + 1`` times, decreasing."""
+    if steps < 1:
+        raise UsageError(f"steps must be >= 1, got {steps}")
+    t0 = schedule.T if t_start is None else float(t_start)
+    t1 = schedule.t_min if t_end is None else float(t_end)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "logsnr":
+        lam0, lam1 = schedule.lambda_(t0), schedule.lambda_(t1)
+        grid = schedule.inverse_lambda(lam0 + u * (lam1 - lam0))
+    elif kind == "time-uniform":
+        grid = t0 + u * (t1 - t0)
+    elif kind == "time-quadratic":
+        grid = (math.sqrt(t0) + u * (math.sqrt(t1) - math.sqrt(t0))) ** 2
+    elif kind == "karras":
+        r0, r1 = math.exp(-schedule.lambda_(t0)), math.exp(-schedule.lambda_(t1))
+        r = (r0 ** (1 / rho) + u * (r1 ** (1 / rho) - r0 ** (1 / rho))) ** rho
+        grid = schedule.inverse_lambda(-torch.log(r))
+    else:
+        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, or a comma-separated list "
+                         "of decreasing times")
+    grid[0], grid[-1] = t0, t1  # exact end points (no round trip through lambda)
+    return validate_grid(schedule, grid)
+
+
+def parse_grid(spec: str) -> str | list[float]:
+    """A grid kind name, or the times of an explicit comma-separated list."""
+    if spec in GRID_KINDS:
+        return spec
+    try:
+        times = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS)}, or a comma-separated list "
+                         "of decreasing times") from None
+    if len(times) < 2:
+        raise UsageError(f"an explicit time grid needs at least 2 times, got {spec!r}")
+    return times

@@ -1,0 +1,194 @@
+"""Generate samples from a model with a registered sampler at an exact NFE, honouring the seeding contract.
+
+``sample`` is the library call (tensors in, tensors out); ``run_sample`` is the ``sample`` command: it validates
+everything first, then writes one PNG per image (generation settings in a PNG text chunk), a labelled grid, a JSON
+summary and optionally the raw arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import UsageError
+from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
+from .noise import SampleGenerators
+from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
+
+__all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "to_uint8"]
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Everything that determines a ``sample`` run. Image i depends only on (model, solver, nfe, grid, seed + i)."""
+
+    model: str = DEFAULT_MODEL
+    solver: str = "dpmpp-2m"
+    nfe: int = 10
+    num: int = 16
+    seed: int = 0
+    batch_size: int = 64
+    time_grid: str | None = None  # a grid kind, a comma-separated list of times, or None for the solver's default
+    class_label: int | None = None
+    guidance_scale: float = 1.0
+    prompt: str | None = None
+    negative_prompt: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    save_npz: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise UsageError(f"--num must be >= 1, got {self.num}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if self.nfe < 1:
+            raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # decoded, [N, C, H, W], nominally in [-1, 1]
+    x: torch.Tensor  # the sampler's final state (latents for latent models)
+    seeds: list[int]
+    nfe: int  # network evaluations per sample, counted
+    wall_time_s: float
+
+
+def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: str | None = None) -> torch.Tensor:
+    """The time grid that makes ``solver`` use exactly ``nfe`` network evaluations."""
+    steps = solver.steps_for_nfe(nfe)
+    spec = parse_grid(time_grid) if time_grid is not None else solver.default_grid
+    if isinstance(spec, list):
+        grid = validate_grid(model.schedule, torch.tensor(spec, dtype=torch.float64))
+        if len(grid) - 1 != steps:
+            raise UsageError(f"explicit time grid has {len(grid) - 1} steps but solver {solver.name!r} needs "
+                             f"{steps} steps for --nfe {nfe}")
+        return grid
+    return make_grid(model.schedule, spec, steps)
+
+
+def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
+    """Class labels for a class-conditional model: the given one, or (seed mod num_classes) per sample."""
+    if model.num_classes is None:
+        return None if class_label is None else torch.full((len(seeds),), class_label)
+    if class_label is not None:
+        return torch.full((len(seeds),), class_label, dtype=torch.long)
+    return torch.tensor([s % model.num_classes for s in seeds], dtype=torch.long)
+
+
+def sample(model: DiffusionModel, solver: SolverSpec, grid: torch.Tensor, seeds: Sequence[int], *,
+           class_label: int | None = None, prompt: str | None = None, negative_prompt: str = "",
+           guidance_scale: float = 1.0, batch_size: int = 64,
+           on_step: Callable[[StepInfo], None] | None = None, **solver_options: Any) -> SampleResult:
+    """Sample ``len(seeds)`` images; sample i draws all its noise from a generator seeded with ``seeds[i]``."""
+    seeds = list(seeds)
+    images, finals, nfe = [], [], None
+    start = time.perf_counter()
+    for lo in range(0, len(seeds), batch_size):
+        batch = seeds[lo:lo + batch_size]
+        gens = SampleGenerators(batch)
+        labels = default_labels(model, batch, class_label)
+        cond = Conditioning(labels, prompt, negative_prompt, guidance_scale)
+        denoiser = CountingDenoiser(model.denoiser(cond, len(batch)))
+        x = gens.randn(model.sample_shape, device=model.device) * model.schedule.prior_std()
+        x = solver(denoiser, x, grid, generator=gens, callback=on_step, **solver_options)
+        finals.append(x.float().cpu())
+        images.append(model.decode(x).float().cpu())
+        if nfe is not None and nfe != denoiser.nfe:
+            raise RuntimeError(f"NFE differs between batches: {nfe} vs {denoiser.nfe}")
+        nfe = denoiser.nfe
+    return SampleResult(torch.cat(images), torch.cat(finals), seeds, int(nfe), time.perf_counter() - start)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] floats [N, C, H, W] to uint8 [N, H, W, C], as saved to PNG."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _png(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
+    """A labelled contact sheet: each image scaled to >= 64 px (nearest), its label below."""
+    from PIL import Image, ImageDraw
+
+    n = len(arrays)
+    h, w = arrays.shape[1:3]
+    scale = max(1, -(-64 // max(h, w)))
+    cw, ch, lab = w * scale, h * scale, 14
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    sheet = Image.new("RGB", (cols * (cw + 4) + 4, rows * (ch + lab + 4) + 4 + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 3), title, fill="black")
+    for k, (a, label) in enumerate(zip(arrays, labels)):
+        r, c = divmod(k, cols)
+        x0, y0 = 4 + c * (cw + 4), 22 + r * (ch + lab + 4)
+        sheet.paste(_png(a).convert("RGB").resize((cw, ch), Image.NEAREST), (x0, y0))
+        draw.text((x0, y0 + ch + 1), label, fill="black")
+    return sheet
+
+
+def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """The ``sample`` command. Validates every input before writing anything; returns the JSON summary."""
+    from PIL.PngImagePlugin import PngInfo
+    from tqdm import tqdm
+
+    solver = get_solver(config.solver)
+    steps = solver.steps_for_nfe(config.nfe)
+    if config.time_grid is not None:
+        parse_grid(config.time_grid)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    t_load = time.perf_counter()
+    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    load_time = time.perf_counter() - t_load
+    grid = solver_grid(model, solver, config.nfe, config.time_grid)
+    seeds = list(range(config.seed, config.seed + config.num))
+    model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
+                                          config.negative_prompt, config.guidance_scale))
+
+    bar = tqdm(total=steps * -(-config.num // config.batch_size), desc=f"{config.solver} nfe={config.nfe}",
+               unit="step", disable=not progress)
+    result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
+                    negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
+                    batch_size=config.batch_size, on_step=lambda info: bar.update(1))
+    bar.close()
+
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = to_uint8(result.images)
+    settings = {"model": config.model, "solver": config.solver, "nfe": result.nfe, "steps": steps,
+                "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
+                "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
+                "version": __version__}
+    files = []
+    for i, (a, s) in enumerate(zip(arrays, seeds)):
+        info = PngInfo()
+        info.add_text("samplebench", json.dumps({**settings, "seed": s}))
+        name = f"{i:05d}.png"
+        _png(a).save(out / name, pnginfo=info)
+        files.append(name)
+    _grid_image(arrays, [f"seed {s}" for s in seeds],
+                f"{config.model} | {config.solver} | NFE {result.nfe}").save(out / "grid.png")
+    if config.save_npz:
+        np.savez(out / "samples.npz", images=result.images.numpy(), x=result.x.numpy(), seeds=np.array(seeds))
+    summary = {**settings, "config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
+               "wall_time_s": result.wall_time_s, "load_time_s": load_time, "images": files, "grid": "grid.png"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
