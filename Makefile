@@ -1,0 +1,31 @@
+# Set-up is part of every target: the first run creates .venv and installs samplebench with its dependencies
+# (the PyPI torch + torchvision builds, which run on CPU); later runs reinstall only when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@# torchvision must match torch (a CPU-only torch wheel without a matching torchvision fails here)
+	$(PY) -c "import torch, torchvision.ops; torchvision.ops.nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sample --solver dpmpp-2m --nfe 10 --num 64 --out samples/demo
+	@echo "images, grid.png and summary.json are in samples/demo"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/solver_overhead.py
+
+clean:
+	rm -rf $(VENV) samples

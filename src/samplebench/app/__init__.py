@@ -1,0 +1,1 @@
+"""The Gradio app (imported only by `samplebench app`)."""

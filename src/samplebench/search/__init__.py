@@ -1,0 +1,1 @@
+"""Solver-schedule search (USF / S3)."""
