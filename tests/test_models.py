@@ -51,6 +51,8 @@ def test_class_conditional_unet_uses_labels(dirs):
     a = sample(model, solver, grid, [0, 1], class_label=0).images
     b = sample(model, solver, grid, [0, 1], class_label=2).images
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    with pytest.raises(UsageError, match="no unconditional input"):
+        sample(model, solver, grid, [0], class_label=0, guidance_scale=2.0)
 
 
 def test_dit_latent_class_conditional_with_guidance(dirs):

@@ -56,10 +56,11 @@ class UNet2DPixelModel(_PipelineModel):
         return self.pipe.unet(x, timestep, class_labels=cond.get("class_labels")).sample
 
     def _cond(self, cond, batch_size):
+        if cond.guidance_scale != 1.0:
+            raise UsageError(f"model {self.name!r} has no unconditional input, so --guidance-scale must be 1")
         if self.num_classes is None:
             return {}, {}
-        labels = cond.class_labels.to(self.device)
-        return {"class_labels": labels}, {"class_labels": labels}
+        return {"class_labels": cond.class_labels.to(self.device)}, {}
 
 
 @dataclass
