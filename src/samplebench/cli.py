@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_args(sub.add_parser("sample", help="generate images"))
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
+    train = sub.add_parser("train", help="train an embedded model from its recipe")
+    train.add_argument("recipe", help="digits-gmm")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--seed", type=_int_or_none, default=0)
     return parser
 
 
@@ -99,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sample(args)
         if args.command == "solvers":
             return _solvers()
+        if args.command == "train":
+            from .train import train
+
+            print(json.dumps(train(args.recipe, args.out, seed=args.seed)))
+            return 0
         return _models()
     except UsageError as e:
         print(f"samplebench: error: {e}", file=sys.stderr)

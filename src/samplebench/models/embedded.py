@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,14 @@ def _gaussian(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     return AnalyticModel("gaussian", ddpm_linear_schedule(), shape, device, dtype, mixture=mixture)
 
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    mixture = GaussianMixture.load(WEIGHTS / "digits-gmm")
+    return AnalyticModel("digits-gmm", ddpm_linear_schedule(), mixture.shape, device, dtype, mixture=mixture)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
@@ -51,9 +60,12 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     for m in [
         EmbeddedModel("gaussian", "analytic: N(0, 0.5^2 I) data on 1x16x16 with its exact denoiser, DDPM linear schedule",
                       _gaussian),
+        EmbeddedModel("digits-gmm", "analytic: 10-component full-covariance Gaussian mixture fitted to the 16x16 "
+                                    "digits (samplebench train digits-gmm), exact denoiser, DDPM linear schedule",
+                      _digits_gmm),
     ]
 }
 
-DEFAULT_MODEL = "gaussian"
+DEFAULT_MODEL = "digits-gmm"
 
 

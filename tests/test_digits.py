@@ -1,0 +1,47 @@
+import json
+
+import torch
+
+from samplebench.cli import main
+from samplebench.data import load_digits
+from samplebench.models import GaussianMixture, load_model
+from samplebench.models.embedded import DEFAULT_MODEL, WEIGHTS
+from samplebench.samplers import get_solver
+from samplebench.sampling import sample, solver_grid
+
+
+def test_loader_shapes_range_split_and_determinism():
+    x, y = load_digits("train")
+    xt, yt = load_digits("test")
+    assert x.shape == (1437, 1, 16, 16) and xt.shape == (360, 1, 16, 16)
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0 and x.dtype == torch.float32
+    assert sorted(torch.bincount(yt).tolist())[0] >= 35  # stratified: every class in the test split
+    x8, y8 = load_digits("train", resolution=8)
+    assert x8.shape == (1437, 1, 8, 8) and torch.equal(y8, y)
+    assert torch.equal(load_digits("train")[0], x)
+    assert len(load_digits("all")[0]) == 1797
+
+
+def test_digits_gmm_loads_by_name_and_samples_in_range():
+    assert DEFAULT_MODEL == "digits-gmm"
+    model = load_model("digits-gmm")
+    assert (WEIGHTS / "digits-gmm" / "mixture.safetensors").stat().st_size < 8 * 2**20
+    solver = get_solver("dpmpp-2m")
+    images = sample(model, solver, solver_grid(model, solver, 10), range(8)).images
+    assert images.shape == (8, 1, 16, 16) and torch.isfinite(images).all()
+    # data lies in [-1, 1]; the mixture's regularised covariances (std >= 0.1) overshoot a little
+    assert float((images.abs() <= 1.3).float().mean()) > 0.99
+    assert abs(float(images.mean()) - float(load_digits("train")[0].mean())) < 0.1
+
+
+def test_train_digits_gmm_smoke(tmp_path):
+    assert main(["train", "digits-gmm", "--out", str(tmp_path / "gmm")]) == 0
+    card = json.loads((tmp_path / "gmm" / "model_card.json").read_text())
+    assert card["components"] == 10 and card["test_loglik_per_image"] > 200
+    shipped = GaussianMixture.load(WEIGHTS / "digits-gmm")
+    assert torch.allclose(GaussianMixture.load(tmp_path / "gmm").means, shipped.means, atol=1e-6)
+
+
+def test_unknown_recipe(capsys):
+    assert main(["train", "nope", "--out", "/tmp/never-written"]) == 2
+    assert "unknown recipe 'nope'; valid: digits-gmm" in capsys.readouterr().err
