@@ -23,7 +23,7 @@ def test_sample_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png",
                                                      "00004.png", "grid.png", "samples.npz", "summary.json"]
     meta = json.loads(Image.open(out / "00001.png").text["samplebench"])
-    assert meta["seed"] == 4 and meta["solver"] == "unipc-bh2" and meta["nfe"] == 5 and meta["model"] == "digits-gmm"
+    assert meta["seed"] == 4 and meta["solver"] == "unipc-bh2" and meta["nfe"] == 5 and meta["model"] == "digits"
     assert "version" in meta and meta["time_grid"] == "logsnr"
     arrays = np.load(out / "samples.npz")
     assert arrays["images"].shape == (5, 1, 16, 16)
@@ -47,7 +47,7 @@ def test_explicit_grid_and_console_scripts(tmp_path):
 
 BAD = [
     (["--solver", "nope"], "unknown solver 'nope'; valid: ddim"),
-    (["--model", "nope"], "unknown model 'nope'; valid: gaussian, digits-gmm"),
+    (["--model", "nope"], "unknown model 'nope'; valid: digits, gaussian, digits-gmm"),
     (["--solver", "heun", "--nfe", "1"], "below the minimum"),
     (["--solver", "heun", "--nfe", "7"], "nearest valid: 6, 8"),
     (["--nfe", "0"], "--nfe must be >= 1"),

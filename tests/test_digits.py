@@ -22,8 +22,26 @@ def test_loader_shapes_range_split_and_determinism():
     assert len(load_digits("all")[0]) == 1797
 
 
+def test_digits_unet_loads_by_name_and_from_its_directory_and_samples_in_range():
+    assert DEFAULT_MODEL == "digits"
+    by_name = load_model("digits")
+    by_path = load_model(str(WEIGHTS / "digits"))
+    assert by_name.sample_shape == (1, 16, 16) and by_name.prediction_type == "epsilon"
+    for path in (WEIGHTS / "digits").rglob("*.safetensors"):
+        assert path.stat().st_size < 8 * 2**20
+    solver = get_solver("dpmpp-2m")
+    a = sample(by_name, solver, solver_grid(by_name, solver, 10), range(8)).images
+    b = sample(by_path, solver, solver_grid(by_path, solver, 10), range(8)).images
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert float((a.abs() <= 1.1).float().mean()) > 0.99
+    # recognisable digits: the shipped classifier is confident on most of them
+    from samplebench.metrics.digits import digits_features
+
+    _, probs = digits_features(a)
+    assert (probs.max(1) >= 0.9).mean() >= 0.5
+
+
 def test_digits_gmm_loads_by_name_and_samples_in_range():
-    assert DEFAULT_MODEL == "digits-gmm"
     model = load_model("digits-gmm")
     assert (WEIGHTS / "digits-gmm" / "mixture.safetensors").stat().st_size < 8 * 2**20
     solver = get_solver("dpmpp-2m")
@@ -44,4 +62,4 @@ def test_train_digits_gmm_smoke(tmp_path):
 
 def test_unknown_recipe(capsys):
     assert main(["train", "nope", "--out", "/tmp/never-written"]) == 2
-    assert "unknown recipe 'nope'; valid: digits-gmm" in capsys.readouterr().err
+    assert "unknown recipe 'nope'; valid: digits-unet, digits-classifier, digits-gmm" in capsys.readouterr().err

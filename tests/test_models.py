@@ -114,3 +114,15 @@ def test_offline_hub_id_fails_cleanly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UsageError):
         load_model("no-such-owner/no-such-model")
+
+
+def test_bfloat16_network_with_float32_solver_state(dirs):
+    """--dtype runs the network in that dtype; the solver state stays float32 and the result stays close."""
+    solver = get_solver("dpmpp-2m")
+    m32 = load_model(str(dirs["epsilon"]))
+    m16 = load_model(str(dirs["epsilon"]), dtype="bfloat16")
+    assert next(m16.pipe.unet.parameters()).dtype == torch.bfloat16
+    grid = solver_grid(m32, solver, 4)
+    a = sample(m32, solver, grid, [0, 1]).x
+    b = sample(m16, solver, grid, [0, 1]).x
+    assert b.dtype == torch.float32 and ((a - b).norm() / a.norm()).item() < 0.05

@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _int_or_none(v: str) -> int:
+def _int(v: str) -> int:
     try:
         return int(v)
     except ValueError:
@@ -31,15 +31,15 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model name, diffusers hub id or local directory (default: {DEFAULT_MODEL})")
     p.add_argument("--solver", default="dpmpp-2m", help="a registered solver (see 'samplebench solvers')")
-    p.add_argument("--nfe", type=_int_or_none, default=10, help="network evaluations per sample, exactly")
-    p.add_argument("--num", type=_int_or_none, default=16, help="number of images")
-    p.add_argument("--seed", type=_int_or_none, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=_int_or_none, default=64)
+    p.add_argument("--nfe", type=_int, default=10, help="network evaluations per sample, exactly")
+    p.add_argument("--num", type=_int, default=16, help="number of images")
+    p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
+    p.add_argument("--batch-size", type=_int, default=64)
     p.add_argument("--out", default="samples", help="output directory")
     p.add_argument("--time-grid", default=None,
                    help="logsnr, time-uniform, time-quadratic, karras, or a comma-separated list of decreasing times "
                         "(default: the solver's own)")
-    p.add_argument("--class-label", type=_int_or_none, default=None,
+    p.add_argument("--class-label", type=_int, default=None,
                    help="class for class-conditional models (default: seed mod num_classes per image)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--prompt", default=None, help="text prompt for text-to-image models")
@@ -57,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
-    train.add_argument("recipe", help="digits-gmm")
-    train.add_argument("--out", required=True, help="output directory")
-    train.add_argument("--seed", type=_int_or_none, default=0)
+    train.add_argument("recipe", help="digits-unet, digits-classifier or digits-gmm")
+    train.add_argument("--out", required=True, help="output directory (a checkpoint there is resumed)")
+    train.add_argument("--seed", type=_int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--steps", type=_int, default=None, help="optimiser steps (default: the recipe's)")
     return parser
 
 
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             from .train import train
 
-            print(json.dumps(train(args.recipe, args.out, seed=args.seed)))
+            print(json.dumps(train(args.recipe, args.out, seed=args.seed, device=args.device, steps=args.steps)))
             return 0
         return _models()
     except UsageError as e:

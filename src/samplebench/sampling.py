@@ -145,7 +145,8 @@ def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
 
 
 def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """The ``sample`` command. Validates every input before writing anything; returns the JSON summary."""
+    """The ``sample`` command. Every input is validated before anything is printed or written (files are
+    written only after sampling succeeded); returns the JSON summary."""
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
@@ -161,6 +162,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     load_time = time.perf_counter() - t_load
     grid = solver_grid(model, solver, config.nfe, config.time_grid)
     seeds = list(range(config.seed, config.seed + config.num))
+    # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
 

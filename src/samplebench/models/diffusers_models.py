@@ -10,7 +10,9 @@ state machine is never used for sampling.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +105,24 @@ def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return vae.decode(x.to(dtype) / vae.config.scaling_factor).sample.float()
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """No loading progress bars, deprecation notes or info logs from diffusers (the CLI owns stderr)."""
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        dlog.set_verbosity(verbosity)
+        dlog.enable_progress_bar()
+
+
 def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
                         local_files_only: bool | None = None) -> DiffusionModel:
     """Load a diffusers pipeline by hub id or local directory and wrap it. ``local_files_only`` defaults to
@@ -120,7 +140,9 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
                          "saved with save_pretrained") from None
     extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype, local_files_only=local_files_only, **extra)
+        with _quiet_diffusers():
+            pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype, local_files_only=local_files_only,
+                                                     **extra)
     except Exception as e:
         raise UsageError(f"could not load diffusers pipeline {name!r}: {str(e).splitlines()[0]}") from None
     pipe.to(device)

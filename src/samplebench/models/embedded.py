@@ -48,6 +48,14 @@ def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     return AnalyticModel("digits-gmm", ddpm_linear_schedule(), mixture.shape, device, dtype, mixture=mixture)
 
 
+def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from .diffusers_models import load_pipeline_model
+
+    model = load_pipeline_model(str(WEIGHTS / "digits"), device=device, dtype=dtype, local_files_only=True)
+    model.name = "digits"
+    return model
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
@@ -58,6 +66,8 @@ class EmbeddedModel:
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in [
+        EmbeddedModel("digits", "UNet2DModel (1.1 M parameters, eps prediction, DDPM linear schedule) trained on the "
+                                "16x16 digits (samplebench train digits-unet)", _digits),
         EmbeddedModel("gaussian", "analytic: N(0, 0.5^2 I) data on 1x16x16 with its exact denoiser, DDPM linear schedule",
                       _gaussian),
         EmbeddedModel("digits-gmm", "analytic: 10-component full-covariance Gaussian mixture fitted to the 16x16 "
@@ -66,6 +76,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ]
 }
 
-DEFAULT_MODEL = "digits-gmm"
+DEFAULT_MODEL = "digits"
 
 
