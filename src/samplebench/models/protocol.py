@@ -70,6 +70,14 @@ def convert_output(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, s
     raise ValueError(f"unknown prediction type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
 
 
+def _network_inputs(schedule: NoiseSchedule, dtype: torch.dtype | None, x: torch.Tensor, t: float | torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row times, the network's float32 timesteps, and x in the network's dtype."""
+    t = as_time(t, x)
+    timestep = schedule.model_time(t).to(device=x.device, dtype=torch.float32)
+    return t, timestep, (x if dtype is None else x.to(dtype))
+
+
 class NetworkDenoiser:
     """A network ``forward(x, timestep) -> output`` with its schedule and prediction type.
 
@@ -88,9 +96,7 @@ class NetworkDenoiser:
         self.dtype = dtype
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
-        t = as_time(t, x)
-        timestep = self.schedule.model_time(t).to(device=x.device, dtype=torch.float32)
-        x_in = x if self.dtype is None else x.to(self.dtype)
+        t, timestep, x_in = _network_inputs(self.schedule, self.dtype, x, t)
         with torch.inference_mode():
             output = self.forward(x_in, timestep).to(x.dtype)
         return convert_output(output, x, self.schedule.alpha(t), self.schedule.sigma(t), self.prediction_type)
@@ -114,9 +120,7 @@ class CFGDenoiser:
         self.nfe_per_call = 1 if batched else 2
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
-        t = as_time(t, x)
-        timestep = self.schedule.model_time(t).to(device=x.device, dtype=torch.float32)
-        x_in = x if self.dtype is None else x.to(self.dtype)
+        t, timestep, x_in = _network_inputs(self.schedule, self.dtype, x, t)
         with torch.inference_mode():
             if self.batched:
                 out = self.forward(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]),
