@@ -13,8 +13,10 @@ __all__ = ["quantize", "digits_features", "feature_stats", "fid_from_features", 
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> the values their uint8 PNG encodes, back in [-1, 1]."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    """[-1, 1] floats -> the values their uint8 PNG encodes (``sampling.to_uint8``), back in [-1, 1]."""
+    from ..sampling import to_uint8
+
+    return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 @torch.no_grad()

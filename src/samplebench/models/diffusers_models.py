@@ -110,7 +110,7 @@ def _quiet_diffusers():
     """No loading progress bars, deprecation notes or info logs from diffusers (the CLI owns stderr)."""
     from diffusers.utils import logging as dlog
 
-    verbosity = dlog.get_verbosity()
+    verbosity, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
     try:
@@ -120,7 +120,8 @@ def _quiet_diffusers():
             yield
     finally:
         dlog.set_verbosity(verbosity)
-        dlog.enable_progress_bar()
+        if bars:
+            dlog.enable_progress_bar()
 
 
 def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
