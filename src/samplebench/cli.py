@@ -1,4 +1,5 @@
-"""The command line: ``samplebench sample|solvers|models`` (``sample`` is an alias of ``samplebench sample``).
+"""The command line: ``samplebench sample|eval|runs|plot|refs|solvers|models|train`` (``sample`` is an alias of
+``samplebench sample``).
 
 Bad input prints one line, ``samplebench: error: ...``, and exits with code 2.
 """
@@ -50,10 +51,76 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _csv(kind):
+    def parse(v: str):
+        items = [x.strip() for x in v.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty list {v!r}")
+        return tuple(_int(x) for x in items) if kind is int else tuple(items)
+    return parse
+
+
+def _add_metric_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", type=_csv(str), default=("fid", "kid", "is"), help="comma-separated: fid, kid, is")
+    p.add_argument("--features", default="digits", help="feature extractor: digits or inception (default: digits)")
+    p.add_argument("--mode", default="clean",
+                   help="clean-fid resize/quantisation mode: clean, legacy_pytorch, legacy_tensorflow")
+    p.add_argument("--inception-weights", default=None,
+                   help="the Inception weights file (default: $SAMPLEBENCH_INCEPTION_WEIGHTS, else downloaded once)")
+    p.add_argument("--db", default=None, help="results database (default: ~/.cache/samplebench/runs.db)")
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, help="results database (default: ~/.cache/samplebench/runs.db)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--solver", default=None)
+    p.add_argument("--nfe", type=_int, default=None)
+    p.add_argument("--features", dest="extractor", default=None)
+    p.add_argument("--mode", default=None)
+    p.add_argument("--ref", default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL as DEFAULT_MODEL_NAME
+
     parser = _Parser(prog="samplebench", description="Sample from diffusion models with fast solvers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_sample_args(sub.add_parser("sample", help="generate images"))
+    ev = sub.add_parser("eval", help="FID/KID/IS of solvers x NFEs (resumable; accelerate launch splits it)")
+    ev.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    ev.add_argument("--solver", type=_csv(str), default=("dpmpp-2m",), help="comma-separated solvers")
+    ev.add_argument("--nfe", type=_csv(int), default=(10,), help="comma-separated NFEs")
+    ev.add_argument("--num", type=_int, default=2000, help="samples per (solver, NFE)")
+    ev.add_argument("--seed", type=_int, default=0, help="sample i uses seed + i")
+    ev.add_argument("--ref", default=None,
+                    help="reference: digits-train, digits-test, digits-gmm, gaussian, a folder, an .npz, or a name "
+                         "from 'samplebench refs make' (default: the model's own)")
+    ev.add_argument("--out", default=None, help="job folder: shards, features, results.json (resumed if present)")
+    ev.add_argument("--folder", default=None, help="score this folder of images instead of sampling")
+    ev.add_argument("--shard-size", type=_int, default=250, help="samples per shard (and per sampling batch)")
+    ev.add_argument("--time-grid", default=None)
+    ev.add_argument("--class-label", type=_int, default=None)
+    ev.add_argument("--guidance-scale", type=float, default=1.0)
+    ev.add_argument("--prompt", default=None)
+    ev.add_argument("--device", default=None, help="default: accelerate's device for this process")
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--quiet", action="store_true")
+    _add_metric_args(ev)
+    runs = sub.add_parser("runs", help="list evaluation results from the database")
+    _add_filters(runs)
+    runs.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    plot = sub.add_parser("plot", help="FID vs NFE and vs time per solver, to a PNG")
+    _add_filters(plot)
+    plot.add_argument("--metric", default="fid", help="fid, kid or inception_score")
+    plot.add_argument("--out", default="fid.png")
+    refs = sub.add_parser("refs", help="make or list cached reference statistics")
+    refs.add_argument("action", help="make or list")
+    refs.add_argument("source", nargs="?", help="for make: a built-in name, a folder or an .npz")
+    refs.add_argument("--name", default=None, help="name to cache it under (default: derived from the source)")
+    refs.add_argument("--features", default="digits")
+    refs.add_argument("--mode", default="clean")
+    refs.add_argument("--inception-weights", default=None)
+    refs.add_argument("--device", default="cpu")
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
@@ -76,6 +143,83 @@ def _sample(args: argparse.Namespace) -> int:
     summary = run_sample(config, args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
                      | {"out": args.out}))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, eval_folder, run_eval
+
+    if args.folder is not None:
+        if args.ref is None:
+            raise UsageError("--folder needs --ref (digits-train, a folder, an .npz or a cached name)")
+        row = eval_folder(args.folder, ref=args.ref, features=args.features, mode=args.mode, metrics=args.metrics,
+                          device=args.device or "cpu", db=args.db, inception_weights=args.inception_weights)
+        print(json.dumps({k: row[k] for k in _SHOWN if k in row}))
+        return 0
+    if args.out is None:
+        raise UsageError("--out is required (the job folder), or give --folder to score images")
+    config = EvalConfig(model=args.model, solvers=args.solver, nfes=args.nfe, num=args.num, seed=args.seed,
+                        metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
+                        shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
+                        guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype)
+    rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
+                    progress=not args.quiet)
+    for row in rows:
+        print(json.dumps({k: row[k] for k in _SHOWN}))
+    return 0
+
+
+_SHOWN = ("model", "solver", "nfe", "num_samples", "fid", "kid", "inception_score", "extractor", "mode", "ref",
+          "wall_time_s")
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("model", "solver", "nfe", "extractor", "mode", "ref")}
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .results import ResultsDB, write_csv
+
+    rows = ResultsDB(args.db).query(**_filters(args))
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{'id':>4}  {'model':12.12}  {'solver':10}  {'nfe':>3}  {'N':>6}  {'FID':>8}  {'KID':>9}  {'IS':>6}  "
+          f"{'features':9}  {'ref':14.14}  {'s/img':>7}")
+    for r in rows:
+        per = r["wall_time_s"] / r["num_samples"] if r["wall_time_s"] is not None else None
+        print(f"{r['id']:>4}  {str(r['model'])[-12:]:12}  {str(r['solver'] or '-'):10}  {fmt(r['nfe'], 'd'):>3}  "
+              f"{r['num_samples']:>6}  {fmt(r['fid'], '.4f'):>8}  {fmt(r['kid'], '.5f'):>9}  "
+              f"{fmt(r['inception_score'], '.3f'):>6}  {r['extractor'] + '/' + r['mode'][:5]:9.9}  "
+              f"{str(r['ref']):14.14}  {fmt(per, '.4f'):>7}")
+    if args.csv:
+        write_csv(rows, args.csv)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .results import ResultsDB, plot_runs
+
+    rows = ResultsDB(args.db).query(**_filters(args))
+    print(plot_runs(rows, args.out, args.metric))
+    return 0
+
+
+def _refs(args: argparse.Namespace) -> int:
+    from .metrics.reference import get_reference, list_references
+
+    if args.action == "list":
+        for info in list_references():
+            print(json.dumps(info))
+        return 0
+    if args.action != "make":
+        raise UsageError(f"unknown refs action {args.action!r}; valid: make, list")
+    if args.source is None:
+        raise UsageError("refs make needs a SOURCE: a built-in name, a folder or an .npz")
+    from .metrics.extractors import get_extractor
+
+    extractor = get_extractor(args.features, args.mode, args.device, args.inception_weights)
+    ref = get_reference(args.source, extractor, name=args.name, recompute=True)
+    print(json.dumps({"name": ref.name, "extractor": ref.extractor, "mode": ref.mode, "count": ref.count,
+                      "sha256": ref.sha256, "file": str(ref.save())}))
     return 0
 
 
@@ -103,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sample":
             return _sample(args)
+        if args.command in ("eval", "runs", "plot", "refs"):
+            return {"eval": _eval, "runs": _runs, "plot": _plot, "refs": _refs}[args.command](args)
         if args.command == "solvers":
             return _solvers()
         if args.command == "train":

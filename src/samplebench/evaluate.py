@@ -1,0 +1,317 @@
+"""Evaluation jobs: ``samplebench eval`` over a grid of solvers x NFEs, resumable and split across processes.
+
+Layout under ``--out``::
+
+    job.json                                        the settings (a resume with other settings is refused)
+    samples/<solver>-nfe<k>/shard-00000.npz          uint8 images [S, H, W, C] as PNGs hold them, seeds, NFE, time
+    features/<extractor>-<mode>/<solver>-nfe<k>/...   features (and logits) of the same shard
+    results.json                                    one row per (solver, NFE), also written to the results database
+
+Shard j of every (solver, NFE) holds global sample indices [jS, (j+1)S) with seeds ``seed + index``, sampled in one
+batch; every file appears whole (temporary file, then rename). So a killed job restarts at the first missing shard
+and ends with exactly the files and numbers of an uninterrupted one, and under ``accelerate launch`` the shards are
+dealt round-robin to the processes (no duplicates, no gaps) with the same result as one process. The main process
+then scores every (solver, NFE) from the shard files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import UsageError
+
+__all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
+
+METRICS = ("fid", "kid", "is")
+DEFAULT_REFS = {"digits": "digits-train", "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
+KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, METRIC_SEED = 100, 1000, 10, 0
+
+
+def _parse_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    for m in metrics:
+        if m not in METRICS:
+            raise UsageError(f"unknown metric {m!r}; valid: {', '.join(METRICS)}")
+    if not metrics:
+        raise UsageError(f"no metrics given; valid: {', '.join(METRICS)}")
+    return tuple(dict.fromkeys(metrics))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What determines an evaluation's samples and numbers (the device and the database do not)."""
+
+    model: str = "digits"
+    solvers: tuple[str, ...] = ("dpmpp-2m",)
+    nfes: tuple[int, ...] = (10,)
+    num: int = 2000
+    seed: int = 0
+    metrics: tuple[str, ...] = METRICS
+    features: str = "digits"
+    mode: str = "clean"
+    ref: str | None = None  # None: the model's default reference
+    shard_size: int = 250
+    time_grid: str | None = None
+    class_label: int | None = None
+    guidance_scale: float = 1.0
+    prompt: str | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        from .metrics.extractors import EXTRACTORS, MODES
+        from .samplers import get_solver
+
+        for name, v in (("--num", self.num), ("--shard-size", self.shard_size)):
+            if v < 1:
+                raise UsageError(f"{name} must be >= 1, got {v}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if not self.solvers or not self.nfes:
+            raise UsageError("give at least one --solver and one --nfe")
+        _parse_metrics(self.metrics)
+        if self.features not in EXTRACTORS:
+            raise UsageError(f"unknown feature extractor {self.features!r}; valid: {', '.join(EXTRACTORS)}")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        for s in self.solvers:
+            solver = get_solver(s)
+            for n in self.nfes:
+                solver.steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
+        if self.ref is None and self.model not in DEFAULT_REFS:
+            raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "
+                             f"name made with 'samplebench refs make')")
+
+    @property
+    def reference(self) -> str:
+        return self.ref or DEFAULT_REFS[self.model]
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num // self.shard_size)
+
+    def settings(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"samplebench": __version__}
+    for p in ("torch", "diffusers", "clean-fid", "torchmetrics", "accelerate", "numpy", "scipy"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class _Job:
+    def __init__(self, config: EvalConfig, out: Path, device: str | None):
+        self.config, self.out, self.device = config, out, device
+        self._model = None
+
+    def sample_file(self, solver: str, nfe: int, shard: int) -> Path:
+        return self.out / "samples" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+
+    def feature_file(self, solver: str, nfe: int, shard: int) -> Path:
+        c = self.config
+        return self.out / "features" / f"{c.features}-{c.mode}" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+
+    def model(self):
+        from .models import load_model
+
+        if self._model is None:
+            self._model = load_model(self.config.model, device=self.device or "cpu", dtype=self.config.dtype)
+        return self._model
+
+    def sample_shard(self, solver_name: str, nfe: int, shard: int) -> None:
+        from .samplers import get_solver
+        from .sampling import sample, solver_grid, to_uint8
+
+        c = self.config
+        lo, hi = shard * c.shard_size, min(c.num, (shard + 1) * c.shard_size)
+        seeds = list(range(c.seed + lo, c.seed + hi))
+        model, solver = self.model(), get_solver(solver_name)
+        result = sample(model, solver, solver_grid(model, solver, nfe, c.time_grid), seeds,
+                        class_label=c.class_label, prompt=c.prompt, guidance_scale=c.guidance_scale,
+                        batch_size=c.shard_size)
+        path = self.sample_file(solver_name, nfe, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_npz(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
+                  wall_time_s=result.wall_time_s)
+
+    def feature_shard(self, extractor, solver: str, nfe: int, shard: int, logits: bool) -> None:
+        from .metrics.scores import extract
+
+        with np.load(self.sample_file(solver, nfe, shard)) as z:
+            images = z["images"]
+        f = extract(images, extractor, logits=logits)
+        path = self.feature_file(solver, nfe, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"feats": f.feats} | ({"logits": f.logits} if logits else {})
+        _save_npz(path, **arrays)
+
+
+def _check_manifest(out: Path, config: EvalConfig) -> None:
+    manifest = out / "job.json"
+    settings = config.settings()
+    if manifest.exists():
+        old = json.loads(manifest.read_text()).get("settings", {})
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            k = diff[0]
+            raise UsageError(f"--out {str(out)!r} holds a job with {k}={old.get(k)!r}, not {settings[k]!r}; "
+                             f"use another --out or the same settings to resume it")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".job.json.tmp"
+    tmp.write_text(json.dumps({"settings": settings, "version": __version__}, indent=2))
+    tmp.replace(manifest)
+
+
+def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...]) -> dict[str, float | None]:
+    from .metrics import scores
+
+    row: dict[str, float | None] = {"fid": None, "kid": None, "inception_score": None, "inception_score_std": None}
+    if "fid" in metrics:
+        row["fid"] = scores.fid(*scores.statistics(feats), ref.mu, ref.sigma)
+    if "kid" in metrics:
+        if ref.feats is None:
+            raise UsageError(f"reference {ref.name!r} has no features (its _kid.npz file), so KID cannot be computed")
+        row["kid"] = scores.kid(feats, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE,
+                                seed=METRIC_SEED)
+    if "is" in metrics:
+        row["inception_score"], row["inception_score_std"] = scores.inception_score(
+            logits, splits=min(IS_SPLITS, len(logits)), seed=METRIC_SEED)
+    return row
+
+
+def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, db: str | Path | None = None,
+             inception_weights: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) the job; on the main process, return the result rows (also in ``results.json`` and the
+    database). Other processes of an ``accelerate launch`` return an empty list."""
+    from accelerate import PartialState
+    from tqdm import tqdm
+
+    from .metrics.extractors import get_extractor
+    from .metrics.reference import get_reference
+    from .models import parse_device
+    from .results import ResultsDB
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    if device is not None:
+        parse_device(device)
+    state = PartialState(cpu=device == "cpu")
+    dev = device or str(state.device)
+    c = config
+    # everything that can fail on bad input fails here, before any sample is drawn
+    extractor = get_extractor(c.features, c.mode, dev, inception_weights)
+    ref = get_reference(c.reference, extractor) if state.is_main_process else None
+    results_db = ResultsDB(db) if state.is_main_process else None
+    if state.is_main_process:
+        _check_manifest(out, c)
+    state.wait_for_everyone()
+
+    job = _Job(c, out, dev)
+    want_logits = "is" in c.metrics
+    items = [(s, n, j) for s in c.solvers for n in c.nfes for j in range(c.num_shards)]
+    mine = items[state.process_index::state.num_processes]
+    bar = tqdm(mine, desc=f"eval {c.model} [process {state.process_index}]", unit="shard",
+               disable=not progress or not state.is_main_process)
+    for s, n, j in bar:
+        ffile = job.feature_file(s, n, j)
+        if ffile.exists():
+            with np.load(ffile) as z:
+                if not want_logits or "logits" in z.files:
+                    continue
+        if not job.sample_file(s, n, j).exists():
+            bar.set_postfix_str(f"{s} nfe={n} shard {j}")
+            job.sample_shard(s, n, j)
+        job.feature_shard(extractor, s, n, j, want_logits)
+    bar.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return []
+
+    rows = []
+    for s in c.solvers:
+        for n in c.nfes:
+            t0 = time.perf_counter()
+            feats, logits, wall, nfe = [], [], 0.0, None
+            for j in range(c.num_shards):
+                with np.load(job.feature_file(s, n, j)) as z:
+                    feats.append(z["feats"])
+                    logits.append(z["logits"] if want_logits else None)
+                with np.load(job.sample_file(s, n, j)) as z:
+                    wall += float(z["wall_time_s"])
+                    nfe = int(z["nfe"])
+            row = {"model": c.model, "solver": s, "time_grid": c.time_grid, "nfe": nfe, "seed": c.seed,
+                   "num_samples": c.num,
+                   **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics),
+                   "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
+                   "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
+                   "out": str(out.resolve()), "versions": package_versions(),
+                   "settings": {**c.settings(), "solver": s, "nfe": n}}
+            row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
+            results_db.add(row)
+            rows.append(row)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(out / "results.json")
+    results_db.close()
+    return rows
+
+
+def eval_folder(folder: str | Path, *, ref: str, features: str = "digits", mode: str = "clean",
+                metrics: tuple[str, ...] = METRICS, device: str = "cpu", db: str | Path | None = None,
+                inception_weights: str | None = None) -> dict[str, Any]:
+    """Score a folder of images against a reference; the row also goes to the database."""
+    from .metrics.extractors import get_extractor
+    from .metrics.images import load_folder
+    from .metrics.reference import get_reference
+    from .metrics.scores import extract
+    from .results import ResultsDB
+
+    metrics = _parse_metrics(metrics)
+    images = load_folder(folder)
+    extractor = get_extractor(features, mode, device, inception_weights)
+    reference = get_reference(ref, extractor)
+    results_db = ResultsDB(db)
+    t0 = time.perf_counter()
+    f = extract(images, extractor, logits="is" in metrics)
+    row = {"model": str(Path(folder).resolve()), "solver": None, "time_grid": None, "nfe": None, "seed": None,
+           "num_samples": len(images), **_scores(f.feats, f.logits, reference, metrics), "extractor": features,
+           "mode": mode, **reference.describe(), "wall_time_s": None, "eval_time_s": time.perf_counter() - t0,
+           "num_processes": 1, "out": None, "versions": package_versions(),
+           "settings": {"folder": str(Path(folder).resolve()), "metrics": list(metrics)},
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    row["run_key"] = _key("folder", row["model"], hashlib.sha256(images.tobytes()).hexdigest(), features, mode,
+                          reference.sha256, list(metrics))
+    results_db.add(row)
+    results_db.close()
+    return row
+

@@ -1,0 +1,132 @@
+"""The results database: one SQLite row per evaluation, with every setting that produced it.
+
+Default location ``<cache>/runs.db`` (``~/.cache/samplebench/runs.db``). A row is keyed by ``run_key`` (a hash of
+what determines its numbers and of the job folder), so a resumed or repeated job updates its row instead of adding
+a duplicate. ``samplebench runs`` lists and filters rows and exports CSV; ``samplebench plot`` draws FID against NFE
+and against sampling time per image, one curve per solver.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cache import cache_dir
+from .errors import UsageError
+
+__all__ = ["ResultsDB", "default_db", "COLUMNS", "write_csv", "plot_runs"]
+
+COLUMNS = {  # name -> SQLite type; ``versions`` and ``settings`` hold JSON
+    "run_key": "TEXT UNIQUE NOT NULL", "created": "TEXT NOT NULL", "model": "TEXT", "solver": "TEXT",
+    "time_grid": "TEXT", "nfe": "INTEGER", "seed": "INTEGER", "num_samples": "INTEGER", "fid": "REAL",
+    "kid": "REAL", "inception_score": "REAL", "inception_score_std": "REAL", "extractor": "TEXT", "mode": "TEXT",
+    "ref": "TEXT", "ref_sha256": "TEXT", "ref_count": "INTEGER", "wall_time_s": "REAL", "eval_time_s": "REAL",
+    "num_processes": "INTEGER", "out": "TEXT", "versions": "TEXT", "settings": "TEXT",
+}
+FILTERS = ("model", "solver", "nfe", "extractor", "mode", "ref")
+
+
+def default_db() -> Path:
+    return cache_dir() / "runs.db"
+
+
+class ResultsDB:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path or default_db()).expanduser()
+        if self.path.is_dir():
+            raise UsageError(f"--db {str(self.path)!r} is a folder; give a file path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60)
+            cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
+            self.conn.commit()
+        except sqlite3.DatabaseError as e:
+            raise UsageError(f"--db {str(self.path)!r} is not a samplebench results database ({e})") from None
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Insert ``row``, replacing an earlier row with the same ``run_key``."""
+        values = {k: (json.dumps(row[k], sort_keys=True) if k in ("versions", "settings") else row.get(k))
+                  for k in COLUMNS}
+        names = ", ".join(values)
+        self.conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(values))})",
+                          list(values.values()))
+        self.conn.commit()
+
+    def query(self, **filters: Any) -> list[dict[str, Any]]:
+        """Rows matching every given filter (``None`` = any), oldest first."""
+        where, args = [], []
+        for k, v in filters.items():
+            if k not in FILTERS:
+                raise UsageError(f"unknown filter {k!r}; valid: {', '.join(FILTERS)}")
+            if v is not None:
+                where.append(f"{k} = ?")
+                args.append(v)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    fields = ["id", *COLUMNS]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in fields})
+
+
+def plot_runs(rows: Sequence[dict[str, Any]], out: str | Path, metric: str = "fid") -> Path:
+    """FID (or ``metric``) against NFE and against sampling seconds per image, one curve per solver. Rows must
+    share model, extractor, mode and reference (numbers from different harness settings are never mixed); of
+    repeated (solver, NFE) rows the newest is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in ("fid", "kid", "inception_score"):
+        raise UsageError(f"unknown metric {metric!r}; valid: fid, kid, inception_score")
+    rows = [r for r in rows if r.get(metric) is not None and r.get("nfe") is not None]
+    if not rows:
+        raise UsageError(f"no runs with {metric} and an NFE match the filters")
+    groups = {(r["model"], r["extractor"], r["mode"], r["ref"], r["ref_sha256"]) for r in rows}
+    if len(groups) > 1:
+        listed = "; ".join(f"model={g[0]} extractor={g[1]} mode={g[2]} ref={g[3]}" for g in sorted(groups))
+        raise UsageError(f"the runs mix settings ({listed}); choose one with --model, --features, --mode, --ref")
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:  # oldest first, so the newest wins
+        latest[(r["solver"], r["nfe"])] = r
+    model, extractor, mode, ref, _ = groups.pop()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for solver in sorted({s for s, _ in latest}):
+        pts = sorted((r for (s, _), r in latest.items() if s == solver), key=lambda r: r["nfe"])
+        axes[0].plot([r["nfe"] for r in pts], [r[metric] for r in pts], "o-", label=solver)
+        axes[1].plot([r["wall_time_s"] / r["num_samples"] * 1000 for r in pts], [r[metric] for r in pts], "o-",
+                     label=solver)
+    label = {"fid": f"FID ({extractor}, {mode})", "kid": f"KID ({extractor}, {mode})",
+             "inception_score": f"IS ({extractor})"}[metric]
+    axes[0].set_xlabel("NFE")
+    axes[1].set_xlabel("sampling time per image (ms)")
+    for ax in axes:
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if metric != "inception_score":
+            ax.set_yscale("log")
+    axes[0].legend()
+    n = sorted({r["num_samples"] for r in latest.values()})
+    fig.suptitle(f"{model}: {label} vs NFE and time, {'/'.join(map(str, n))} samples vs {ref}")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
