@@ -1,5 +1,14 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Tests never read or write the user's cache (reference statistics, results database, Inception weights) and never
+# download: one fresh cache folder per test session, shared by the subprocesses the tests start.
+os.environ["SAMPLEBENCH_CACHE"] = tempfile.mkdtemp(prefix="samplebench-test-cache-")
+os.environ.pop("SAMPLEBENCH_INCEPTION_WEIGHTS", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

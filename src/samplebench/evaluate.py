@@ -11,7 +11,8 @@ Shard j of every (solver, NFE) holds global sample indices [jS, (j+1)S) with see
 batch; every file appears whole (temporary file, then rename). So a killed job restarts at the first missing shard
 and ends with exactly the files and numbers of an uninterrupted one, and under ``accelerate launch`` the shards are
 dealt round-robin to the processes (no duplicates, no gaps) with the same result as one process. The main process
-then scores every (solver, NFE) from the shard files.
+then scores every (solver, NFE) from the shard files. "The same" means bit for bit on the same device and thread
+count: CPU kernels may round differently with more threads (a pixel then differs by one level).
 """
 
 from __future__ import annotations
@@ -224,7 +225,10 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     if device is not None:
         parse_device(device)
-    state = PartialState(cpu=device == "cpu")
+    import torch
+
+    # without CUDA, processes started by accelerate (or torchrun) form a CPU group (gloo)
+    state = PartialState(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
     dev = device or str(state.device)
     c = config
     # everything that can fail on bad input fails here, before any sample is drawn
@@ -233,6 +237,8 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     results_db = ResultsDB(db) if state.is_main_process else None
     if state.is_main_process:
         _check_manifest(out, c)
+        for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below
+            stale.unlink()
     state.wait_for_everyone()
 
     job = _Job(c, out, dev)

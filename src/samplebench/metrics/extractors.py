@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,8 +117,9 @@ def inception_weights(kind: str = "torchscript", path: str | os.PathLike | None 
     for p in known:
         if p.is_file():
             return p
-    error = "downloads disabled"
-    if download and not os.environ.get("HF_HUB_OFFLINE"):
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    error = "HF_HUB_OFFLINE is set" if offline else "downloads disabled"
+    if download and not offline:
         try:
             _download(url, ours)
             return ours
@@ -149,7 +151,9 @@ def _torchscript_inception(file: Path, resize_inside: bool, device: torch.device
     class _InceptionV3W(InceptionV3W):  # clean-fid's wrapper and forward, loading from any file name
         def __init__(self):
             torch.nn.Module.__init__(self)
-            self.base = torch.jit.load(str(file), map_location="cpu").eval()
+            with warnings.catch_warnings():  # torch.jit is deprecated; the weights are a TorchScript file
+                warnings.simplefilter("ignore", FutureWarning)
+                self.base = torch.jit.load(str(file), map_location="cpu").eval()
             self.layers = self.base.layers
             self.resize_inside = resize_inside
 

@@ -101,7 +101,8 @@ def _numpy_seed(seed: int):
 
 def kid(feats: np.ndarray, ref_feats: np.ndarray, *, num_subsets: int = 100, max_subset_size: int = 1000,
         seed: int = 0) -> float:
-    """Kernel Inception Distance, clean-fid's ``kernel_distance``; its subsets are drawn from a seeded generator."""
+    """Kernel Inception Distance, clean-fid's ``kernel_distance`` in float64; its subsets are drawn from a seeded
+    generator."""
     from cleanfid.fid import kernel_distance
 
     if feats.shape[1] != ref_feats.shape[1]:
@@ -109,7 +110,8 @@ def kid(feats: np.ndarray, ref_feats: np.ndarray, *, num_subsets: int = 100, max
     if min(len(feats), len(ref_feats)) < 2:
         raise UsageError("KID needs at least 2 samples on each side")
     with _numpy_seed(seed):
-        return float(kernel_distance(feats, ref_feats, num_subsets=num_subsets, max_subset_size=max_subset_size))
+        return float(kernel_distance(np.asarray(feats, np.float64), np.asarray(ref_feats, np.float64),
+                                     num_subsets=num_subsets, max_subset_size=max_subset_size))
 
 
 def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> tuple[float, float]:
@@ -121,9 +123,10 @@ def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> t
         raise UsageError(f"the Inception Score with {splits} splits needs at least {splits} samples, got {len(logits)}")
     with warnings.catch_warnings():  # "will save all extracted features in buffer": that is the point here
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=torch.nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=torch.nn.Identity(), splits=splits, sync_on_compute=False)
     metric.update(torch.as_tensor(logits, dtype=torch.float64))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the std of a single split
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std) if splits > 1 else 0.0
