@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/solver_overhead.py
+	$(PY) bench/eval_harness.py
 
 clean:
 	rm -rf $(VENV) samples
