@@ -90,7 +90,7 @@ def _train_loop(out: Path, net: torch.nn.Module, loss_fn: Callable[[torch.Genera
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1.0 - ema_decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
         bar.update(1)
         if step % 100 == 0:
