@@ -1,0 +1,159 @@
+"""The USF executor: runs any solver schedule on any denoiser (Liu et al., ICLR 2024, Sec. 3, Eq. 5-6).
+
+Noise prediction (DPM-Solver form), Taylor order k, from start point s to time t, h = lambda_t - lambda_s:
+    x_t = (alpha_t / alpha_s) x_s - sigma_t sum_{n<k} h^{n+1} phi_{n+1}(h) eps^{(n)}(lambda_s)
+Data prediction (DPM-Solver++ form):
+    x_t = (sigma_t / sigma_s) x_s + alpha_t sum_{n<k} h^{n+1} phi_{n+1}(-h) x0^{(n)}(lambda_s)
+with phi_0(z) = e^z, phi_{k+1}(z) = (phi_k(z) - 1/k!) / z, and derivative n estimated from the active points by
+solving sum_j a_j dlambda_j^m / m! = delta_{mn}, m = 1..K.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..samplers._common import report, step_order, tables
+from ..samplers.registry import Callback
+from .schedule import Corrector, Derivative, SolverSchedule, Step
+
+__all__ = ["phi", "usf_sample", "derivative_estimate", "relaxation_factor", "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule"]
+
+
+def phi(k: int, z: float) -> float:
+    """phi_k(z) (phi_0 = e^z); the power series near 0, where the recursion cancels."""
+    if abs(z) < 0.05:
+        return sum(z**m / math.factorial(m + k) for m in range(12))
+    p = math.exp(z)
+    for j in range(k):
+        p = (p - 1.0 / math.factorial(j)) / z
+    return p
+
+
+def derivative_estimate(differences: list[torch.Tensor], dlambda: list[float], n: int) -> torch.Tensor:
+    """F^{(n)}(lambda_s) from K differences F_j - F_s at offsets dlambda_j: sum_j a_j (F_j - F_s) with
+    sum_j a_j dlambda_j^m / m! = delta_{mn}, m = 1..K (exact for polynomials of degree <= K)."""
+    m = np.array([[x**r / math.factorial(r) for x in dlambda] for r in range(1, len(dlambda) + 1)])
+    coeffs = np.linalg.solve(m, np.eye(len(dlambda))[n - 1])
+    return sum(float(c) * f for c, f in zip(coeffs, differences))
+
+
+def relaxation_factor(d: Derivative, h: float, prediction: str) -> float:
+    """Multiplier on the first-derivative estimate; the fixed kinds are evaluated at z = -h for data prediction."""
+    z = -h if prediction == "data" else h
+    em1 = math.expm1(z)
+    kind = d.relaxation
+    if kind == "none":
+        return 1.0
+    if kind == "linear":
+        return 1.0 + d.coefficient * h
+    if kind in ("dpmsolver-2", "unipc-bh2"):
+        return 0.5 * z * em1 / (em1 - z)
+    if kind == "unipc-bh1":
+        return 0.5 * z * z / (em1 - z)
+    return 1.0 + 0.5 * em1 if kind == "0.5exp" else 1.0 - 0.5 * em1
+
+
+@dataclass
+class _Point:
+    index: int  # into the timesteps
+    x: torch.Tensor
+    eps: torch.Tensor
+    x0: torch.Tensor
+
+
+def _update(hist: list[_Point], start: int, order: int, derivatives: tuple[Derivative, ...], prediction: str,
+            target: int, a: list[float], s: list[float], lam: list[float]) -> torch.Tensor:
+    ps = hist[start]
+    h = lam[target] - lam[ps.index]
+    value = (lambda p: p.eps) if prediction == "noise" else (lambda p: p.x0)
+    z = h if prediction == "noise" else -h
+    total = h * phi(1, z) * value(ps)
+    for n, d in enumerate(derivatives, 1):
+        est = derivative_estimate([value(hist[p]) - value(ps) for p in d.active_points],
+                                  [lam[hist[p].index] - lam[ps.index] for p in d.active_points], n)
+        if n == 1:
+            est = est * relaxation_factor(d, h, prediction)
+        total = total + h ** (n + 1) * phi(n + 1, z) * est
+    if prediction == "noise":
+        return (a[target] / a[ps.index]) * ps.x - s[target] * total
+    return (s[target] / s[ps.index]) * ps.x + a[target] * total
+
+
+def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean: torch.Tensor | None = None,
+               generator=None, callback: Callback | None = None) -> torch.Tensor:
+    """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``."""
+    ts = torch.tensor(schedule.timesteps, dtype=torch.float64)
+    a, s, lam = tables(denoiser, ts)
+    if schedule.afs == "none":
+        out = denoiser(x, ts[0])
+        first = _Point(0, x, out.eps, out.denoised)
+    elif schedule.afs == "zero":  # x0 ~ 0, so eps(x_T) = x_T / sigma_T (= x_T for sigma_T = 1)
+        first = _Point(0, x, x / s[0], torch.zeros_like(x))
+    else:
+        if data_mean is None:
+            raise UsageError("afs 'mean' needs the data mean (the model's mean training image)")
+        x0 = data_mean.to(x).expand_as(x)
+        first = _Point(0, x, (x - a[0] * x0) / s[0], x0)
+    hist = [first]
+    last = schedule.num_steps - 1
+    for i, st in enumerate(schedule.steps):
+        x = _update(hist, st.start_point, st.order, st.derivatives, st.prediction, i + 1, a, s, lam)
+        report(callback, i, float(ts[i]), x, hist[-1].x0)
+        if i == last:
+            break
+        out = denoiser(x, ts[i + 1])
+        hist.append(_Point(i + 1, x, out.eps, out.denoised))
+        c = st.corrector
+        if c.kind != "none":
+            x = _update(hist, -2, c.order, c.derivatives, st.prediction, i + 1, a, s, lam)
+            if c.kind == "implicit":
+                out = denoiser(x, ts[i + 1])
+            hist[-1] = _Point(i + 1, x, out.eps, out.denoised)  # pseudo: the outputs at the uncorrected point
+    return x
+
+
+# --- schedules of known solvers (USF Sec. 3.3 and App. A), used as equivalence tests ---------------------------
+
+def _times(grid: torch.Tensor) -> tuple[float, ...]:
+    return tuple(float(t) for t in grid)
+
+
+def ddim_schedule(grid: torch.Tensor, prediction: str = "noise") -> SolverSchedule:
+    """DDIM: order 1 at every step (the same update in noise and data form)."""
+    return SolverSchedule(_times(grid), tuple(Step(prediction, 1) for _ in range(len(grid) - 1)))
+
+
+def dpmpp_2m_schedule(grid: torch.Tensor, lower_order_final: bool = True) -> SolverSchedule:
+    """DPM-Solver++(2M), midpoint form: data prediction, multistep, the first derivative from point -2 with the
+    ``dpmsolver-2`` relaxation."""
+    m = len(grid) - 1
+    steps = []
+    for i in range(m):
+        k = step_order(2, i, m, lower_order_final)
+        steps.append(Step("data", k, (Derivative((-2,), "dpmsolver-2"),) if k == 2 else ()))
+    return SolverSchedule(_times(grid), tuple(steps))
+
+
+def unipc_schedule(grid: torch.Tensor, variant: str = "bh2", lower_order_final: bool = True) -> SolverSchedule:
+    """UniPC with predictor order 2 (UniP-2's fixed 1/2 weight = the ``unipc-<variant>`` relaxation) and the UniC
+    corrector as a ``pseudo`` corrector of one order more: with one difference its 1/2 weight is the same relaxation,
+    with two the linear system is the exact Taylor estimate."""
+    m = len(grid) - 1
+    relax = f"unipc-{variant}"
+    steps = []
+    for i in range(m):
+        k = step_order(2, i, m, lower_order_final)
+        derivs = (Derivative((-2,), relax),) if k == 2 else ()
+        if i == m - 1:
+            corrector = Corrector()
+        elif k == 1:
+            corrector = Corrector("pseudo", 2, (Derivative((-1,), relax),))
+        else:
+            corrector = Corrector("pseudo", 3, (Derivative((-1, -3)), Derivative((-1, -3))))
+        steps.append(Step("data", k, derivs, -1, corrector))
+    return SolverSchedule(_times(grid), tuple(steps))

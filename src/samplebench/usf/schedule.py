@@ -1,0 +1,219 @@
+"""Solver schedules of the Unified Sampling Framework (USF; Liu et al., ICLR 2024, Sec. 3): every per-step decision
+as plain, validated, JSON-serialisable data.
+
+Step i goes from ``timesteps[i]`` to ``timesteps[i + 1]``. History positions are negative indices into the points
+evaluated so far (-1 = the newest). A step expands, in the step's prediction type, from its ``start_point`` to
+Taylor ``order`` k; derivative n (n = 1..k-1) is estimated from the differences to its ``active_points`` (Sec. 3.2,
+"Difference_K"); the first derivative may be relaxed. A ``pseudo`` corrector recomputes the step from the same
+start (position -2 once the new point is added) with the new point available, at no extra NFE; ``implicit`` then
+re-evaluates the model at the corrected point (+1 NFE). ``afs`` replaces the first evaluation analytically.
+NFE = steps - [afs != none] + implicit correctors (the model is not evaluated after the last step).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = ["Derivative", "Corrector", "Step", "SolverSchedule", "PREDICTIONS", "RELAXATIONS", "CORRECTORS",
+           "AFS_KINDS", "FORMAT"]
+
+PREDICTIONS = ("noise", "data")
+RELAXATIONS = ("none", "linear", "dpmsolver-2", "unipc-bh1", "unipc-bh2", "0.5exp", "-0.5exp")
+CORRECTORS = ("none", "pseudo", "implicit")
+AFS_KINDS = ("none", "zero", "mean")
+MAX_ORDER = 4
+FORMAT = "samplebench.usf/1"
+
+
+@dataclass(frozen=True)
+class Derivative:
+    """Estimate of one derivative from the differences to ``active_points`` (K = len: exact for degree <= K)."""
+
+    active_points: tuple[int, ...]
+    relaxation: str = "none"  # applied to the first derivative only
+    coefficient: float = 0.0  # c of the "linear" relaxation, 1 + c h
+
+
+@dataclass(frozen=True)
+class Corrector:
+    kind: str = "none"
+    order: int = 0  # Taylor order of the corrected update (0 with kind "none")
+    derivatives: tuple[Derivative, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    prediction: str = "data"
+    order: int = 1
+    derivatives: tuple[Derivative, ...] = ()  # order - 1 entries
+    start_point: int = -1
+    corrector: Corrector = field(default_factory=Corrector)
+
+
+def _fail(where: str, message: str) -> None:
+    raise UsageError(f"invalid solver schedule: {where}: {message}")
+
+
+def _check_derivatives(where: str, order: int, derivatives: tuple[Derivative, ...], start: int, available: int):
+    if len(derivatives) != order - 1:
+        _fail(where, f"order {order} needs {order - 1} derivative estimates, got {len(derivatives)}")
+    for n, d in enumerate(derivatives, 1):
+        w = f"{where} derivative {n}"
+        if len(d.active_points) < n:
+            _fail(w, f"estimating derivative {n} needs at least {n} active points, got {len(d.active_points)}")
+        if len(set(d.active_points)) != len(d.active_points):
+            _fail(w, f"active points repeat: {list(d.active_points)}")
+        for p in d.active_points:
+            if p >= 0 or -p > available:
+                _fail(w, f"active point {p} is not in the history (positions -1..-{available})")
+            if p == start:
+                _fail(w, f"active point {p} is the start point")
+        if d.relaxation not in RELAXATIONS:
+            _fail(w, f"unknown relaxation {d.relaxation!r}; valid: {', '.join(RELAXATIONS)}")
+        if n > 1 and d.relaxation != "none":
+            _fail(w, "only the first derivative can be relaxed")
+
+
+@dataclass(frozen=True)
+class SolverSchedule:
+    """A USF solver schedule: ``len(timesteps) - 1`` steps, strictly decreasing times."""
+
+    timesteps: tuple[float, ...]
+    steps: tuple[Step, ...]
+    afs: str = "none"
+    skip_coefficients: tuple[float, ...] | None = None  # Skip-Tuning multipliers, innermost skip first
+
+    def __post_init__(self) -> None:
+        ts = self.timesteps
+        if len(ts) < 2 or len(self.steps) != len(ts) - 1:
+            _fail("timesteps", f"{len(ts)} timesteps need {max(len(ts) - 1, 1)} steps, got {len(self.steps)}")
+        for i in range(len(ts) - 1):
+            if not ts[i + 1] < ts[i]:
+                _fail(f"timesteps[{i + 1}]", f"{ts[i + 1]} is not below timesteps[{i}] = {ts[i]}")
+        if ts[-1] <= 0:
+            _fail(f"timesteps[{len(ts) - 1}]", f"the last time must be > 0, got {ts[-1]}")
+        if self.afs not in AFS_KINDS:
+            _fail("afs", f"unknown kind {self.afs!r}; valid: {', '.join(AFS_KINDS)}")
+        if self.skip_coefficients is not None and not all(c >= 0 for c in self.skip_coefficients):
+            _fail("skip_coefficients", f"must be >= 0, got {list(self.skip_coefficients)}")
+        last = len(self.steps) - 1
+        for i, st in enumerate(self.steps):
+            where = f"step {i}"
+            available = i + 1  # points t_0..t_i
+            if st.prediction not in PREDICTIONS:
+                _fail(where, f"unknown prediction {st.prediction!r}; valid: {', '.join(PREDICTIONS)}")
+            if not 1 <= st.order <= min(MAX_ORDER, available):
+                _fail(where, f"order {st.order} is above the available history ({available} point"
+                             f"{'s' if available > 1 else ''}; at most {min(MAX_ORDER, available)})"
+                      if st.order > 1 else f"order must be >= 1, got {st.order}")
+            if st.start_point >= 0 or -st.start_point > available:
+                _fail(where, f"start point {st.start_point} is not in the history (positions -1..-{available})")
+            _check_derivatives(where, st.order, st.derivatives, st.start_point, available)
+            c = st.corrector
+            if c.kind not in CORRECTORS:
+                _fail(f"{where} corrector", f"unknown kind {c.kind!r}; valid: {', '.join(CORRECTORS)}")
+            if c.kind == "none":
+                if c.order or c.derivatives:
+                    _fail(f"{where} corrector", "kind 'none' takes no order or derivatives")
+                continue
+            if i == last:
+                _fail(f"{where} corrector", "the last step cannot have a corrector (the model is not evaluated "
+                                            "after it)")
+            if not 1 <= c.order <= min(MAX_ORDER, available + 1):
+                _fail(f"{where} corrector", f"order {c.order} is above the available history "
+                                            f"(at most {min(MAX_ORDER, available + 1)})")
+            _check_derivatives(f"{where} corrector", c.order, c.derivatives, -2, available + 1)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample (USF Sec. 3 / reference ``get_nfe``)."""
+        implicit = sum(s.corrector.kind == "implicit" for s in self.steps)
+        return self.num_steps - (self.afs != "none") + implicit
+
+    # --- JSON ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"format": FORMAT, **_lists(d)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SolverSchedule":
+        if not isinstance(d, dict):
+            _fail("file", "expected a JSON object")
+        if d.get("format", FORMAT) != FORMAT:
+            _fail("format", f"{d.get('format')!r} is not {FORMAT!r}")
+        unknown = set(d) - {"format", "timesteps", "steps", "afs", "skip_coefficients"}
+        if unknown:
+            _fail("file", f"unknown fields {sorted(unknown)}")
+        steps = []
+        for i, st in enumerate(d.get("steps") or ()):
+            try:
+                steps.append(_step(st))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                _fail(f"step {i}", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
+        try:
+            skip = d.get("skip_coefficients")
+            return cls(tuple(float(t) for t in d["timesteps"]), tuple(steps), d.get("afs", "none"),
+                       None if skip is None else tuple(float(c) for c in skip))
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, UsageError):
+                raise
+            _fail("file", f"malformed ({type(e).__name__}: {e})")
+
+    @classmethod
+    def from_json(cls, text: str) -> "SolverSchedule":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            _fail("file", f"not JSON ({e})")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SolverSchedule":
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"solver schedule {str(p)!r} does not exist")
+        return cls.from_json(p.read_text())
+
+
+def _lists(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _lists(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_lists(x) for x in v]
+    return v
+
+
+_STEP_KEYS = {"prediction", "order", "derivatives", "start_point", "corrector"}
+
+
+def _derivative(d: dict[str, Any]) -> Derivative:
+    unknown = set(d) - {"active_points", "relaxation", "coefficient"}
+    if unknown:
+        raise ValueError(f"unknown derivative fields {sorted(unknown)}")
+    return Derivative(tuple(int(p) for p in d["active_points"]), d.get("relaxation", "none"),
+                      float(d.get("coefficient", 0.0)))
+
+
+def _step(d: dict[str, Any]) -> Step:
+    unknown = set(d) - _STEP_KEYS
+    if unknown:
+        raise ValueError(f"unknown step fields {sorted(unknown)}")
+    c = d.get("corrector") or {}
+    corrector = Corrector(c.get("kind", "none"), int(c.get("order", 0)),
+                          tuple(_derivative(x) for x in c.get("derivatives", ())))
+    return Step(d.get("prediction", "data"), int(d.get("order", 1)),
+                tuple(_derivative(x) for x in d.get("derivatives", ())), int(d.get("start_point", -1)), corrector)
