@@ -193,3 +193,27 @@ def test_invalid_schedules_name_the_step_and_field(mutate, message):
     mutate(d)
     with pytest.raises(UsageError, match="invalid solver schedule: " + __import__("re").escape(message)):
         SolverSchedule.from_dict(d)
+
+
+def test_sample_with_a_schedule_file(tmp_path, capsys):
+    from samplebench.cli import main
+    from samplebench.models import load_model
+
+    model = load_model("digits-gmm")
+    grid = make_grid(model.schedule, "logsnr", 6)
+    dpmpp_2m_schedule(grid).save(tmp_path / "2m.json")
+    args = ["--model", "digits-gmm", "--num", "3", "--save-npz", "--quiet"]
+    assert main(["sample", *args, "--schedule", str(tmp_path / "2m.json"), "--out", str(tmp_path / "a")]) == 0
+    assert main(["sample", *args, "--solver", "dpmpp-2m", "--nfe", "6", "--out", str(tmp_path / "b")]) == 0
+    a, b = np.load(tmp_path / "a" / "samples.npz")["x"], np.load(tmp_path / "b" / "samples.npz")["x"]
+    assert np.allclose(a, b, atol=1e-5)
+    summary = __import__("json").loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["solver"] == "usf" and summary["nfe_per_sample"] == 6 and summary["schedule"]["steps"]
+    capsys.readouterr()
+    for extra, message in [(["--schedule", str(tmp_path / "2m.json"), "--nfe", "5"], "uses 6 NFE, not --nfe 5"),
+                           (["--schedule", str(tmp_path / "none.json")], "does not exist"),
+                           (["--schedule", str(tmp_path / "a" / "summary.json")], "invalid solver schedule")]:
+        assert main(["sample", *args, *extra, "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "c").exists()

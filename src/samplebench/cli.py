@@ -32,7 +32,10 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model name, diffusers hub id or local directory (default: {DEFAULT_MODEL})")
     p.add_argument("--solver", default="dpmpp-2m", help="a registered solver (see 'samplebench solvers')")
-    p.add_argument("--nfe", type=_int, default=10, help="network evaluations per sample, exactly")
+    p.add_argument("--nfe", type=_int, default=None,
+                   help="network evaluations per sample, exactly (default: 10, or the schedule's)")
+    p.add_argument("--schedule", default=None,
+                   help="a USF solver schedule JSON file (replaces --solver and --time-grid)")
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int, default=64)
@@ -135,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _sample(args: argparse.Namespace) -> int:
     from .sampling import SampleConfig, run_sample
 
-    config = SampleConfig(model=args.model, solver=args.solver, nfe=args.nfe, num=args.num, seed=args.seed,
+    nfe = args.nfe if args.nfe is not None or args.schedule is not None else 10
+    config = SampleConfig(model=args.model, solver=args.solver, nfe=nfe, num=args.num, seed=args.seed,
                           batch_size=args.batch_size, time_grid=args.time_grid, class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
-                          save_npz=args.save_npz)
+                          save_npz=args.save_npz, schedule=args.schedule)
     summary = run_sample(config, args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
                      | {"out": args.out}))

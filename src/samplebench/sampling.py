@@ -32,7 +32,7 @@ class SampleConfig:
 
     model: str = DEFAULT_MODEL
     solver: str = "dpmpp-2m"
-    nfe: int = 10
+    nfe: int | None = 10  # None with a schedule: the schedule's own
     num: int = 16
     seed: int = 0
     batch_size: int = 64
@@ -44,6 +44,7 @@ class SampleConfig:
     device: str = "cpu"
     dtype: str = "float32"
     save_npz: bool = False
+    schedule: str | None = None  # a USF solver schedule file; replaces solver and time grid
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -52,7 +53,9 @@ class SampleConfig:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise UsageError(f"--seed must be >= 0, got {self.seed}")
-        if self.nfe < 1:
+        if self.nfe is None and self.schedule is None:
+            raise UsageError("--nfe is required without --schedule")
+        if self.nfe is not None and self.nfe < 1:
             raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
 
 
@@ -76,6 +79,16 @@ def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: 
                              f"{steps} steps for --nfe {nfe}")
         return grid
     return make_grid(model.schedule, spec, steps)
+
+
+def schedule_solver(schedule) -> SolverSpec:
+    """A USF solver schedule as a registry solver; it brings its own time grid (``schedule.timesteps``)."""
+    from .usf import usf_sample
+
+    def fn(denoiser, x, grid, *, generator=None, callback=None):
+        return usf_sample(denoiser, x, schedule, generator=generator, callback=callback)
+
+    return SolverSpec("usf", fn, 1, None, "explicit", "USF solver schedule (Liu et al. 2024)")
 
 
 def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
@@ -150,8 +163,19 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
-    solver = get_solver(config.solver)
-    steps = solver.steps_for_nfe(config.nfe)
+    schedule = None
+    if config.schedule is not None:
+        from .usf import SolverSchedule
+
+        schedule = SolverSchedule.load(config.schedule)
+        if config.nfe is not None and config.nfe != schedule.nfe:
+            raise UsageError(f"schedule {config.schedule!r} uses {schedule.nfe} NFE, not --nfe {config.nfe}")
+        if config.time_grid is not None:
+            raise UsageError("--time-grid and --schedule exclude each other (the schedule holds its timesteps)")
+        solver, steps = schedule_solver(schedule), schedule.num_steps
+    else:
+        solver = get_solver(config.solver)
+        steps = solver.steps_for_nfe(config.nfe)
     if config.time_grid is not None:
         parse_grid(config.time_grid)
     out = Path(out)
@@ -160,13 +184,17 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     t_load = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype)
     load_time = time.perf_counter() - t_load
-    grid = solver_grid(model, solver, config.nfe, config.time_grid)
+    if schedule is not None:
+        grid = validate_grid(model.schedule, torch.tensor(schedule.timesteps, dtype=torch.float64))
+    else:
+        grid = solver_grid(model, solver, config.nfe, config.time_grid)
     seeds = list(range(config.seed, config.seed + config.num))
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
 
-    bar = tqdm(total=steps * -(-config.num // config.batch_size), desc=f"{config.solver} nfe={config.nfe}",
+    name = "usf" if schedule is not None else config.solver
+    bar = tqdm(total=steps * -(-config.num // config.batch_size), desc=f"{name} nfe={config.nfe or schedule.nfe}",
                unit="step", disable=not progress)
     result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
                     negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
@@ -175,8 +203,9 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
 
     out.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(result.images)
-    settings = {"model": config.model, "solver": config.solver, "nfe": result.nfe, "steps": steps,
+    settings = {"model": config.model, "solver": name, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
+                "schedule": schedule.to_dict() if schedule is not None else None,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
     files = []
@@ -187,7 +216,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
         _png(a).save(out / name, pnginfo=info)
         files.append(name)
     _grid_image(arrays, [f"seed {s}" for s in seeds],
-                f"{config.model} | {config.solver} | NFE {result.nfe}").save(out / "grid.png")
+                f"{config.model} | {name} | NFE {result.nfe}").save(out / "grid.png")
     if config.save_npz:
         np.savez(out / "samples.npz", images=result.images.numpy(), x=result.x.numpy(), seeds=np.array(seeds))
     summary = {**settings, "config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
