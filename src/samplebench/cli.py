@@ -36,6 +36,8 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="network evaluations per sample, exactly (default: 10, or the schedule's)")
     p.add_argument("--schedule", default=None,
                    help="a USF solver schedule JSON file (replaces --solver and --time-grid)")
+    p.add_argument("--skip-rho", type=float, default=None,
+                   help="Skip-Tuning: scale the innermost UNet skip by this, linearly up to 1 at the outermost")
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int, default=64)
@@ -143,7 +145,7 @@ def _sample(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, time_grid=args.time_grid, class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
-                          save_npz=args.save_npz, schedule=args.schedule)
+                          save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho)
     summary = run_sample(config, args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
                      | {"out": args.out}))

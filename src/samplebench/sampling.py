@@ -20,6 +20,7 @@ import torch
 from . import __version__
 from .errors import UsageError
 from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
+from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
 
@@ -45,6 +46,7 @@ class SampleConfig:
     dtype: str = "float32"
     save_npz: bool = False
     schedule: str | None = None  # a USF solver schedule file; replaces solver and time grid
+    skip_rho: float | None = None  # Skip-Tuning: innermost skip scaled by rho, linearly up to 1 at the outermost
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -53,6 +55,8 @@ class SampleConfig:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if self.skip_rho is not None and self.skip_rho < 0:
+            raise UsageError(f"--skip-rho must be >= 0, got {self.skip_rho}")
         if self.nfe is None and self.schedule is None:
             raise UsageError("--nfe is required without --schedule")
         if self.nfe is not None and self.nfe < 1:
@@ -89,6 +93,22 @@ def schedule_solver(schedule) -> SolverSpec:
         return usf_sample(denoiser, x, schedule, generator=generator, callback=callback)
 
     return SolverSpec("usf", fn, 1, None, "explicit", "USF solver schedule (Liu et al. 2024)")
+
+
+def _skip_coefficients(model: DiffusionModel, rho: float | None, schedule) -> list[float] | None:
+    """Skip-Tuning coefficients from ``--skip-rho`` or the schedule, checked against the model's UNet."""
+    coefficients = rho if rho is not None else getattr(schedule, "skip_coefficients", None)
+    if coefficients is None:
+        return None
+    unet = getattr(getattr(model, "pipe", None), "unet", None)
+    if unet is None or not hasattr(unet, "up_blocks"):
+        raise UsageError(f"Skip-Tuning needs a UNet2DModel-style network; model {model.name!r} has none")
+    if rho is not None:
+        return linear_skip_coefficients(count_skips(unet), rho)
+    if len(coefficients) != count_skips(unet):
+        raise UsageError(f"the schedule has {len(coefficients)} skip coefficients, the UNet of {model.name!r} "
+                         f"has {count_skips(unet)} skips")
+    return list(coefficients)
 
 
 def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
@@ -194,18 +214,24 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
                                           config.negative_prompt, config.guidance_scale))
 
     name = "usf" if schedule is not None else config.solver
+    skips = _skip_coefficients(model, config.skip_rho, schedule)
+    handles = apply_skip_tuning(model.pipe.unet, skips) if skips is not None else []
     bar = tqdm(total=steps * -(-config.num // config.batch_size), desc=f"{name} nfe={config.nfe or schedule.nfe}",
                unit="step", disable=not progress)
-    result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
-                    negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
-                    batch_size=config.batch_size, on_step=lambda info: bar.update(1))
-    bar.close()
+    try:
+        result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
+                        negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
+                        batch_size=config.batch_size, on_step=lambda info: bar.update(1))
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
 
     out.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(result.images)
     settings = {"model": config.model, "solver": name, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
-                "schedule": schedule.to_dict() if schedule is not None else None,
+                "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
     files = []
