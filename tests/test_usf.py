@@ -195,9 +195,15 @@ def test_invalid_schedules_name_the_step_and_field(mutate, message):
         SolverSchedule.from_dict(d)
 
 
-def test_sample_with_a_schedule_file(tmp_path, capsys):
+def test_sample_with_a_schedule_file(tmp_path, capsys, monkeypatch):
+    from samplebench import sampling
     from samplebench.cli import main
     from samplebench.models import load_model
+
+    titles = []
+    grid_image = sampling._grid_image
+    monkeypatch.setattr(sampling, "_grid_image", lambda a, labels, title: titles.append(title) or grid_image(
+        a, labels, title))
 
     model = load_model("digits-gmm")
     grid = make_grid(model.schedule, "logsnr", 6)
@@ -209,6 +215,7 @@ def test_sample_with_a_schedule_file(tmp_path, capsys):
     assert np.allclose(a, b, atol=1e-5)
     summary = __import__("json").loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["solver"] == "usf" and summary["nfe_per_sample"] == 6 and summary["schedule"]["steps"]
+    assert titles == ["digits-gmm | usf | NFE 6", "digits-gmm | dpmpp-2m | NFE 6"]
     capsys.readouterr()
     for extra, message in [(["--schedule", str(tmp_path / "2m.json"), "--nfe", "5"], "uses 6 NFE, not --nfe 5"),
                            (["--schedule", str(tmp_path / "none.json")], "does not exist"),

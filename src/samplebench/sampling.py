@@ -213,11 +213,10 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
 
-    name = "usf" if schedule is not None else config.solver
     skips = _skip_coefficients(model, config.skip_rho, schedule)
     handles = apply_skip_tuning(model.pipe.unet, skips) if skips is not None else []
-    bar = tqdm(total=steps * -(-config.num // config.batch_size), desc=f"{name} nfe={config.nfe or schedule.nfe}",
-               unit="step", disable=not progress)
+    bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,
+               desc=f"{solver.name} nfe={config.nfe or schedule.nfe}")
     try:
         result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
                         negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
@@ -229,7 +228,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
 
     out.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(result.images)
-    settings = {"model": config.model, "solver": name, "nfe": result.nfe, "steps": steps,
+    settings = {"model": config.model, "solver": solver.name, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
@@ -242,7 +241,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
         _png(a).save(out / name, pnginfo=info)
         files.append(name)
     _grid_image(arrays, [f"seed {s}" for s in seeds],
-                f"{config.model} | {name} | NFE {result.nfe}").save(out / "grid.png")
+                f"{config.model} | {solver.name} | NFE {result.nfe}").save(out / "grid.png")
     if config.save_npz:
         np.savez(out / "samples.npz", images=result.images.numpy(), x=result.x.numpy(), seeds=np.array(seeds))
     summary = {**settings, "config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
