@@ -18,9 +18,7 @@ count: CPU kernels may round differently with more threads (a pixel then differs
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UsageError
+from .files import atomic_savez, atomic_write
 
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
@@ -115,14 +114,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _save_npz(path: Path, **arrays: Any) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-
-
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -159,7 +150,7 @@ class _Job:
                         batch_size=c.shard_size)
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_npz(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
+        atomic_savez(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
                   wall_time_s=result.wall_time_s)
 
     def feature_shard(self, extractor, solver: str, nfe: int, shard: int, logits: bool) -> None:
@@ -171,7 +162,7 @@ class _Job:
         path = self.feature_file(solver, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"feats": f.feats} | ({"logits": f.logits} if logits else {})
-        _save_npz(path, **arrays)
+        atomic_savez(path, **arrays)
 
 
 def _check_manifest(out: Path, config: EvalConfig) -> None:
@@ -186,9 +177,7 @@ def _check_manifest(out: Path, config: EvalConfig) -> None:
                              f"use another --out or the same settings to resume it")
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".job.json.tmp"
-    tmp.write_text(json.dumps({"settings": settings, "version": __version__}, indent=2))
-    tmp.replace(manifest)
+    atomic_write(manifest, json.dumps({"settings": settings, "version": __version__}, indent=2))
 
 
 def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...]) -> dict[str, float | None]:
@@ -212,6 +201,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
              inception_weights: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) the job; on the main process, return the result rows (also in ``results.json`` and the
     database). Other processes of an ``accelerate launch`` return an empty list."""
+    import torch
     from accelerate import PartialState
     from tqdm import tqdm
 
@@ -225,8 +215,6 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     if device is not None:
         parse_device(device)
-    import torch
-
     # without CUDA, processes started by accelerate (or torchrun) form a CPU group (gloo)
     state = PartialState(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
     dev = device or str(state.device)
@@ -285,9 +273,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
             row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
             results_db.add(row)
             rows.append(row)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(out / "results.json")
+    atomic_write(out / "results.json", json.dumps(rows, indent=2))
     results_db.close()
     return rows
 

@@ -96,19 +96,14 @@ def schedule_solver(schedule) -> SolverSpec:
 
 
 def _skip_coefficients(model: DiffusionModel, rho: float | None, schedule) -> list[float] | None:
-    """Skip-Tuning coefficients from ``--skip-rho`` or the schedule, checked against the model's UNet."""
+    """Skip-Tuning coefficients from ``--skip-rho`` or the schedule (``apply_skip_tuning`` checks their count)."""
     coefficients = rho if rho is not None else getattr(schedule, "skip_coefficients", None)
     if coefficients is None:
         return None
     unet = getattr(getattr(model, "pipe", None), "unet", None)
     if unet is None or not hasattr(unet, "up_blocks"):
         raise UsageError(f"Skip-Tuning needs a UNet2DModel-style network; model {model.name!r} has none")
-    if rho is not None:
-        return linear_skip_coefficients(count_skips(unet), rho)
-    if len(coefficients) != count_skips(unet):
-        raise UsageError(f"the schedule has {len(coefficients)} skip coefficients, the UNet of {model.name!r} "
-                         f"has {count_skips(unet)} skips")
-    return list(coefficients)
+    return linear_skip_coefficients(count_skips(unet), rho) if rho is not None else list(coefficients)
 
 
 def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:

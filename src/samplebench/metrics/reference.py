@@ -25,11 +25,12 @@ import numpy as np
 
 from ..cache import cache_dir
 from ..errors import UsageError
+from ..files import atomic_savez, atomic_write
 from .extractors import Extractor
 from .images import load_folder, load_npz_images
 from .scores import as_uint8, extract, statistics
 
-__all__ = ["Reference", "BUILTIN_REFERENCES", "EXACT_SAMPLES", "EXACT_SEED", "get_reference", "reference_images",
+__all__ = ["Reference", "reference_stem", "BUILTIN_REFERENCES", "EXACT_SAMPLES", "EXACT_SEED", "get_reference", "reference_images",
            "refs_dir", "list_references"]
 
 BUILTIN_REFERENCES = ("digits-train", "digits-test", "digits-gmm", "gaussian")
@@ -59,37 +60,28 @@ class Reference:
 
     @property
     def stem(self) -> str:
-        modifier = "" if self.extractor == "inception" else f"_{self.extractor}"
-        return f"{self.name}_{self.mode}{modifier}_custom_na".lower()
+        return reference_stem(self.name, self.extractor, self.mode)
 
     def save(self, folder: str | Path | None = None) -> Path:
         """Write the clean-fid files and the info file; each appears whole (temporary file, then rename)."""
         folder = Path(folder or refs_dir())
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_npz(folder / f"{self.stem}.npz", mu=self.mu, sigma=self.sigma)
+        atomic_savez(folder / f"{self.stem}.npz", compressed=True, mu=self.mu, sigma=self.sigma)
         if self.feats is not None:
-            _atomic_npz(folder / f"{self.stem}_kid.npz", feats=self.feats)
+            atomic_savez(folder / f"{self.stem}_kid.npz", compressed=True, feats=self.feats)
         info = {"name": self.name, "extractor": self.extractor, "mode": self.mode, "count": self.count,
                 "source": self.source, "sha256": self.sha256, "dim": int(self.mu.shape[0])}
-        _atomic_write(folder / f"{self.stem}_info.json", json.dumps(info, indent=2).encode())
+        atomic_write(folder / f"{self.stem}_info.json", json.dumps(info, indent=2))
         return folder / f"{self.stem}.npz"
 
     def describe(self) -> dict[str, object]:
         return {"ref": self.name, "ref_sha256": self.sha256, "ref_count": self.count, "ref_source": self.source}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    _atomic_write(path, buf.getvalue())
+def reference_stem(name: str, extractor: str, mode: str) -> str:
+    """clean-fid's custom-statistics file stem (no extractor suffix for Inception, as for its ``inception_v3``)."""
+    modifier = "" if extractor == "inception" else f"_{extractor}"
+    return f"{name}_{mode}{modifier}_custom_na".lower()
 
 
 def reference_images(spec: str, resolution: int = 16) -> tuple[str, np.ndarray, str]:
@@ -148,8 +140,7 @@ def get_reference(spec: str, extractor: Extractor, *, name: str | None = None, r
             return _load(path, path.stem, extractor, repr(spec))
     builtin = spec in BUILTIN_REFERENCES
     if not builtin and not path.exists():
-        probe = Reference(spec, extractor.name, extractor.mode, np.zeros(0), np.zeros(0), None, 0, "")
-        cached = refs_dir() / f"{probe.stem}.npz"
+        cached = refs_dir() / f"{reference_stem(spec, extractor.name, extractor.mode)}.npz"
         if cached.exists():
             return _load(cached, spec, extractor, repr(spec))
         raise UsageError(f"unknown reference {spec!r}: not a built-in ({', '.join(BUILTIN_REFERENCES)}), a folder, "
@@ -157,8 +148,7 @@ def get_reference(spec: str, extractor: Extractor, *, name: str | None = None, r
                          f"{extractor.mode}")
     derived, images, source = reference_images(spec, resolution)
     name = name or derived
-    probe = Reference(name, extractor.name, extractor.mode, np.zeros(0), np.zeros(0), None, 0, source)
-    cached = refs_dir() / f"{probe.stem}.npz"
+    cached = refs_dir() / f"{reference_stem(name, extractor.name, extractor.mode)}.npz"
     if cached.exists() and not recompute:
         return _load(cached, name, extractor, repr(spec))
     feats = extract(images, extractor, batch_size=batch_size).feats
