@@ -111,10 +111,11 @@ def test_killed_job_resumes_to_the_same_files_and_numbers(reference_job, tmp_pat
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = len(list((resumed / "samples").rglob("shard-*.npz")))
-    assert 5 <= done < 24 and not (resumed / "results.json").exists()
+    before = {p: p.stat().st_mtime_ns for p in (resumed / "samples").rglob("shard-*.npz")}
+    assert 5 <= len(before) < 24 and not (resumed / "results.json").exists()
     with one_thread():
         assert main(["eval", *JOB, "--out", str(resumed), "--db", str(tmp_path / "r.db")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # finished shards are kept, not redrawn
     assert _same(_shards(resumed), _shards(out))
     assert _metrics(resumed) == _metrics(out)
     assert not list(resumed.rglob("*.tmp"))
@@ -130,6 +131,10 @@ def test_two_processes_give_the_same_samples_and_metrics(reference_job, tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
     assert _same(_shards(two), _shards(out))
     assert _metrics(two) == _metrics(out)
+    # each shard was drawn once, by the process the round-robin deal gave it to
+    order = [f"samples/{s}-nfe{n}/shard-{j:05d}.npz" for s in ("ddim", "dpmpp-2m") for n in (3, 4) for j in range(6)]
+    writers = [int(np.load(two / p)["process"]) for p in order]
+    assert writers == [k % 2 for k in range(len(order))]
     rows = ResultsDB(tmp_path / "two.db").query()
     assert len(rows) == 4 and {row["num_processes"] for row in rows} == {2}
 

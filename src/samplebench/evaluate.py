@@ -3,7 +3,8 @@
 Layout under ``--out``::
 
     job.json                                        the settings (a resume with other settings is refused)
-    samples/<solver>-nfe<k>/shard-00000.npz          uint8 images [S, H, W, C] as PNGs hold them, seeds, NFE, time
+    samples/<solver>-nfe<k>/shard-00000.npz          uint8 images [S, H, W, C] as PNGs hold them, seeds, NFE, time,
+                                                    the index of the process that drew them
     features/<extractor>-<mode>/<solver>-nfe<k>/...   features (and logits) of the same shard
     results.json                                    one row per (solver, NFE), also written to the results database
 
@@ -137,7 +138,7 @@ class _Job:
             self._model = load_model(self.config.model, device=self.device or "cpu", dtype=self.config.dtype)
         return self._model
 
-    def sample_shard(self, solver_name: str, nfe: int, shard: int) -> None:
+    def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
         from .samplers import get_solver
         from .sampling import sample, solver_grid, to_uint8
 
@@ -151,7 +152,7 @@ class _Job:
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_savez(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
-                  wall_time_s=result.wall_time_s)
+                     wall_time_s=result.wall_time_s, process=process)
 
     def feature_shard(self, extractor, solver: str, nfe: int, shard: int, logits: bool) -> None:
         from .metrics.scores import extract
@@ -243,7 +244,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
                     continue
         if not job.sample_file(s, n, j).exists():
             bar.set_postfix_str(f"{s} nfe={n} shard {j}")
-            job.sample_shard(s, n, j)
+            job.sample_shard(s, n, j, state.process_index)
         job.feature_shard(extractor, s, n, j, want_logits)
     bar.close()
     state.wait_for_everyone()
