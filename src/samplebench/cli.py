@@ -1,4 +1,4 @@
-"""The command line: ``samplebench sample|eval|runs|plot|refs|solvers|models|train`` (``sample`` is an alias of
+"""The command line: ``samplebench sample|eval|search|runs|plot|refs|solvers|models|train`` (``sample`` is an alias of
 ``samplebench sample``).
 
 Bad input prints one line, ``samplebench: error: ...``, and exits with code 2.
@@ -111,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="float32")
     ev.add_argument("--quiet", action="store_true")
     _add_metric_args(ev)
+    se = sub.add_parser("search", help="S3: search USF solver schedules per NFE (resumable; accelerate launch splits it)")
+    se.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    se.add_argument("--nfe", type=_csv(int), default=(5, 6, 8, 10), help="comma-separated target NFEs")
+    se.add_argument("--budget", type=_int, default=120, help="real evaluations in all, split evenly over the NFEs")
+    se.add_argument("--samples", type=_int, default=1000, help="images per evaluation (FID against --ref)")
+    se.add_argument("--seed", type=_int, default=500_000, help="image i of every evaluation uses seed + i")
+    se.add_argument("--ref", default=None, help="reference statistics (default: the model's own)")
+    se.add_argument("--features", default="digits", help="feature extractor: digits or inception")
+    se.add_argument("--mode", default="clean")
+    se.add_argument("--inception-weights", default=None)
+    se.add_argument("--per-stage", type=_int, default=4, help="real evaluations per NFE and stage")
+    se.add_argument("--pool", type=_int, default=128, help="bred candidates per NFE and stage, ranked by the predictor")
+    se.add_argument("--no-predictor", action="store_true", help="plain evolutionary search (no predictor)")
+    se.add_argument("--search-seed", type=_int, default=0)
+    se.add_argument("--batch-size", type=_int, default=250)
+    se.add_argument("--out", required=True, help="search folder (resumed if present); best schedules in OUT/s3")
+    se.add_argument("--device", default=None)
+    se.add_argument("--dtype", default="float32")
+    se.add_argument("--quiet", action="store_true", help="no line per evaluation")
     runs = sub.add_parser("runs", help="list evaluation results from the database")
     _add_filters(runs)
     runs.add_argument("--csv", default=None, help="also write the rows to this CSV file")
@@ -177,6 +196,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 _SHOWN = ("model", "solver", "nfe", "num_samples", "fid", "kid", "inception_score", "extractor", "mode", "ref",
           "wall_time_s")
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .search.run import SearchConfig, report_table, run_search
+
+    config = SearchConfig(model=args.model, nfes=args.nfe, budget=args.budget, samples=args.samples, seed=args.seed,
+                          features=args.features, mode=args.mode, ref=args.ref, batch_size=args.batch_size,
+                          per_stage=args.per_stage, pool=args.pool, predictor=not args.no_predictor,
+                          search_seed=args.search_seed, dtype=args.dtype)
+    report = run_search(config, args.out, device=args.device, progress=not args.quiet,
+                        inception_weights=args.inception_weights)
+    print(report_table(report))
+    return 0
 
 
 def _filters(args: argparse.Namespace) -> dict:
@@ -253,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sample":
             return _sample(args)
-        if args.command in ("eval", "runs", "plot", "refs"):
-            return {"eval": _eval, "runs": _runs, "plot": _plot, "refs": _refs}[args.command](args)
+        if args.command in ("eval", "search", "runs", "plot", "refs"):
+            return {"eval": _eval, "search": _search, "runs": _runs, "plot": _plot,
+                    "refs": _refs}[args.command](args)
         if args.command == "solvers":
             return _solvers()
         if args.command == "train":

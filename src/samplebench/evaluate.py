@@ -31,6 +31,8 @@ from . import __version__
 from .errors import UsageError
 from .files import atomic_savez, atomic_write
 
+S3 = "s3"  # = sampling.S3 (not imported here: that module pulls in torch)
+
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
 METRICS = ("fid", "kid", "is")
@@ -70,6 +72,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
         from .samplers import get_solver
+        from .usf.shipped import s3_schedule_path
 
         for name, v in (("--num", self.num), ("--shard-size", self.shard_size)):
             if v < 1:
@@ -84,9 +87,11 @@ class EvalConfig:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         for s in self.solvers:
-            solver = get_solver(s)
             for n in self.nfes:
-                solver.steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
+                if s == S3:
+                    s3_schedule_path(self.model, n)  # a clear error when the model ships no schedule for n
+                else:
+                    get_solver(s).steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "
                              f"name made with 'samplebench refs make')")
@@ -115,6 +120,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _s3_dict(model: str, nfe: int) -> dict[str, Any]:
+    from .usf import SolverSchedule
+    from .usf.shipped import s3_schedule_path
+
+    return SolverSchedule.load(s3_schedule_path(model, nfe)).to_dict()
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -139,16 +151,17 @@ class _Job:
         return self._model
 
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
-        from .samplers import get_solver
-        from .sampling import sample, solver_grid, to_uint8
+        from .sampling import load_schedule, resolve_solver, sample, skips_applied, to_uint8
 
         c = self.config
         lo, hi = shard * c.shard_size, min(c.num, (shard + 1) * c.shard_size)
         seeds = list(range(c.seed + lo, c.seed + hi))
-        model, solver = self.model(), get_solver(solver_name)
-        result = sample(model, solver, solver_grid(model, solver, nfe, c.time_grid), seeds,
-                        class_label=c.class_label, prompt=c.prompt, guidance_scale=c.guidance_scale,
-                        batch_size=c.shard_size)
+        model = self.model()
+        schedule = load_schedule(c.model, solver_name, nfe, None)
+        solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
+        with skips_applied(model, None, schedule):
+            result = sample(model, solver, grid, seeds, class_label=c.class_label, prompt=c.prompt,
+                            guidance_scale=c.guidance_scale, batch_size=c.shard_size)
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_savez(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
@@ -263,13 +276,15 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
                 with np.load(job.sample_file(s, n, j)) as z:
                     wall += float(z["wall_time_s"])
                     nfe = int(z["nfe"])
-            row = {"model": c.model, "solver": s, "time_grid": c.time_grid, "nfe": nfe, "seed": c.seed,
+            row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
+                   "seed": c.seed,
                    "num_samples": c.num,
                    **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics),
                    "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
                    "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
                    "out": str(out.resolve()), "versions": package_versions(),
-                   "settings": {**c.settings(), "solver": s, "nfe": n}}
+                   "settings": {**c.settings(), "solver": s, "nfe": n,
+                                **({"schedule": _s3_dict(c.model, n)} if s == S3 else {})}}
             row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
             results_db.add(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,48 @@ def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: 
     return make_grid(model.schedule, spec, steps)
 
 
-def schedule_solver(schedule) -> SolverSpec:
+S3 = "s3"  # the solver name that means "the model's shipped S3 schedule for this NFE"
+
+
+def schedule_solver(schedule, data_mean: torch.Tensor | None = None) -> SolverSpec:
     """A USF solver schedule as a registry solver; it brings its own time grid (``schedule.timesteps``)."""
     from .usf import usf_sample
 
+    if schedule.afs == "mean" and data_mean is None:
+        raise UsageError("the schedule's analytical first step 'mean' needs the model's mean training image, and "
+                         "this model has none (a pipeline directory may hold it as data_mean.npy)")
+
     def fn(denoiser, x, grid, *, generator=None, callback=None):
-        return usf_sample(denoiser, x, schedule, generator=generator, callback=callback)
+        return usf_sample(denoiser, x, schedule, data_mean=data_mean, generator=generator, callback=callback)
 
     return SolverSpec("usf", fn, 1, None, "explicit", "USF solver schedule (Liu et al. 2024)")
+
+
+def load_schedule(model: str, solver: str, nfe: int | None, schedule_file: str | None):
+    """The USF schedule a run uses: ``--schedule FILE``, the model's shipped one for ``--solver s3``, or None."""
+    from .usf import SolverSchedule
+    from .usf.shipped import s3_schedule_path
+
+    if schedule_file is None and solver != S3:
+        return None
+    if schedule_file is None and nfe is None:
+        raise UsageError("--solver s3 needs --nfe")
+    schedule = SolverSchedule.load(schedule_file or s3_schedule_path(model, nfe))
+    if nfe is not None and nfe != schedule.nfe:
+        raise UsageError(f"schedule {schedule_file!r} uses {schedule.nfe} NFE, not --nfe {nfe}")
+    return schedule
+
+
+def resolve_solver(model: DiffusionModel, solver: str, nfe: int | None, time_grid: str | None = None,
+                   schedule=None) -> tuple[SolverSpec, torch.Tensor]:
+    """The sampler and time grid of a run: a USF schedule's own, or a registry solver's at exactly ``nfe``."""
+    if schedule is None:
+        spec = get_solver(solver)
+        return spec, solver_grid(model, spec, nfe, time_grid)
+    if time_grid is not None:
+        raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
+    grid = validate_grid(model.schedule, torch.tensor(schedule.timesteps, dtype=torch.float64))
+    return schedule_solver(schedule, model.data_mean), grid
 
 
 def _skip_coefficients(model: DiffusionModel, rho: float | None, schedule) -> list[float] | None:
@@ -104,6 +139,18 @@ def _skip_coefficients(model: DiffusionModel, rho: float | None, schedule) -> li
     if unet is None or not hasattr(unet, "up_blocks"):
         raise UsageError(f"Skip-Tuning needs a UNet2DModel-style network; model {model.name!r} has none")
     return linear_skip_coefficients(count_skips(unet), rho) if rho is not None else list(coefficients)
+
+
+@contextmanager
+def skips_applied(model: DiffusionModel, rho: float | None = None, schedule=None):
+    """Skip-Tuning from ``--skip-rho`` or the schedule for the duration of the block; yields the coefficients."""
+    skips = _skip_coefficients(model, rho, schedule)
+    handles = apply_skip_tuning(model.pipe.unet, skips) if skips is not None else []
+    try:
+        yield skips
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
@@ -178,19 +225,10 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
-    schedule = None
-    if config.schedule is not None:
-        from .usf import SolverSchedule
-
-        schedule = SolverSchedule.load(config.schedule)
-        if config.nfe is not None and config.nfe != schedule.nfe:
-            raise UsageError(f"schedule {config.schedule!r} uses {schedule.nfe} NFE, not --nfe {config.nfe}")
-        if config.time_grid is not None:
-            raise UsageError("--time-grid and --schedule exclude each other (the schedule holds its timesteps)")
-        solver, steps = schedule_solver(schedule), schedule.num_steps
-    else:
-        solver = get_solver(config.solver)
-        steps = solver.steps_for_nfe(config.nfe)
+    schedule = load_schedule(config.model, config.solver, config.nfe, config.schedule)
+    if schedule is not None and config.time_grid is not None:
+        raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
+    steps = schedule.num_steps if schedule is not None else get_solver(config.solver).steps_for_nfe(config.nfe)
     if config.time_grid is not None:
         parse_grid(config.time_grid)
     out = Path(out)
@@ -199,31 +237,26 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     t_load = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype)
     load_time = time.perf_counter() - t_load
-    if schedule is not None:
-        grid = validate_grid(model.schedule, torch.tensor(schedule.timesteps, dtype=torch.float64))
-    else:
-        grid = solver_grid(model, solver, config.nfe, config.time_grid)
+    solver, grid = resolve_solver(model, config.solver, config.nfe, config.time_grid, schedule)
+    label = S3 if config.schedule is None and config.solver == S3 else solver.name
     seeds = list(range(config.seed, config.seed + config.num))
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
 
-    skips = _skip_coefficients(model, config.skip_rho, schedule)
-    handles = apply_skip_tuning(model.pipe.unet, skips) if skips is not None else []
     bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,
-               desc=f"{solver.name} nfe={config.nfe or schedule.nfe}")
+               desc=f"{label} nfe={config.nfe or schedule.nfe}")
     try:
-        result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
-                        negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
-                        batch_size=config.batch_size, on_step=lambda info: bar.update(1))
+        with skips_applied(model, config.skip_rho, schedule) as skips:
+            result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
+                            negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
+                            batch_size=config.batch_size, on_step=lambda info: bar.update(1))
     finally:
         bar.close()
-        for h in handles:
-            h.remove()
 
     out.mkdir(parents=True, exist_ok=True)
     arrays = to_uint8(result.images)
-    settings = {"model": config.model, "solver": solver.name, "nfe": result.nfe, "steps": steps,
+    settings = {"model": config.model, "solver": label, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
@@ -236,7 +269,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
         _png(a).save(out / name, pnginfo=info)
         files.append(name)
     _grid_image(arrays, [f"seed {s}" for s in seeds],
-                f"{config.model} | {solver.name} | NFE {result.nfe}").save(out / "grid.png")
+                f"{config.model} | {label} | NFE {result.nfe}").save(out / "grid.png")
     if config.save_npz:
         np.savez(out / "samples.npz", images=result.images.numpy(), x=result.x.numpy(), seeds=np.array(seeds))
     summary = {**settings, "config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,

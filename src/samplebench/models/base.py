@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,11 @@ class DiffusionModel:
     dtype: torch.dtype = torch.float32
     num_classes: int | None = None
     takes_prompt: bool = False
+    # The mean training image in sample space (USF's analytical first step "mean"), when known.
+    data_mean: torch.Tensor | None = None
+    # Where the model's files live (embedded folder or local pipeline directory): shipped S3 schedules are in
+    # its ``s3/`` folder.
+    directory: Path | None = None
 
     def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
         raise NotImplementedError

@@ -14,8 +14,10 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -149,7 +151,12 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
     pipe.to(device)
     schedule = schedule_from_config(dict(pipe.scheduler.config))
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-    common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type)
+    directory = Path(name) if Path(name).is_dir() else None
+    mean_file = directory / "data_mean.npy" if directory is not None else None
+    data_mean = (torch.from_numpy(np.load(mean_file)).to(dtype)
+                 if mean_file is not None and mean_file.is_file() else None)
+    common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type,
+                  data_mean=data_mean, directory=directory)
     transformer, unet = getattr(pipe, "transformer", None), getattr(pipe, "unet", None)
     if transformer is not None and type(transformer).__name__ == "DiTTransformer2DModel":
         cfg = transformer.config

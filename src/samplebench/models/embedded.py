@@ -37,7 +37,8 @@ class AnalyticModel(DiffusionModel):
 def _gaussian(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     shape = (1, 16, 16)
     mixture = GaussianMixture.gaussian(0.0, 0.5, shape)
-    return AnalyticModel("gaussian", ddpm_linear_schedule(), shape, device, dtype, mixture=mixture)
+    return AnalyticModel("gaussian", ddpm_linear_schedule(), shape, device, dtype, mixture=mixture,
+                         data_mean=torch.zeros(shape, dtype=dtype))
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -45,14 +46,19 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     mixture = GaussianMixture.load(WEIGHTS / "digits-gmm")
-    return AnalyticModel("digits-gmm", ddpm_linear_schedule(), mixture.shape, device, dtype, mixture=mixture)
+    mean = (mixture.weights @ mixture.means).reshape(mixture.shape).to(dtype)
+    return AnalyticModel("digits-gmm", ddpm_linear_schedule(), mixture.shape, device, dtype, mixture=mixture,
+                         data_mean=mean, directory=WEIGHTS / "digits-gmm")
 
 
 def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     from .diffusers_models import load_pipeline_model
 
     model = load_pipeline_model(str(WEIGHTS / "digits"), device=device, dtype=dtype, local_files_only=True)
+    from ..data import load_digits
+
     model.name = "digits"
+    model.data_mean = load_digits("train", 16)[0].mean(0).to(dtype)
     return model
 
 

@@ -3,5 +3,13 @@
 from .executor import ddim_schedule, dpmpp_2m_schedule, phi, relaxation_factor, unipc_schedule, usf_sample
 from .schedule import Corrector, Derivative, SolverSchedule, Step
 
+
+def __getattr__(name: str):
+    if name == "USFScheduler":  # imports diffusers: only on demand
+        from .diffusers_scheduler import USFScheduler
+
+        return USFScheduler
+    raise AttributeError(name)
+
 __all__ = ["SolverSchedule", "Step", "Derivative", "Corrector", "usf_sample", "phi", "relaxation_factor",
-           "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule"]
+           "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule", "USFScheduler"]

@@ -11,6 +11,7 @@ solving sum_j a_j dlambda_j^m / m! = delta_{mn}, m = 1..K.
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..samplers._common import report, step_order, tables
 from ..samplers.registry import Callback
 from .schedule import Corrector, Derivative, SolverSchedule, Step
 
-__all__ = ["phi", "usf_sample", "derivative_estimate", "relaxation_factor", "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule"]
+__all__ = ["phi", "usf_sample", "usf_steps", "derivative_estimate", "relaxation_factor", "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule"]
 
 
 def phi(k: int, z: float) -> float:
@@ -84,14 +85,15 @@ def _update(hist: list[_Point], start: int, order: int, derivatives: tuple[Deriv
     return (s[target] / s[ps.index]) * ps.x + a[target] * total
 
 
-def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean: torch.Tensor | None = None,
-               generator=None, callback: Callback | None = None) -> torch.Tensor:
-    """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``."""
-    ts = torch.tensor(schedule.timesteps, dtype=torch.float64)
-    a, s, lam = tables(denoiser, ts)
+def usf_steps(x: torch.Tensor, schedule: SolverSchedule, a: list[float], s: list[float], lam: list[float], *,
+              data_mean: torch.Tensor | None = None, callback: Callback | None = None
+              ) -> Generator[tuple[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The executor as a coroutine: it yields ``(x, i)`` (evaluate the model at x, time index i), receives the
+    ``(eps, x0)`` predictions there, and returns the final x. ``usf_sample`` and the diffusers scheduler drive it,
+    so both run the same arithmetic. ``a``, ``s``, ``lam``: alpha, sigma, lambda at the timesteps."""
     if schedule.afs == "none":
-        out = denoiser(x, ts[0])
-        first = _Point(0, x, out.eps, out.denoised)
+        eps, x0 = yield x, 0
+        first = _Point(0, x, eps, x0)
     elif schedule.afs == "zero":  # x0 ~ 0, so eps(x_T) = x_T / sigma_T (= x_T for sigma_T = 1)
         first = _Point(0, x, x / s[0], torch.zeros_like(x))
     else:
@@ -103,18 +105,33 @@ def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean
     last = schedule.num_steps - 1
     for i, st in enumerate(schedule.steps):
         x = _update(hist, st.start_point, st.order, st.derivatives, st.prediction, i + 1, a, s, lam)
-        report(callback, i, float(ts[i]), x, hist[-1].x0)
+        report(callback, i, schedule.timesteps[i], x, hist[-1].x0)
         if i == last:
             break
-        out = denoiser(x, ts[i + 1])
-        hist.append(_Point(i + 1, x, out.eps, out.denoised))
+        eps, x0 = yield x, i + 1
+        hist.append(_Point(i + 1, x, eps, x0))
         c = st.corrector
         if c.kind != "none":
             x = _update(hist, -2, c.order, c.derivatives, st.prediction, i + 1, a, s, lam)
             if c.kind == "implicit":
-                out = denoiser(x, ts[i + 1])
-            hist[-1] = _Point(i + 1, x, out.eps, out.denoised)  # pseudo: the outputs at the uncorrected point
+                eps, x0 = yield x, i + 1
+            hist[-1] = _Point(i + 1, x, eps, x0)  # pseudo: the outputs at the uncorrected point
     return x
+
+
+def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean: torch.Tensor | None = None,
+               generator=None, callback: Callback | None = None) -> torch.Tensor:
+    """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``."""
+    ts = torch.tensor(schedule.timesteps, dtype=torch.float64)
+    a, s, lam = tables(denoiser, ts)
+    steps = usf_steps(x, schedule, a, s, lam, data_mean=data_mean, callback=callback)
+    try:
+        request = next(steps)
+        while True:
+            out = denoiser(request[0], ts[request[1]])
+            request = steps.send((out.eps, out.denoised))
+    except StopIteration as done:
+        return done.value
 
 
 # --- schedules of known solvers (USF Sec. 3.3 and App. A), used as equivalence tests ---------------------------

@@ -1,0 +1,65 @@
+"""The diffusers scheduler runs a USF schedule inside real pipelines and reproduces the executor."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, StableDiffusionPipeline
+
+from pipelines import save_ddpm, save_sd
+from samplebench.models import Conditioning, CountingDenoiser, load_model
+from samplebench.samplers import make_grid
+from samplebench.search.space import Gene, build
+from samplebench.usf import SolverSchedule, USFScheduler, usf_sample
+
+
+def _mixed(model, steps: int, afs: str = "none") -> SolverSchedule:
+    """A schedule with every kind of decision: orders 1-3, noise and data, relaxations, pseudo and implicit."""
+    genes = [Gene("data", 1, corrector="pseudo"), Gene("noise", 2, 1, "unipc-bh1", corrector="implicit"),
+             Gene("data", 3, 2, "linear", 0.05, "pseudo"), Gene("noise", 2, 2, "dpmsolver-2")] * 3
+    return build(make_grid(model.schedule, "time-quadratic", steps).tolist(), genes[:steps], afs)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("usf-pipelines")
+    return {"ddpm": save_ddpm(root / "ddpm"), "sd": save_sd(root / "sd")}
+
+
+@pytest.mark.parametrize("afs", ["none", "zero"])
+def test_ddpm_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs, afs):
+    model = load_model(str(dirs["ddpm"]))
+    schedule = _mixed(model, 5, afs)
+    pipe = DDPMPipeline.from_pretrained(dirs["ddpm"])
+    pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, schedule)
+    calls = schedule.nfe + (afs != "none")  # a pipeline cannot skip its first call
+    assert pipe.scheduler.num_evaluations == calls
+    with pytest.raises(ValueError, match=f"num_inference_steps={calls}"):
+        pipe(batch_size=2, num_inference_steps=calls + 1)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=calls,
+                  output_type="np").images
+    x_t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    denoiser = CountingDenoiser(model.denoiser(Conditioning(), 2))
+    x = usf_sample(denoiser, x_t, schedule)
+    assert denoiser.nfe == schedule.nfe
+    expected = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(images - expected).max() < 1e-5
+    # a second run on the same scheduler starts afresh
+    again = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=calls,
+                 output_type="np").images
+    assert np.array_equal(images, again)
+
+
+def test_stable_diffusion_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs):
+    model = load_model(str(dirs["sd"]))
+    schedule = _mixed(model, 4)
+    pipe = StableDiffusionPipeline.from_pretrained(dirs["sd"], safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, schedule)
+    x_t = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(3))
+    latents = pipe("a digit", num_inference_steps=schedule.nfe, guidance_scale=3.0, latents=x_t.clone(),
+                   output_type="latent").images
+    x = usf_sample(model.denoiser(Conditioning(None, "a digit", "", 3.0), 1), x_t.clone(), schedule)
+    assert ((latents - x).norm() / x.norm()).item() < 1e-5
+    # and the comparison can fail: another schedule gives other latents
+    other = _mixed(model, 5)
+    y = usf_sample(model.denoiser(Conditioning(None, "a digit", "", 3.0), 1), x_t.clone(), other)
+    assert ((latents - y).norm() / y.norm()).item() > 1e-3
