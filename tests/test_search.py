@@ -172,3 +172,30 @@ def test_solver_s3_uses_the_models_shipped_schedule(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no S3 schedule for model" in err and "shipped NFEs: 4" in err and "samplebench search" in err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("model", ["digits", "digits-gmm"])
+def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path):
+    from samplebench.sampling import load_schedule, resolve_solver, sample, skips_applied
+    from samplebench.usf.shipped import s3_nfes
+
+    assert s3_nfes(model) == [4, 5, 6, 7, 8, 10]
+    m = load_model(model)
+    for nfe in s3_nfes(model):
+        schedule = load_schedule(model, "s3", nfe, None)
+        solver, grid = resolve_solver(m, "s3", nfe, None, schedule)
+        with skips_applied(m, None, schedule):
+            result = sample(m, solver, grid, range(2))
+        assert result.nfe == nfe and bool(torch.isfinite(result.images).all())
+
+
+def test_eval_scores_shipped_s3_schedules(tmp_path):
+    from samplebench.evaluate import EvalConfig, run_eval
+
+    with pytest.raises(UsageError, match="no S3 schedule for model 'digits-gmm' at --nfe 9"):
+        EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(9,))
+    rows = run_eval(EvalConfig(model="digits-gmm", solvers=("s3", "ddim"), nfes=(4,), num=200, metrics=("fid",)),
+                    tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+    by = {r["solver"]: r for r in rows}
+    assert by["s3"]["nfe"] == 4 and by["s3"]["time_grid"] == "s3" and by["s3"]["settings"]["schedule"]["steps"]
+    assert by["s3"]["fid"] < by["ddim"]["fid"]

@@ -268,6 +268,7 @@ def _solvers() -> int:
         s = SOLVERS[name]
         kind = "stochastic" if s.stochastic else f"order {s.order}"
         print(f"{name:10s}  {s.nfe_per_step} NFE/step  {kind:10s}  grid {s.default_grid:13s}  {s.description}")
+    print(f"{'s3':10s}  the model's shipped S3 solver schedule for --nfe (USF, Liu et al. 2024; 'samplebench search')")
     return 0
 
 
