@@ -93,7 +93,7 @@ def test_the_predictor_ranks_unseen_schedules_better_than_chance():
     assert abs(spearman(shuffled.predict(x[test]), score[test])) < 0.4
 
 
-TINY = dict(model="gaussian", nfes=(3, 4), budget=16, samples=64, batch_size=32, per_stage=3, pool=24)
+TINY = dict(model="gaussian", nfes=(3, 4), budget=28, samples=64, batch_size=32, per_stage=3, pool=24)
 
 
 def _evals(out):
@@ -103,10 +103,12 @@ def _evals(out):
 def test_search_job_finds_better_schedules_and_writes_its_report(tmp_path):
     report = run_search(SearchConfig(**TINY), tmp_path / "s", progress=False)
     evals = _evals(tmp_path / "s")
-    assert len(evals) == report["evaluations"] == 16
-    assert sum(r["nfe"] == 3 for r in evals.values()) == 8
+    assert len(evals) == report["evaluations"] == 28
+    assert sum(r["nfe"] == 3 for r in evals.values()) == 14
     assert report["network_evaluations"] == sum(64 * r["nfe"] for r in evals.values())
-    assert {r["origin"].split("/")[-1] for r in evals.values() if r["stage"] > 0} <= {"predictor", "explore", "random"}
+    # stage 0: the 11 known solvers per NFE; stage 1: two ranked by the predictor and one explorer per NFE
+    assert sum(r["stage"] == 0 for r in evals.values()) == 22
+    assert sorted(r["origin"] for r in evals.values() if r["stage"] == 1) == ["stage1/explore"] * 2 + ["stage1/predictor"] * 4
     for nfe in (3, 4):
         best = report["best"][nfe]
         assert best["fid"] == min(r["fid"] for r in evals.values() if r["nfe"] == nfe)
@@ -114,28 +116,29 @@ def test_search_job_finds_better_schedules_and_writes_its_report(tmp_path):
         schedule = SolverSchedule.load(tmp_path / "s" / "s3" / f"nfe{nfe}.json")
         assert schedule.nfe == nfe and SolverSchedule.from_dict(evals[f"{best['id']}.json"]["schedule"]) == schedule
     # more budget continues the same search; other settings are refused
-    report = run_search(SearchConfig(**{**TINY, "budget": 20}), tmp_path / "s", progress=False)
-    assert report["evaluations"] == 20 and set(_evals(tmp_path / "s")) >= set(evals)
+    report = run_search(SearchConfig(**{**TINY, "budget": 32}), tmp_path / "s", progress=False)
+    assert report["evaluations"] == 32 and set(_evals(tmp_path / "s")) >= set(evals)
     with pytest.raises(UsageError, match="other settings .*samples"):
         run_search(SearchConfig(**{**TINY, "samples": 32}), tmp_path / "s", progress=False)
 
 
 def test_a_killed_search_resumes_to_the_same_result(tmp_path):
-    args = [sys.executable, "-m", "samplebench", "search", "--model", "gaussian", "--nfe", "3,4", "--budget", "16",
+    args = [sys.executable, "-m", "samplebench", "search", "--model", "gaussian", "--nfe", "3,4", "--budget", "28",
             "--samples", "64", "--batch-size", "32", "--per-stage", "3", "--pool", "24"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(args + ["--out", str(tmp_path / "whole"), "--quiet"], check=True, env=env, capture_output=True)
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE, text=True)
     lines = []
-    for line in proc.stdout:  # one progress line per evaluation; kill after the 13th (in a later stage)
+    for line in proc.stdout:  # one progress line per evaluation; kill after the 24th (in stage 1, after the predictor)
         lines.append(line)
-        if len(lines) == 13:
+        if len(lines) == 24:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
-    assert len(_evals(tmp_path / "cut")) < 16
+    before = len(_evals(tmp_path / "cut"))
+    assert 24 <= before < 28  # the killed evaluation (if any) left no file
     done = subprocess.run(args + ["--out", str(tmp_path / "cut")], check=True, env=env, capture_output=True, text=True)
-    assert done.stdout.count("[search]") == 16 - len(lines)
+    assert done.stdout.count("[search]") == 28 - before  # nothing is evaluated twice
     whole, cut = _evals(tmp_path / "whole"), _evals(tmp_path / "cut")
     assert set(whole) == set(cut)
     for k in whole:  # the same candidates, scored the same
