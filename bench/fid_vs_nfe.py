@@ -128,8 +128,13 @@ def main() -> None:
         for n in NFES:
             best_base = min(BASELINES, key=lambda s: f[s, n]["fid"])
             lowest.append(f["s3", n]["fid"] < f[best_base, n]["fid"])
-            rows.append([str(n), f"**{f['s3', n]['fid']:.3f}**"]
-                        + [f"{f[s, n]['fid']:.3f} ({f[s, n]['grid']})" for s in BASELINES]
+            low = min(f[s, n]["fid"] for s in ("s3",) + BASELINES)
+
+            def cell(s, n=n, low=low):
+                v = f"{f[s, n]['fid']:.3f}" + ("" if s == "s3" else f" ({f[s, n]['grid']})")
+                return f"**{v}**" if f[s, n]["fid"] == low else v
+
+            rows.append([str(n), cell("s3")] + [cell(s) for s in BASELINES]
                         + [f"{f['s3', n]['fid'] / f[best_base, n]['fid']:.2f}"])
         best10 = min(f[s, 10]["fid"] for s in BASELINES)
         search = Path(args.search_dirs.format(model=model)) / "report.json"
@@ -147,6 +152,7 @@ def main() -> None:
             + f"\n\nS3 lowest at every NFE: {'yes' if all(lowest) else 'no (' + ', '.join(str(n) for n, ok in zip(NFES, lowest) if not ok) + ')'}."
             + f" S3 at 5 NFE ({f['s3', 5]['fid']:.3f}) vs the best baseline at 10 NFE ({best10:.3f}): "
             + f"{'no worse' if f['s3', 5]['fid'] <= best10 else 'worse'}.{floor}{cost}"
+            + " The lowest FID per NFE is in bold."
             + f" Time: {res['total_s'] / 60:.0f} min ({res['select_s'] / 60:.0f} min grid selection).")
     plot = DOC.parent / "fid-vs-nfe.png"
     _plot(results, plot)
