@@ -31,8 +31,6 @@ from . import __version__
 from .errors import UsageError
 from .files import atomic_savez, atomic_write
 
-S3 = "s3"  # = sampling.S3 (not imported here: that module pulls in torch)
-
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
 METRICS = ("fid", "kid", "is")
@@ -72,6 +70,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
         from .samplers import get_solver
+        from .sampling import S3
         from .usf.shipped import s3_schedule_path
 
         for name, v in (("--num", self.num), ("--shard-size", self.shard_size)):
@@ -118,13 +117,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def _s3_dict(model: str, nfe: int) -> dict[str, Any]:
-    from .usf import SolverSchedule
-    from .usf.shipped import s3_schedule_path
-
-    return SolverSchedule.load(s3_schedule_path(model, nfe)).to_dict()
 
 
 def _key(*parts: Any) -> str:
@@ -223,6 +215,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from .metrics.reference import get_reference
     from .models import parse_device
     from .results import ResultsDB
+    from .sampling import S3, load_schedule
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -284,7 +277,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
                    "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
                    "out": str(out.resolve()), "versions": package_versions(),
                    "settings": {**c.settings(), "solver": s, "nfe": n,
-                                **({"schedule": _s3_dict(c.model, n)} if s == S3 else {})}}
+                                **({"schedule": load_schedule(c.model, s, n, None).to_dict()} if s == S3 else {})}}
             row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
             results_db.add(row)

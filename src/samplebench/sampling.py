@@ -112,9 +112,10 @@ def load_schedule(model: str, solver: str, nfe: int | None, schedule_file: str |
         return None
     if schedule_file is None and nfe is None:
         raise UsageError("--solver s3 needs --nfe")
-    schedule = SolverSchedule.load(schedule_file or s3_schedule_path(model, nfe))
+    path = schedule_file or s3_schedule_path(model, nfe)
+    schedule = SolverSchedule.load(path)
     if nfe is not None and nfe != schedule.nfe:
-        raise UsageError(f"schedule {schedule_file!r} uses {schedule.nfe} NFE, not --nfe {nfe}")
+        raise UsageError(f"schedule {str(path)!r} uses {schedule.nfe} NFE, not --nfe {nfe}")
     return schedule
 
 

@@ -52,11 +52,10 @@ def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
 
 
 def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from ..data import load_digits
     from .diffusers_models import load_pipeline_model
 
     model = load_pipeline_model(str(WEIGHTS / "digits"), device=device, dtype=dtype, local_files_only=True)
-    from ..data import load_digits
-
     model.name = "digits"
     model.data_mean = load_digits("train", 16)[0].mean(0).to(dtype)
     return model

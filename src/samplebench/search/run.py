@@ -34,6 +34,9 @@ import numpy as np
 
 from ..errors import UsageError
 from ..files import atomic_write
+from ..usf import SolverSchedule
+from .predictor import Predictor
+from .space import MAX_NFE, Space, build, crossover, encode, genes_of, known_solver, mutate
 
 __all__ = ["SearchConfig", "run_search", "schedule_id", "report_table"]
 
@@ -61,7 +64,6 @@ class SearchConfig:
     def __post_init__(self) -> None:
         from ..evaluate import DEFAULT_REFS
         from ..metrics.extractors import EXTRACTORS, MODES
-        from .space import MAX_NFE
 
         if not self.nfes:
             raise UsageError("give at least one --nfe")
@@ -115,9 +117,8 @@ class _Evaluator:
         self.ref = get_reference(c.reference, self.extractor)
         self.seeds = list(range(c.seed, c.seed + c.samples))
 
-    def space(self):
+    def space(self) -> Space:
         from ..models.skip_tuning import count_skips
-        from .space import Space
 
         unet = getattr(getattr(self.model, "pipe", None), "unet", None)
         s = self.model.schedule
@@ -147,25 +148,22 @@ def _fid(row: dict) -> float:
     return math.inf if row["fid"] is None else row["fid"]
 
 
-def _initial(space: "_Space", nfe: int, limit: int) -> list[tuple[str, Any]]:
-    """The known solvers at ``nfe`` on the usual grids (stage 0), at most ``limit`` of them."""
+def _initial(noise_schedule, nfe: int, limit: int) -> list[tuple[str, Any]]:
+    """The known solvers at ``nfe`` on the usual grids of ``noise_schedule`` (stage 0), at most ``limit``."""
     from ..samplers import make_grid
-    from .space import build, genes_of, known_solver
 
     out = []
     for name in ("dpmpp-2m", "unipc-bh2", "ddim"):
         for kind in GRIDS:
-            out.append((f"{name}/{kind}", known_solver(name, make_grid(space.schedule, kind, nfe).tolist())))
+            out.append((f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist())))
     for name in ("dpmpp-2m", "unipc-bh2"):  # with the zero analytical first step: one more step, same NFE
-        s = known_solver(name, make_grid(space.schedule, "logsnr", nfe + 1).tolist())
+        s = known_solver(name, make_grid(noise_schedule, "logsnr", nfe + 1).tolist())
         out.append((f"{name}/logsnr+afs", build(s.timesteps, genes_of(s), "zero")))
     return out[:limit]
 
 
-def _breed(population: list, nfe: int, space, rng: np.random.Generator, pool: int, seen: set) -> list:
+def _breed(population: list, nfe: int, space: Space, rng: np.random.Generator, pool: int, seen: set) -> list:
     """Up to ``pool`` new valid schedules of exactly ``nfe`` NFE from the best of ``population``."""
-    from .space import crossover, mutate
-
     parents = [s for s, _ in sorted(population, key=lambda p: p[1])[:RANK_BAR]]
     out, ids = [], set(seen)
     for _ in range(pool * 50):
@@ -177,9 +175,9 @@ def _breed(population: list, nfe: int, space, rng: np.random.Generator, pool: in
                 b = parents[rng.integers(len(parents))]
                 child = crossover(a, b, rng)
                 if rng.random() < 0.5:
-                    child = mutate(child, rng, space.space)
+                    child = mutate(child, rng, space)
             else:
-                child = mutate(a, rng, space.space)
+                child = mutate(a, rng, space)
         except UsageError:
             continue
         if child.nfe != nfe:
@@ -192,22 +190,11 @@ def _breed(population: list, nfe: int, space, rng: np.random.Generator, pool: in
     return out
 
 
-@dataclass
-class _Space:
-    space: Any
-    schedule: Any
-
-
 def run_search(config: SearchConfig, out: str | Path, *, device: str | None = None, progress: bool = True,
                inception_weights: str | None = None) -> dict[str, Any]:
     """Run (or resume) the search; returns the report (on every process; only the main one writes it)."""
-    from accelerate import PartialState
-
-    from ..usf import SolverSchedule
-    from .predictor import Predictor
     import torch
-
-    from .space import encode
+    from accelerate import PartialState
 
     out = Path(out)
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -215,7 +202,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         device = str(state.device)
     t_start = time.perf_counter()
     ev = _Evaluator(config, device, inception_weights)  # bad models or references fail before anything is written
-    space = _Space(ev.space(), ev.model.schedule)
+    space = ev.space()
     manifest = out / "search.json"
     if state.is_main_process:
         if out.exists() and not out.is_dir():
@@ -244,9 +231,9 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
     stage = 0
     while True:
         path = out / "stages" / f"stage-{stage:05d}.json"
+        evals = load_evals()  # every process's results so far (after the barrier that ended the last stage)
         if state.is_main_process and not path.exists():
-            evals = load_evals()
-            plan = _plan(config, stage, evals, space, Predictor, encode, SolverSchedule)
+            plan = _plan(config, stage, evals, space, ev.model.schedule)
             if plan:
                 atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
         state.wait_for_everyone()
@@ -263,8 +250,9 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
             row = {"id": cand["id"], "stage": stage, "origin": cand["origin"], "predicted": cand.get("predicted"),
                    **ev(schedule), "process": state.process_index, "schedule": cand["schedule"]}
             atomic_write(target, json.dumps(row, indent=1))
-            if progress:
-                best = min([_fid(r) for r in load_evals().values() if r["nfe"] == row["nfe"]], default=math.inf)
+            evals[row["id"]] = row
+            if progress:  # the best so far as this process knows it (others' results of this stage join later)
+                best = min(_fid(r) for r in evals.values() if r["nfe"] == row["nfe"])
                 shown = "diverged" if row["fid"] is None else f"{row['fid']:.4f}"
                 print(f"[search] stage {stage} nfe {row['nfe']} candidate {j + 1}/{len(candidates)} "
                       f"{cand['origin']}: fid {shown} (best at this nfe {best:.4f}) {row['wall_time_s']:.1f} s",
@@ -272,11 +260,12 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         state.wait_for_everyone()
         stage += 1
 
-    report = _report(config, load_evals(), time.perf_counter() - t_start)
+    evals = load_evals()
+    report = _report(config, evals, time.perf_counter() - t_start)
     if state.is_main_process:
         for nfe, best in report["best"].items():
             if best["id"] is not None:
-                row = load_evals()[best["id"]]
+                row = evals[best["id"]]
                 atomic_write(out / "s3" / f"nfe{nfe}.json",
                              SolverSchedule.from_dict(row["schedule"]).to_json() + "\n")
         atomic_write(out / "report.json", json.dumps(report, indent=1))
@@ -284,14 +273,14 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
     return report
 
 
-def _plan(config: SearchConfig, stage: int, evals: dict, space: _Space, Predictor, encode, SolverSchedule) -> list:
+def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule) -> list:
     """The candidates of ``stage``: the known solvers at stage 0, then bred and predictor-ranked ones."""
     rng = np.random.default_rng([config.search_seed, stage])
     plan = []
     seen = set(evals)
     if stage == 0:
         for nfe in config.nfes:
-            for origin, s in _initial(space, nfe, config.budget_for(nfe)):
+            for origin, s in _initial(noise_schedule, nfe, config.budget_for(nfe)):
                 cid = schedule_id(s)
                 if cid not in seen:
                     seen.add(cid)
@@ -301,7 +290,7 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: _Space, Predicto
     predictor = None
     if config.predictor and len(evals) >= 4:
         keys = sorted(evals)
-        x = np.stack([encode(schedules[k], space.space) for k in keys])
+        x = np.stack([encode(schedules[k], space) for k in keys])
         y = np.array([math.log(min(_fid(evals[k]), 1e6)) for k in keys])
         predictor = Predictor(seed=config.search_seed * 100_003 + stage).fit(x, y, np.array([evals[k]["nfe"] for k in keys]))
     for nfe in config.nfes:
@@ -314,7 +303,7 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: _Space, Predicto
         pool = _breed(population, nfe, space, rng, config.pool, seen)
         take = min(config.per_stage, left, len(pool))
         if predictor is not None and take > 1:
-            scores = predictor.predict(np.stack([encode(s, space.space) for s in pool]))
+            scores = predictor.predict(np.stack([encode(s, space) for s in pool]))
             order = list(np.argsort(scores, kind="stable"))
             picks = [(i, "predictor") for i in order[:take - 1]]
             rest = order[take - 1:]

@@ -23,6 +23,11 @@ __all__ = ["Gene", "Space", "build", "genes_of", "known_solver", "mutate", "cros
 RELAX = ("linear", "dpmsolver-2", "unipc-bh1")
 KNOWN = ("ddim", "dpmpp-2m", "unipc-bh2")
 MAX_NFE = 12
+# Re-draw distributions of the reference search (methods notes, Sec. 1.8), without the v3 prediction type.
+ORDER_P = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}
+PREDICTION_P = {"noise": 0.5, "data": 0.5}
+K1_P = {1: 0.5, 2: 0.5}
+RELAX_P = {"linear": 0.5, "dpmsolver-2": 0.3, "unipc-bh1": 0.2}
 MAX_STEPS = MAX_NFE + 1  # with an analytical first step
 
 
@@ -110,9 +115,9 @@ def _choice(rng: np.random.Generator, options: dict):
 
 
 def random_gene(rng: np.random.Generator) -> Gene:
-    return Gene(_choice(rng, {"noise": 0.5, "data": 0.5}), _choice(rng, {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}),
-                _choice(rng, {1: 0.5, 2: 0.5}), _choice(rng, {"linear": 0.5, "dpmsolver-2": 0.3, "unipc-bh1": 0.2}),
-                0.0, _choice(rng, {"none": 0.5, "pseudo": 0.5}))
+    """A new step (reference: implicit correctors are never drawn here)."""
+    return Gene(_choice(rng, PREDICTION_P), _choice(rng, ORDER_P), _choice(rng, K1_P), _choice(rng, RELAX_P), 0.0,
+                _choice(rng, {"none": 0.5, "pseudo": 0.5}))
 
 
 def _afs_options(space: Space) -> dict:
@@ -146,17 +151,17 @@ def mutate(schedule: SolverSchedule, rng: np.random.Generator, space: Space) -> 
             if 0 < i and rng.random() < 0.3:
                 ts[i] = float(ts[i] * math.exp(rng.normal(0.0, 0.1)))
             if rng.random() < 0.3:
-                g = replace(g, order=_choice(rng, {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}))
+                g = replace(g, order=_choice(rng, ORDER_P))
             if rng.random() < 0.3:
-                g = replace(g, prediction=_choice(rng, {"noise": 0.5, "data": 0.5}))
+                g = replace(g, prediction=_choice(rng, PREDICTION_P))
             if rng.random() < 0.3:
                 if g.relaxation != "linear" or rng.random() < 0.2:
-                    g = replace(g, relaxation=_choice(rng, {"linear": 0.5, "dpmsolver-2": 0.3, "unipc-bh1": 0.2}),
+                    g = replace(g, relaxation=_choice(rng, RELAX_P),
                                 coefficient=0.0)
                 else:
                     g = replace(g, coefficient=float(g.coefficient + rng.normal(0.0, 0.03)))
             if rng.random() < 0.3:
-                g = replace(g, k1=_choice(rng, {1: 0.5, 2: 0.5}))
+                g = replace(g, k1=_choice(rng, K1_P))
             if rng.random() < 0.3:
                 g = replace(g, corrector=_choice(rng, {"none": 0.4, "pseudo": 0.4, "implicit": 0.2}))
             genes[i] = g

@@ -67,7 +67,6 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"this USF schedule makes {len(indices)} network calls; call the pipeline with "
                              f"num_inference_steps={len(indices)}, not {num_inference_steps}")
         ts = torch.tensor(sched.timesteps, dtype=torch.float64)
-        self._times = ts
         self._tables = (self.noise_schedule.alpha(ts).tolist(), self.noise_schedule.sigma(ts).tolist(),
                         self.noise_schedule.lambda_(ts).tolist())
         model_times = self.noise_schedule.model_time(ts[indices]).to(torch.float32)
