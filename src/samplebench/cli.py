@@ -40,7 +40,8 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="Skip-Tuning: scale the innermost UNet skip by this, linearly up to 1 at the outermost")
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=_int, default=64)
+    p.add_argument("--batch-size", type=_int, default=None,
+                   help="images per network batch (default 64); for dts/dts-star rollouts per iteration (default 16)")
     p.add_argument("--out", default="samples", help="output directory")
     p.add_argument("--time-grid", default=None,
                    help="logsnr, time-uniform, time-quadratic, karras, or a comma-separated list of decreasing times "
@@ -54,6 +55,17 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="network dtype: float32, float16 (cuda), bfloat16")
     p.add_argument("--save-npz", action="store_true", help="also write the raw float arrays to samples.npz")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.add_argument_group("alignment (--solver dts, dts-star, best-of-n, fk; --nfe is one chain's length, "
+                             "default 50)")
+    a.add_argument("--reward", default=None, help="class:K, even, odd, or module:function")
+    a.add_argument("--budget", type=_int, default=None, help="network evaluations for the whole run")
+    a.add_argument("--lambda", dest="lam", type=float, default=1.0, help="inverse temperature of p(x) exp(lambda r(x))")
+    a.add_argument("--branch-steps", type=_csv(int), default=None,
+                   help="chain steps where the tree branches / particles resample (default: 5 evenly from 0)")
+    a.add_argument("--widen-c", type=float, default=2.0, help="progressive widening: at most C N^alpha children")
+    a.add_argument("--widen-alpha", type=float, default=0.8)
+    a.add_argument("--c-uct", type=float, default=1.0, help="DTS* exploration constant")
+    a.add_argument("--potential", default="diff", help="FK steering potential: diff or max")
 
 
 def _csv(kind):
@@ -156,12 +168,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _align(args: argparse.Namespace) -> int:
+    from .align import AlignConfig, run_align
+
+    if args.reward is None or args.budget is None:
+        raise UsageError(f"--solver {args.solver} needs --reward (class:K, even, odd, module:function) and --budget")
+    for flag, value in (("--schedule", args.schedule), ("--skip-rho", args.skip_rho), ("--time-grid", args.time_grid)):
+        if value is not None:
+            raise UsageError(f"{flag} does not apply to --solver {args.solver}")
+    config = AlignConfig(method=args.solver, reward=args.reward, budget=args.budget, num=args.num,
+                         nfe=args.nfe if args.nfe is not None else 50, model=args.model, seed=args.seed, lam=args.lam,
+                         branch_steps=args.branch_steps, widen_c=args.widen_c, widen_alpha=args.widen_alpha,
+                         c_uct=args.c_uct, potential=args.potential, batch_size=args.batch_size or 16,
+                         class_label=args.class_label, guidance_scale=args.guidance_scale, prompt=args.prompt,
+                         negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
+                         save_npz=args.save_npz)
+    summary = run_align(config, args.out, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("model", "solver", "reward", "nfe", "reward_mean", "reward_calls",
+                                              "wall_time_s")} | {"out": args.out}))
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
+    from .align import METHODS
     from .sampling import SampleConfig, run_sample
 
+    if args.solver in METHODS:
+        return _align(args)
+    if args.reward is not None or args.budget is not None:
+        raise UsageError(f"--reward and --budget apply to --solver {', '.join(METHODS)}, not {args.solver!r}")
     nfe = args.nfe if args.nfe is not None or args.schedule is not None else 10
     config = SampleConfig(model=args.model, solver=args.solver, nfe=nfe, num=args.num, seed=args.seed,
-                          batch_size=args.batch_size, time_grid=args.time_grid, class_label=args.class_label,
+                          batch_size=args.batch_size or 64, time_grid=args.time_grid, class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                           save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho)
@@ -269,6 +307,10 @@ def _solvers() -> int:
         kind = "stochastic" if s.stochastic else f"order {s.order}"
         print(f"{name:10s}  {s.nfe_per_step} NFE/step  {kind:10s}  grid {s.default_grid:13s}  {s.description}")
     print(f"{'s3':10s}  the model's shipped S3 solver schedule for --nfe (USF, Liu et al. 2024; 'samplebench search')")
+    from .align import METHODS
+
+    for name, description in METHODS.items():
+        print(f"{name:10s}  needs --reward and --budget; {description}")
     return 0
 
 

@@ -25,7 +25,7 @@ from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coef
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
 
-__all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "to_uint8"]
+__all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "write_samples", "to_uint8"]
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,6 @@ def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
 def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """The ``sample`` command. Every input is validated before anything is printed or written (files are
     written only after sampling succeeded); returns the JSON summary."""
-    from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
     schedule = load_schedule(config.model, config.solver, config.nfe, config.schedule)
@@ -255,25 +254,37 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     finally:
         bar.close()
 
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = to_uint8(result.images)
     settings = {"model": config.model, "solver": label, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
+    extra = {"config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
+             "wall_time_s": result.wall_time_s, "load_time_s": load_time}
+    return write_samples(out, result.images, result.x, settings, extra, per_image=[{"seed": s} for s in seeds],
+                         labels=[f"seed {s}" for s in seeds], title=f"{config.model} | {label} | NFE {result.nfe}",
+                         save_npz=config.save_npz, arrays={"seeds": np.array(seeds)})
+
+
+def write_samples(out: Path, images: torch.Tensor, x: torch.Tensor, settings: dict[str, Any], extra: dict[str, Any],
+                  *, per_image: list[dict[str, Any]], labels: list[str], title: str, save_npz: bool = False,
+                  arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """One PNG per image (``settings`` and its ``per_image`` entry in a text chunk), a labelled grid, optionally
+    the raw arrays, and summary.json = settings + extra + file names; returns the summary."""
+    from PIL.PngImagePlugin import PngInfo
+
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(images)
     files = []
-    for i, (a, s) in enumerate(zip(arrays, seeds)):
+    for i, (a, meta) in enumerate(zip(pixels, per_image)):
         info = PngInfo()
-        info.add_text("samplebench", json.dumps({**settings, "seed": s}))
+        info.add_text("samplebench", json.dumps({**settings, **meta}))
         name = f"{i:05d}.png"
         _png(a).save(out / name, pnginfo=info)
         files.append(name)
-    _grid_image(arrays, [f"seed {s}" for s in seeds],
-                f"{config.model} | {label} | NFE {result.nfe}").save(out / "grid.png")
-    if config.save_npz:
-        np.savez(out / "samples.npz", images=result.images.numpy(), x=result.x.numpy(), seeds=np.array(seeds))
-    summary = {**settings, "config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
-               "wall_time_s": result.wall_time_s, "load_time_s": load_time, "images": files, "grid": "grid.png"}
+    _grid_image(pixels, labels, title).save(out / "grid.png")
+    if save_npz:
+        np.savez(out / "samples.npz", images=images.numpy(), x=x.numpy(), **(arrays or {}))
+    summary = {**settings, **extra, "images": files, "grid": "grid.png"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -134,15 +134,19 @@ class CFGDenoiser:
 
 
 class CountingDenoiser:
-    """Counts network evaluations (NFE) through any denoiser: ``nfe_per_call`` per call."""
+    """Counts network evaluations through any denoiser: ``nfe`` per sample (``nfe_per_call`` per call) and
+    ``evaluations`` over all rows (a call on a batch of B costs B x ``nfe_per_call``)."""
 
     def __init__(self, inner: Denoiser):
         self.inner = inner
         self.schedule = inner.schedule
         self.calls = 0
         self.nfe = 0
+        self.evaluations = 0
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
+        per_call = getattr(self.inner, "nfe_per_call", 1)
         self.calls += 1
-        self.nfe += getattr(self.inner, "nfe_per_call", 1)
+        self.nfe += per_call
+        self.evaluations += per_call * x.shape[0]
         return self.inner(x, t)

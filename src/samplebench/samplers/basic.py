@@ -29,13 +29,21 @@ def ddim(denoiser, x: torch.Tensor, grid: torch.Tensor, *, eta: float = 0.0,
         raise ValueError("a stochastic sampler (eta > 0) needs a generator")
     for i in range(len(grid) - 1):
         x0, eps = denoiser(x, grid[i])
-        rho_s, rho_t = s[i] / a[i], s[i + 1] / a[i + 1]
-        rho_up = eta * rho_t * math.sqrt(max(0.0, 1.0 - rho_t**2 / rho_s**2))
-        rho_down = math.sqrt(rho_t**2 - rho_up**2)
-        x = a[i + 1] * (x0 + rho_down * eps)
-        if rho_up > 0:
-            x = x + a[i + 1] * rho_up * generator.randn_like(x)
+        x = ddim_update(x0, eps, a[i], s[i], a[i + 1], s[i + 1], eta, generator)
         report(callback, i, grid[i], x, x0)
+    return x
+
+
+def ddim_update(x0: torch.Tensor, eps: torch.Tensor, alpha_s: float, sigma_s: float, alpha_t: float, sigma_t: float,
+                eta: float, generator=None) -> torch.Tensor:
+    """One DDIM step from time s to t given the predictions at s (Song et al. 2021, Eq. 12); ``generator`` has
+    ``randn_like`` (a ``SampleGenerators``, or any object drawing the step noise of every row)."""
+    rho_s, rho_t = sigma_s / alpha_s, sigma_t / alpha_t
+    rho_up = eta * rho_t * math.sqrt(max(0.0, 1.0 - rho_t**2 / rho_s**2))
+    rho_down = math.sqrt(rho_t**2 - rho_up**2)
+    x = alpha_t * (x0 + rho_down * eps)
+    if rho_up > 0:
+        x = x + alpha_t * rho_up * generator.randn_like(x)
     return x
 
 
