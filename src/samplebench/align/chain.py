@@ -101,8 +101,9 @@ class Chain:
             self.on_progress(self.evaluations)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """r(decode(x)) per row, float64 on the CPU."""
-        return self.reward(self.model.decode(x), self.cond)
+        """r(decode(x)) per row, float64 on the CPU, in chunks of the denoiser's batch size."""
+        size = self.denoiser.inner.max_batch
+        return torch.cat([self.reward(self.model.decode(c), self.cond) for c in x.split(size)])
 
 
 @dataclass
