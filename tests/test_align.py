@@ -11,7 +11,7 @@ from scipy import stats
 
 from pipelines import save_ddpm
 from samplebench.align import AlignConfig, Chain, CountedReward, best_of_n, dts, fk_steering, get_reward, soft_backup
-from samplebench.align.tree import draw
+from samplebench.align.tree import draw, grow
 from samplebench.cli import main
 from samplebench.errors import UsageError
 from samplebench.models.analytic import GaussianMixture
@@ -75,21 +75,7 @@ def _tree_probability(tree, lam, leaf):
 
 
 def _built_tree(backup=None, lam=1.0):
-    import samplebench.align.tree as module
-
-    keep = {}
-    original = module.draw
-
-    def capture(tree, num, **kw):
-        keep["tree"] = tree
-        return original(tree, num, **kw)
-
-    module.draw = capture
-    try:
-        dts(chain(), budget=300 * STEPS, num=1, lam=lam, seed=3, widen_c=1.0, widen_alpha=0.5, backup=backup)
-    finally:
-        module.draw = original
-    return keep["tree"]
+    return grow(chain(), budget=300 * STEPS, lam=lam, seed=3, widen_c=1.0, widen_alpha=0.5, backup=backup)
 
 
 def _max_backup(tree, n, lam):

@@ -72,11 +72,13 @@ class Chain:
 
     @classmethod
     def build(cls, model: DiffusionModel, reward: CountedReward, *, steps: int, branch_steps: list[int] | None = None,
-              cond: Conditioning | None = None, max_batch: int = 256) -> "Chain":
+              cond: Conditioning | None = None, max_batch: int = 256,
+              on_progress: Callable[[int], None] | None = None) -> "Chain":
         cond = cond or Conditioning()
         grid = make_grid(model.schedule, "time-uniform", steps)
         branch = default_branch_steps(steps) if branch_steps is None else sorted(branch_steps)
-        return cls(model, CountingDenoiser(BatchedDenoiser(model, cond, max_batch)), grid, branch, reward, cond)
+        return cls(model, CountingDenoiser(BatchedDenoiser(model, cond, max_batch)), grid, branch, reward, cond,
+                   on_progress)
 
     @property
     def steps(self) -> int:

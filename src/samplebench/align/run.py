@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, Conditioning, DiffusionModel
@@ -90,8 +91,8 @@ def align_sample(model: DiffusionModel, reward: Reward, config: AlignConfig, *, 
                  cond: Conditioning | None = None, on_progress=None) -> AlignResult:
     """Run ``config.method`` on a loaded model; ``on_progress(evaluations)`` is called as the budget is spent."""
     chain = Chain.build(model, CountedReward(reward, reward_name or config.reward), steps=config.nfe,
-                        branch_steps=config.branches, cond=cond, max_batch=max(config.batch_size, 64))
-    chain.on_progress = on_progress
+                        branch_steps=config.branches, cond=cond, max_batch=max(config.batch_size, 64),
+                        on_progress=on_progress)
     if config.method in ("dts", "dts-star"):
         return dts(chain, budget=config.budget, num=config.num, lam=config.lam, star=config.method == "dts-star",
                    c_uct=config.c_uct, widen_c=config.widen_c, widen_alpha=config.widen_alpha,
@@ -119,8 +120,6 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True) ->
     load_time = time.perf_counter() - t_load
     if model.num_classes is not None and config.class_label is None:
         raise UsageError(f"model {config.model!r} is class-conditional: give --class-label for {config.method}")
-    import torch
-
     labels = None if config.class_label is None else torch.tensor([config.class_label])
     cond = Conditioning(labels, config.prompt, config.negative_prompt, config.guidance_scale)
     model.check_conditioning(cond)

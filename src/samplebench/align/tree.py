@@ -21,7 +21,7 @@ import torch
 from ..noise import SampleGenerators
 from .chain import AlignResult, Chain, finish, stream_seed
 
-__all__ = ["soft_backup", "Tree", "dts"]
+__all__ = ["soft_backup", "Tree", "grow", "draw", "dts"]
 
 
 def soft_backup(values: Sequence[float], lam: float) -> float:
@@ -46,6 +46,7 @@ class Tree:
         self.children: list[list[int]] = [[]]
         self.state: list[torch.Tensor | None] = [None]
         self.opening = [0]  # expansions selected in the current batch, not yet rolled out
+        self.rollouts = self.rollout_nfe = 0  # rollouts so far and their network evaluations
 
     def __len__(self) -> int:
         return len(self.parent)
@@ -93,19 +94,17 @@ def uct(tree: Tree, parent: int, kids: list[int], c_uct: float) -> int:
     return kids[int(np.argmax(scores))]
 
 
-def dts(chain: Chain, *, budget: int, num: int, lam: float = 1.0, star: bool = False, c_uct: float = 1.0,
-        widen_c: float = 2.0, widen_alpha: float = 0.8, batch: int = 16, seed: int = 0, offload: bool = True,
-        backup: Callable[[Tree, int, float], float] | None = None) -> AlignResult:
-    """Build a tree with at most ``budget`` network evaluations, then draw ``num`` samples from it (Alg. 2:
-    Boltzmann descent for DTS, greedy descent on v for DTS*, each sample a different leaf). ``backup(tree, node,
-    lambda)`` replaces the soft backup (tests use it to show that other backups are wrong)."""
-    start = time.perf_counter()
+def grow(chain: Chain, *, budget: int, lam: float = 1.0, star: bool = False, c_uct: float = 1.0,
+         widen_c: float = 2.0, widen_alpha: float = 0.8, batch: int = 16, seed: int = 0, offload: bool = True,
+         backup: Callable[[Tree, int, float], float] | None = None) -> Tree:
+    """Alg. 1: build a tree with at most ``budget`` network evaluations (``tree.rollouts`` rollouts costing
+    ``tree.rollout_nfe``). ``backup(tree, node, lambda)`` replaces the soft backup (tests use it to show that other
+    backups are wrong)."""
     branch = chain.branch_steps
     terminal = len(branch) + 1
     index = branch + [chain.steps]  # grid index of the states at levels 1 .. terminal
     tree = Tree(terminal, widen_c=widen_c, widen_alpha=widen_alpha, offload=offload)
     rng = np.random.default_rng([seed, 0])
-    rollouts = rollout_nfe = 0
 
     def cost(n: int) -> int:  # NFE of a rollout that expands node n
         return chain.steps - index[max(tree.level[n] - 1, 0)]
@@ -146,19 +145,26 @@ def dts(chain: Chain, *, budget: int, num: int, lam: float = 1.0, star: bool = F
             plan.append(n)
             planned += cost(n)
         if not plan:
-            break
-        leaves = _rollout(chain, tree, plan, index, [stream_seed(seed, rollouts + k) for k in range(len(plan))])
-        rollouts += len(plan)
-        rollout_nfe += planned
+            return tree
+        seeds = [stream_seed(seed, tree.rollouts + k) for k in range(len(plan))]
+        leaves = _rollout(chain, tree, plan, index, seeds)
+        tree.rollouts += len(plan)
+        tree.rollout_nfe += planned
         _backup(tree, leaves, lam, backup or _soft)
 
+
+def dts(chain: Chain, *, budget: int, num: int, lam: float = 1.0, star: bool = False, seed: int = 0,
+        **options) -> AlignResult:
+    """DTS / DTS*: grow a tree with at most ``budget`` network evaluations (``options`` as ``grow``), then draw
+    ``num`` samples from it (Alg. 2: Boltzmann descent for DTS, greedy descent on v for DTS*, distinct leaves)."""
+    start = time.perf_counter()
+    tree = grow(chain, budget=budget, lam=lam, star=star, seed=seed, **options)
     leaves = draw(tree, num, lam=lam, star=star, rng=np.random.default_rng([seed, 1]))
     x = torch.stack([tree.state[n] for n in leaves]).to(chain.model.device)
     rewards = torch.tensor([tree.value[n] for n in leaves], dtype=torch.float64)
-    return finish("dts-star" if star else "dts", chain, x, rewards, start, rollouts=rollouts,
-                  rollout_nfe=rollout_nfe, nodes=len(tree),
-                  root_children=len(tree.children[0]), state_bytes=tree.state_bytes(),
-                  max_children=max(len(c) for c in tree.children))
+    return finish("dts-star" if star else "dts", chain, x, rewards, start, rollouts=tree.rollouts,
+                  rollout_nfe=tree.rollout_nfe, nodes=len(tree), root_children=len(tree.children[0]),
+                  state_bytes=tree.state_bytes(), max_children=max(len(c) for c in tree.children))
 
 
 def _rollout(chain: Chain, tree: Tree, plan: list[int], index: list[int], seeds: list[int]) -> list[int]:
