@@ -62,6 +62,12 @@ BAD = [
     (["--num", "0"], "--num must be >= 1"),
     (["--nfe", "ten"], "invalid integer 'ten'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--cache", "deepcache:0"], "--cache 'deepcache:0' is not valid; valid: deepcache:N"),
+    (["--cache", "deepcache:2:5"], "DeepCache branch 5 is out of range for this UNet; valid: 1..2"),
+    (["--cache", "fbcache:0.1"], "--cache fbcache needs a transformer"),
+    (["--exit-threshold", "0.9"], "--exit-threshold needs a DiT with DeeDiff uncertainty heads"),
+    (["--exit-threshold", "0.9@2,0.8"], "--exit-threshold '0.9@2,0.8' is not valid"),
+    (["--exit-threshold", "0.9", "--cache", "deepcache:2"], "not both"),
 ]
 
 

@@ -38,6 +38,12 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="a USF solver schedule JSON file (replaces --solver and --time-grid)")
     p.add_argument("--skip-rho", type=float, default=None,
                    help="Skip-Tuning: scale the innermost UNet skip by this, linearly up to 1 at the outermost")
+    p.add_argument("--exit-threshold", default=None,
+                   help="DeeDiff early exit (models with uncertainty heads, e.g. digits-dit): leave the network once "
+                        "the mean confidence exceeds this; or per time, e.g. 0.95@0.5,0.9")
+    p.add_argument("--cache", default=None,
+                   help="training-free compute skipping: deepcache:N[:BRANCH] (UNet2DModel; a full step every N "
+                        "calls) or fbcache:THRESHOLD (transformers; diffusers' FirstBlockCache)")
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int, default=None,
@@ -121,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt", default=None)
     ev.add_argument("--device", default=None, help="default: accelerate's device for this process")
     ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--exit-threshold", default=None, help="DeeDiff early exit (as for sample)")
+    ev.add_argument("--cache", default=None, help="deepcache:N[:BRANCH] or fbcache:THRESHOLD (as for sample)")
     ev.add_argument("--quiet", action="store_true")
     _add_metric_args(ev)
     se = sub.add_parser("search", help="S3: search USF solver schedules per NFE (resumable; accelerate launch splits it)")
@@ -173,7 +181,8 @@ def _align(args: argparse.Namespace) -> int:
 
     if args.reward is None or args.budget is None:
         raise UsageError(f"--solver {args.solver} needs --reward (class:K, even, odd, module:function) and --budget")
-    for flag, value in (("--schedule", args.schedule), ("--skip-rho", args.skip_rho), ("--time-grid", args.time_grid)):
+    for flag, value in (("--schedule", args.schedule), ("--skip-rho", args.skip_rho), ("--time-grid", args.time_grid),
+                        ("--exit-threshold", args.exit_threshold), ("--cache", args.cache)):
         if value is not None:
             raise UsageError(f"{flag} does not apply to --solver {args.solver}")
     config = AlignConfig(method=args.solver, reward=args.reward, budget=args.budget, num=args.num,
@@ -202,9 +211,12 @@ def _sample(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size or 64, time_grid=args.time_grid, class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
-                          save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho)
+                          save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho,
+                          exit_threshold=args.exit_threshold, cache=args.cache)
     summary = run_sample(config, args.out, progress=not args.quiet)
+    compute = summary["compute"] or {}
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
+                     | {k: compute[k] for k in ("block_fraction", "flop_fraction") if k in compute}
                      | {"out": args.out}))
     return 0
 
@@ -224,7 +236,8 @@ def _eval(args: argparse.Namespace) -> int:
     config = EvalConfig(model=args.model, solvers=args.solver, nfes=args.nfe, num=args.num, seed=args.seed,
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
                         shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
-                        guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype)
+                        guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
+                        exit_threshold=args.exit_threshold, cache=args.cache)
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet)
     for row in rows:
@@ -233,7 +246,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 _SHOWN = ("model", "solver", "nfe", "num_samples", "fid", "kid", "inception_score", "extractor", "mode", "ref",
-          "wall_time_s")
+          "wall_time_s", "compute", "block_fraction", "flop_fraction")
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from .files import atomic_savez, atomic_write
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
 METRICS = ("fid", "kid", "is")
-DEFAULT_REFS = {"digits": "digits-train", "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
+DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, METRIC_SEED = 100, 1000, 10, 0
 
 
@@ -66,6 +66,8 @@ class EvalConfig:
     guidance_scale: float = 1.0
     prompt: str | None = None
     dtype: str = "float32"
+    exit_threshold: str | None = None  # DeeDiff early exit (see ``compute.py``)
+    cache: str | None = None  # deepcache:N[:BRANCH] or fbcache:THRESHOLD
 
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
@@ -91,6 +93,9 @@ class EvalConfig:
                     s3_schedule_path(self.model, n)  # a clear error when the model ships no schedule for n
                 else:
                     get_solver(s).steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
+        if self.exit_threshold is not None and self.cache is not None:
+            raise UsageError("give --exit-threshold or --cache, not both")
+        self.skipping()  # a clear error for a malformed threshold or cache
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "
                              f"name made with 'samplebench refs make')")
@@ -103,8 +108,21 @@ class EvalConfig:
     def num_shards(self) -> int:
         return -(-self.num // self.shard_size)
 
+    def skipping(self) -> dict[str, Any]:
+        from .compute import ExitThreshold, parse_cache
+
+        return {"exit_threshold": None if self.exit_threshold is None else ExitThreshold.parse(self.exit_threshold),
+                "cache": None if self.cache is None else parse_cache(self.cache)}
+
+    @property
+    def compute_label(self) -> str | None:
+        return f"exit:{self.exit_threshold}" if self.exit_threshold is not None else self.cache
+
     def settings(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        """The settings as JSON values; compute skipping appears only when set (older jobs keep their keys)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
+                if not (k in ("exit_threshold", "cache") and v is None)}
 
 
 def package_versions() -> dict[str, str]:
@@ -153,11 +171,13 @@ class _Job:
         solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
         with skips_applied(model, None, schedule):
             result = sample(model, solver, grid, seeds, class_label=c.class_label, prompt=c.prompt,
-                            guidance_scale=c.guidance_scale, batch_size=c.shard_size)
+                            guidance_scale=c.guidance_scale, batch_size=c.shard_size, **c.skipping())
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
+        work = {k: (result.compute or {}).get(k) or 0 for k in ("blocks_evaluated", "blocks_full", "gflops",
+                                                                "gflops_full")}
         atomic_savez(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
-                     wall_time_s=result.wall_time_s, process=process)
+                     wall_time_s=result.wall_time_s, process=process, **work)
 
     def feature_shard(self, extractor, solver: str, nfe: int, shard: int, logits: bool) -> None:
         from .metrics.scores import extract
@@ -262,6 +282,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         for n in c.nfes:
             t0 = time.perf_counter()
             feats, logits, wall, nfe = [], [], 0.0, None
+            work = dict.fromkeys(("blocks_evaluated", "blocks_full", "gflops", "gflops_full"), 0.0)
             for j in range(c.num_shards):
                 with np.load(job.feature_file(s, n, j)) as z:
                     feats.append(z["feats"])
@@ -269,9 +290,13 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
                 with np.load(job.sample_file(s, n, j)) as z:
                     wall += float(z["wall_time_s"])
                     nfe = int(z["nfe"])
+                    for k in work:
+                        work[k] += float(z[k]) if k in z.files else 0.0
             row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
-                   "seed": c.seed,
-                   "num_samples": c.num,
+                   "seed": c.seed, "num_samples": c.num, "compute": c.compute_label,
+                   "block_fraction": work["blocks_evaluated"] / work["blocks_full"] if work["blocks_full"] else None,
+                   "flop_fraction": work["gflops"] / work["gflops_full"] if work["gflops_full"] else None,
+                   "gflops_per_sample": work["gflops"] / c.num if work["gflops_full"] else None,
                    **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics),
                    "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
                    "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,

@@ -26,6 +26,8 @@ COLUMNS = {  # name -> SQLite type; ``versions`` and ``settings`` hold JSON
     "kid": "REAL", "inception_score": "REAL", "inception_score_std": "REAL", "extractor": "TEXT", "mode": "TEXT",
     "ref": "TEXT", "ref_sha256": "TEXT", "ref_count": "INTEGER", "wall_time_s": "REAL", "eval_time_s": "REAL",
     "num_processes": "INTEGER", "out": "TEXT", "versions": "TEXT", "settings": "TEXT",
+    # compute skipping (early exit, caching): what was skipped and the work that ran, next to NFE
+    "compute": "TEXT", "block_fraction": "REAL", "flop_fraction": "REAL", "gflops_per_sample": "REAL",
 }
 FILTERS = ("model", "solver", "nfe", "extractor", "mode", "ref")
 
@@ -44,6 +46,10 @@ class ResultsDB:
             self.conn = sqlite3.connect(self.path, timeout=60)
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+            for k, v in COLUMNS.items():  # a database from an older version gains the new columns
+                if k not in have:
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {k} {v.replace(' UNIQUE NOT NULL', '')}")
             self.conn.commit()
         except sqlite3.DatabaseError as e:
             raise UsageError(f"--db {str(self.path)!r} is not a samplebench results database ({e})") from None

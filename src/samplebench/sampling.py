@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from . import __version__
+from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
+    parse_cache
 from .errors import UsageError
 from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
@@ -48,6 +50,8 @@ class SampleConfig:
     save_npz: bool = False
     schedule: str | None = None  # a USF solver schedule file; replaces solver and time grid
     skip_rho: float | None = None  # Skip-Tuning: innermost skip scaled by rho, linearly up to 1 at the outermost
+    exit_threshold: str | None = None  # DeeDiff early exit: a threshold, or pieces "0.95@0.5,0.9"
+    cache: str | None = None  # compute skipping: "deepcache:N[:BRANCH]" or "fbcache:THRESHOLD"
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -62,6 +66,8 @@ class SampleConfig:
             raise UsageError("--nfe is required without --schedule")
         if self.nfe is not None and self.nfe < 1:
             raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
+        if self.exit_threshold is not None and self.cache is not None:
+            raise UsageError("give --exit-threshold or --cache, not both")
 
 
 @dataclass
@@ -71,6 +77,7 @@ class SampleResult:
     seeds: list[int]
     nfe: int  # network evaluations per sample, counted
     wall_time_s: float
+    compute: dict[str, Any] | None = None  # blocks and FLOPs actually run (``compute.ComputeMeter.summary``)
 
 
 def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: str | None = None) -> torch.Tensor:
@@ -166,25 +173,39 @@ def default_labels(model: DiffusionModel, seeds: Sequence[int], class_label: int
 def sample(model: DiffusionModel, solver: SolverSpec, grid: torch.Tensor, seeds: Sequence[int], *,
            class_label: int | None = None, prompt: str | None = None, negative_prompt: str = "",
            guidance_scale: float = 1.0, batch_size: int = 64,
-           on_step: Callable[[StepInfo], None] | None = None, **solver_options: Any) -> SampleResult:
-    """Sample ``len(seeds)`` images; sample i draws all its noise from a generator seeded with ``seeds[i]``."""
+           on_step: Callable[[StepInfo], None] | None = None, exit_threshold: ExitThreshold | None = None,
+           cache: CacheSpec | None = None, **solver_options: Any) -> SampleResult:
+    """Sample ``len(seeds)`` images; sample i draws all its noise from a generator seeded with ``seeds[i]``.
+
+    ``exit_threshold`` (DeeDiff early exit) or ``cache`` (DeepCache, FirstBlockCache) skip network work; the
+    blocks and FLOPs that ran are in ``result.compute`` for every model with a block-structured network."""
     seeds = list(seeds)
     images, finals, nfe = [], [], None
+    check_skipping(model, exit_threshold, cache)
+    profile = network_profile(model)
+    meter = ComputeMeter(profile) if profile is not None else None
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
         batch = seeds[lo:lo + batch_size]
         gens = SampleGenerators(batch)
         labels = default_labels(model, batch, class_label)
         cond = Conditioning(labels, prompt, negative_prompt, guidance_scale)
-        denoiser = CountingDenoiser(model.denoiser(cond, len(batch)))
+        inner = model.denoiser(cond, len(batch))
+        metered = metered_denoiser(model, inner, meter, exit_threshold, cache) if meter is not None else None
+        denoiser = CountingDenoiser(metered or inner)
         x = gens.randn(model.sample_shape, device=model.device) * model.schedule.prior_std()
-        x = solver(denoiser, x, grid, generator=gens, callback=on_step, **solver_options)
+        try:
+            x = solver(denoiser, x, grid, generator=gens, callback=on_step, **solver_options)
+        finally:
+            if metered is not None:
+                metered.close()
         finals.append(x.float().cpu())
         images.append(model.decode(x).float().cpu())
         if nfe is not None and nfe != denoiser.nfe:
             raise RuntimeError(f"NFE differs between batches: {nfe} vs {denoiser.nfe}")
         nfe = denoiser.nfe
-    return SampleResult(torch.cat(images), torch.cat(finals), seeds, int(nfe), time.perf_counter() - start)
+    return SampleResult(torch.cat(images), torch.cat(finals), seeds, int(nfe), time.perf_counter() - start,
+                        meter.summary() if meter is not None else None)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -243,6 +264,9 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
+    exit_threshold = ExitThreshold.parse(config.exit_threshold) if config.exit_threshold is not None else None
+    cache = parse_cache(config.cache) if config.cache is not None else None
+    check_skipping(model, exit_threshold, cache)
 
     bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,
                desc=f"{label} nfe={config.nfe or schedule.nfe}")
@@ -250,17 +274,19 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
         with skips_applied(model, config.skip_rho, schedule) as skips:
             result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
                             negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
-                            batch_size=config.batch_size, on_step=lambda info: bar.update(1))
+                            batch_size=config.batch_size, on_step=lambda info: bar.update(1),
+                            exit_threshold=exit_threshold, cache=cache)
     finally:
         bar.close()
 
     settings = {"model": config.model, "solver": label, "nfe": result.nfe, "steps": steps,
                 "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
+                "exit_threshold": config.exit_threshold, "cache": cache.label() if cache is not None else None,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
     extra = {"config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
-             "wall_time_s": result.wall_time_s, "load_time_s": load_time}
+             "wall_time_s": result.wall_time_s, "load_time_s": load_time, "compute": result.compute}
     return write_samples(out, result.images, result.x, settings, extra, per_image=[{"seed": s} for s in seeds],
                          labels=[f"seed {s}" for s in seeds], title=f"{config.model} | {label} | NFE {result.nfe}",
                          save_npz=config.save_npz, arrays={"seeds": np.array(seeds)})

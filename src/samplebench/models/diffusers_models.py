@@ -25,7 +25,7 @@ from ..schedules import schedule_from_config
 from .base import Conditioning, DiffusionModel
 from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser
 
-__all__ = ["load_pipeline_model", "UNet2DPixelModel", "DiTLatentModel", "LatentUNetModel"]
+__all__ = ["load_pipeline_model", "UNet2DPixelModel", "DiTLatentModel", "DiTPixelModel", "LatentUNetModel"]
 
 
 def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,6 +82,14 @@ class DiTLatentModel(_PipelineModel):
 
     def decode(self, x):
         return _vae_decode(self.pipe.vae, x, self.dtype)
+
+
+@dataclass
+class DiTPixelModel(DiTLatentModel):
+    """A pixel-space ``DiTTransformer2DModel`` (the embedded digits DiT); ``pipe.uem`` holds its DeeDiff heads."""
+
+    def decode(self, x):
+        return x
 
 
 @dataclass

@@ -61,6 +61,29 @@ def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     return model
 
 
+def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    from ..data import load_digits
+    from ..schedules import schedule_from_config
+    from .deediff import UncertaintyHeads
+    from .diffusers_models import DiTPixelModel, _quiet_diffusers
+
+    folder = WEIGHTS / "digits-dit"
+    with _quiet_diffusers():
+        transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
+        heads = UncertaintyHeads.from_pretrained(folder / "uem").to(device)
+        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    cfg = transformer.config
+    return DiTPixelModel(name="digits-dit", schedule=schedule_from_config(dict(scheduler.config)),
+                         sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
+                         num_classes=cfg.num_embeds_ada_norm, data_mean=load_digits("train", 16)[0].mean(0).to(dtype),
+                         directory=folder, pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads.eval()),
+                         prediction_type=scheduler.config.prediction_type)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
@@ -78,6 +101,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel("digits-gmm", "analytic: 10-component full-covariance Gaussian mixture fitted to the 16x16 "
                                     "digits (samplebench train digits-gmm), exact denoiser, DDPM linear schedule",
                       _digits_gmm),
+        EmbeddedModel("digits-dit", "class-conditional DiTTransformer2DModel (0.78 M parameters, 8 blocks, patch 2) "
+                                    "with DeeDiff uncertainty heads for early exit, trained on the 16x16 digits "
+                                    "(samplebench train digits-dit)", _digits_dit),
     ]
 }
 
