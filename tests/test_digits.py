@@ -62,4 +62,29 @@ def test_train_digits_gmm_smoke(tmp_path):
 
 def test_unknown_recipe(capsys):
     assert main(["train", "nope", "--out", "/tmp/never-written"]) == 2
-    assert "unknown recipe 'nope'; valid: digits-unet, digits-classifier, digits-gmm" in capsys.readouterr().err
+    assert "unknown recipe 'nope'; valid: digits-unet, digits-dit, digits-classifier, digits-gmm" in capsys.readouterr().err
+
+
+def test_digits_dit_samples_with_and_without_early_exit(tmp_path):
+    for name, extra in (("full", []), ("exit", ["--exit-threshold", "0.9"])):
+        assert main(["sample", "--model", "digits-dit", "--nfe", "6", "--num", "4", "--out", str(tmp_path / name),
+                     "--quiet", *extra]) == 0
+    full, ee = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "exit"))
+    assert full["compute"]["block_fraction"] == 1.0 and full["nfe_per_sample"] == ee["nfe_per_sample"] == 6
+    assert 0 < ee["compute"]["block_fraction"] < 1 and ee["exit_threshold"] == "0.9"
+
+
+def test_train_digits_dit_smoke(tmp_path):
+    from diffusers import DiTTransformer2DModel
+
+    from samplebench.models.deediff import UncertaintyHeads, early_exit_forward
+    from samplebench.train import train
+
+    card = train("digits-dit", tmp_path, steps=2)
+    assert card["steps"] == 2 and set(card["final_terms_last_500_this_run"]) == {"simple", "u", "ual"}
+    dit = DiTTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    heads = UncertaintyHeads.from_pretrained(tmp_path / "uem")
+    x, t, y = torch.zeros(2, 1, 16, 16), torch.tensor([10.0, 900.0]), torch.tensor([3, 10])
+    with torch.no_grad():
+        out, trace = early_exit_forward(dit, heads, x, t, y, 2.0)
+    assert out.shape == x.shape and trace.blocks.tolist() == [8, 8]
