@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_panel, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 
@@ -49,12 +49,7 @@ def _plot(rows: list[dict], path: Path) -> None:
             for ms, fid, nfe in pts:
                 ax.annotate(str(nfe), (ms, fid), fontsize=6, xytext=(2, 2), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("sampling ms / image (labels: NFE)")
-        ax.set_ylabel("digits-FID")
-        ax.set_title(model)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        fid_panel(ax, "sampling ms / image (labels: NFE)", model)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

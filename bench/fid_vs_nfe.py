@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_panel, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 from samplebench.samplers import get_solver  # noqa: E402
@@ -97,12 +97,7 @@ def _plot(results: dict, path: Path) -> None:
             ax.plot(NFES, ys, marker="o", lw=2.5 if s == "s3" else 1.2, label="S3 (searched)" if s == "s3" else s)
         if "floor" in res:
             ax.axhline(res["floor"], color="grey", ls="--", lw=1, label="exact samples")
-        ax.set_yscale("log")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel("digits-FID")
-        ax.set_title(model)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        fid_panel(ax, "NFE", model)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -19,9 +19,10 @@ import torch
 
 from .errors import UsageError
 from .models.base import Conditioning, DiffusionModel
-from .models.protocol import Denoiser, Prediction, as_time
+from .models.protocol import CFGDenoiser, Denoiser, Prediction, as_time
 
-__all__ = ["ComputeMeter", "NetworkProfile", "ExitThreshold", "CacheSpec", "parse_cache", "network_profile",
+__all__ = ["ComputeMeter", "NetworkProfile", "ExitThreshold", "CacheSpec", "parse_cache", "parse_skipping",
+           "network_profile",
            "check_skipping", "metered_denoiser"]
 
 
@@ -51,27 +52,25 @@ class ComputeMeter:
     by_call: dict[int, list[float]] = field(default_factory=dict)  # call index -> [t, rows, blocks]
 
     def record(self, call: int, t: float, blocks_per_row: torch.Tensor | list[int]) -> None:
+        """A call in which row r ran the first ``blocks_per_row[r]`` blocks (early exit)."""
         b = torch.as_tensor(blocks_per_row, dtype=torch.long)
-        total = len(self.profile.block_names)
-        self.rows += len(b)
-        self.full_rows += int((b == total).sum())
-        self.blocks += int(b.sum())
-        self.flops += float(sum(self._flops(int(k)) * int(n) for k, n in zip(*torch.unique(b, return_counts=True))))
-        entry = self.by_call.setdefault(call, [t, 0, 0])
-        entry[1] += len(b)
-        entry[2] += int(b.sum())
+        ks, counts = torch.unique(b, return_counts=True)
+        self._add(call, t, len(b), int((b == len(self.profile.block_names)).sum()), int(b.sum()),
+                  sum(self._flops(int(k)) * int(n) for k, n in zip(ks, counts)))
 
     def record_blocks(self, call: int, t: float, rows: int, evaluated: list[bool]) -> None:
         """A call in which the same blocks ran for every row (``evaluated[j]`` for block j)."""
-        n = sum(evaluated)
+        self._add(call, t, rows, rows if all(evaluated) else 0, rows * sum(evaluated),
+                  rows * (self.profile.other_flops + sum(f for f, e in zip(self.profile.block_flops, evaluated) if e)))
+
+    def _add(self, call: int, t: float, rows: int, full_rows: int, blocks: int, flops: float) -> None:
         self.rows += rows
-        self.full_rows += rows if all(evaluated) else 0
-        self.blocks += rows * n
-        self.flops += rows * (self.profile.other_flops
-                              + sum(f for f, e in zip(self.profile.block_flops, evaluated) if e))
+        self.full_rows += full_rows
+        self.blocks += blocks
+        self.flops += float(flops)
         entry = self.by_call.setdefault(call, [t, 0, 0])
         entry[1] += rows
-        entry[2] += rows * n
+        entry[2] += blocks
 
     def _flops(self, k: int) -> float:
         """A row that evaluated the first ``k`` blocks (early exit: the head runs once either way)."""
@@ -89,6 +88,11 @@ class ComputeMeter:
             "mean_blocks_by_step": [{"t": round(v[0], 6), "mean_blocks": v[2] / v[1]}
                                     for _, v in sorted(self.by_call.items())],
         }
+
+
+def _network_rows(inner: Denoiser, x: torch.Tensor) -> int:
+    """Rows the network sees in one call: guidance runs a conditional and an unconditional row per sample."""
+    return x.shape[0] * (2 if isinstance(inner, CFGDenoiser) else 1)
 
 
 def _network(model: DiffusionModel):
@@ -190,6 +194,14 @@ def parse_cache(text: str) -> CacheSpec:
     raise UsageError(bad)
 
 
+def parse_skipping(exit_threshold: str | None, cache: str | None) -> tuple[ExitThreshold | None, CacheSpec | None]:
+    """``--exit-threshold`` and ``--cache`` as given on the command line (at most one of them)."""
+    if exit_threshold is not None and cache is not None:
+        raise UsageError("give --exit-threshold or --cache, not both")
+    return (None if exit_threshold is None else ExitThreshold.parse(exit_threshold),
+            None if cache is None else parse_cache(cache))
+
+
 class _Metered:
     """Base of the wrappers: counts calls, passes NFE accounting through, records into the meter."""
 
@@ -212,7 +224,7 @@ class _Metered:
 
     @contextlib.contextmanager
     def _active(self, x, t):
-        rows = x.shape[0] * (2 if getattr(self.inner, "batched", False) else 1)
+        rows = _network_rows(self.inner, x)
         n = len(self.meter.profile.block_names)
         yield lambda call, tm: self.meter.record_blocks(call, tm, rows, [True] * n)
 
@@ -251,21 +263,17 @@ class _DeepCache(_Metered):
     """DeepCache on a UNet2DModel: a full step every ``interval`` calls, retrieve steps in between."""
 
     def __init__(self, inner, meter, unet, spec: CacheSpec):
-        from .models.deepcache import DeepCacheUNet, unet_blocks
+        from .models.deepcache import DeepCacheUNet
 
         super().__init__(inner, meter)
         self.cache, self.interval = DeepCacheUNet(unet, spec.branch), spec.interval
-        deep = {id(b) for b in self.cache.deep}
-        self.shallow = [id(b) not in deep for _, b in unet_blocks(unet)]
-        self.full_calls = 0
 
     @contextlib.contextmanager
     def _active(self, x, t):
         full = self.call % self.interval == 0 or not self.cache.can_retrieve(x)
+        runs = self.cache.retrieve_runs
         with self.cache.full() if full else self.cache.retrieve():
-            yield lambda call, tm: self.meter.record_blocks(call, tm, x.shape[0],
-                                                            [True] * len(self.shallow) if full else self.shallow)
-        self.full_calls += int(full)
+            yield lambda call, tm: self.meter.record_blocks(call, tm, x.shape[0], [True] * len(runs) if full else runs)
 
 
 class _FirstBlockCache(_Metered):
@@ -288,7 +296,7 @@ class _FirstBlockCache(_Metered):
     def _active(self, x, t):
         from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
-        rows = x.shape[0] * (2 if getattr(self.inner, "batched", False) else 1)
+        rows = _network_rows(self.inner, x)
         n = len(self.transformer.transformer_blocks)
         ran = []
         _set_cache_context(self.transformer, CacheContext("samplebench", step_index=self.call))

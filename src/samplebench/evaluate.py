@@ -93,9 +93,7 @@ class EvalConfig:
                     s3_schedule_path(self.model, n)  # a clear error when the model ships no schedule for n
                 else:
                     get_solver(s).steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
-        if self.exit_threshold is not None and self.cache is not None:
-            raise UsageError("give --exit-threshold or --cache, not both")
-        self.skipping()  # a clear error for a malformed threshold or cache
+        self.skipping()  # a clear error for a malformed threshold or cache, or both given
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "
                              f"name made with 'samplebench refs make')")
@@ -109,10 +107,10 @@ class EvalConfig:
         return -(-self.num // self.shard_size)
 
     def skipping(self) -> dict[str, Any]:
-        from .compute import ExitThreshold, parse_cache
+        from .compute import parse_skipping
 
-        return {"exit_threshold": None if self.exit_threshold is None else ExitThreshold.parse(self.exit_threshold),
-                "cache": None if self.cache is None else parse_cache(self.cache)}
+        exit_threshold, cache = parse_skipping(self.exit_threshold, self.cache)
+        return {"exit_threshold": exit_threshold, "cache": cache}
 
     @property
     def compute_label(self) -> str | None:

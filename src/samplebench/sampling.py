@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
-    parse_cache
+    parse_skipping
 from .errors import UsageError
 from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
@@ -66,8 +66,7 @@ class SampleConfig:
             raise UsageError("--nfe is required without --schedule")
         if self.nfe is not None and self.nfe < 1:
             raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
-        if self.exit_threshold is not None and self.cache is not None:
-            raise UsageError("give --exit-threshold or --cache, not both")
+        parse_skipping(self.exit_threshold, self.cache)
 
 
 @dataclass
@@ -264,8 +263,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))
-    exit_threshold = ExitThreshold.parse(config.exit_threshold) if config.exit_threshold is not None else None
-    cache = parse_cache(config.cache) if config.cache is not None else None
+    exit_threshold, cache = parse_skipping(config.exit_threshold, config.cache)
     check_skipping(model, exit_threshold, cache)
 
     bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,

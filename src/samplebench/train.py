@@ -183,10 +183,11 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
     steps = 4000 if steps is None else steps
     start = time.perf_counter()
     data, labels = load_digits("train")
-    data, labels = data.to(device), labels.to(device)
+    data = data.to(device)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     ac = scheduler.alphas_cumprod.to(device)
     net = _DeeDiffNet(*digits_dit(seed)).to(device)
+    null_class = net.dit.config.num_embeds_ada_norm
     parts: dict[str, list[float]] = {"simple": [], "u": [], "ual": []}
 
     def loss_fn(gen: torch.Generator) -> torch.Tensor:
@@ -194,7 +195,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
         t = torch.randint(1000, (batch_size,), generator=gen)
         eps = torch.randn(batch_size, 1, 16, 16, generator=gen).to(device)
         drop = torch.rand(batch_size, generator=gen) < label_dropout
-        y = torch.where(drop, 10, labels[idx.cpu()].cpu()).to(device)
+        y = torch.where(drop, null_class, labels[idx]).to(device)
         a = ac[t.to(device)].view(-1, 1, 1, 1)
         x_t = a.sqrt() * data[idx.to(device)] + (1 - a).sqrt() * eps
         losses = deediff_losses(net.dit, net.heads, x_t, t.to(device), y, eps)

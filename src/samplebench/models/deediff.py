@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-__all__ = ["UncertaintyHeads", "dit_blocks", "dit_conditioning", "dit_head", "uncertainty_target", "deediff_losses",
+__all__ = ["UncertaintyHeads", "dit_block", "dit_conditioning", "dit_head", "uncertainty_target", "deediff_losses",
            "early_exit_forward", "ExitTrace"]
 
 
@@ -64,7 +64,7 @@ def dit_head(dit, hidden: torch.Tensor, conditioning: torch.Tensor) -> torch.Ten
     return _unpatchify(dit.proj_out_2(hidden), dit.patch_size, dit.out_channels)
 
 
-def dit_blocks(dit, hidden: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor, block: int):
+def dit_block(dit, hidden: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor, block: int):
     """Block ``block`` of the DiT on token states ``hidden``, called exactly as diffusers' forward calls it."""
     return dit.transformer_blocks[block](hidden, attention_mask=None, encoder_hidden_states=None,
                                          encoder_attention_mask=None, timestep=timestep, cross_attention_kwargs=None,
@@ -83,7 +83,7 @@ def deediff_losses(dit, heads: UncertaintyHeads, x_t: torch.Tensor, timestep: to
     conditioning = dit_conditioning(dit, timestep, class_labels, hidden.dtype)
     preds, confidences = [], []
     for i in range(len(dit.transformer_blocks)):
-        hidden = dit_blocks(dit, hidden, timestep, class_labels, i)
+        hidden = dit_block(dit, hidden, timestep, class_labels, i)
         preds.append(dit_head(dit, hidden, conditioning))
         confidences.append(heads(i, hidden))
     targets = [uncertainty_target(p, eps) for p in preds]
@@ -118,12 +118,12 @@ def early_exit_forward(dit, heads: UncertaintyHeads, x: torch.Tensor, timestep: 
     threshold = torch.as_tensor(threshold, dtype=torch.float32, device=x.device).expand(rows)
     hidden = dit.pos_embed(x)
     conditioning = dit_conditioning(dit, timestep, class_labels, hidden.dtype)
-    out = torch.empty_like(x[:, :dit.out_channels]) if dit.out_channels != x.shape[1] else torch.empty_like(x)
+    out = x.new_empty(rows, dit.out_channels, *x.shape[2:])
     blocks = torch.full((rows,), n_blocks, dtype=torch.long)
     exceeded = torch.zeros(rows, dtype=torch.long, device=x.device)
     active = torch.arange(rows, device=x.device)
     for i in range(n_blocks):
-        hidden = dit_blocks(dit, hidden, timestep[active], class_labels[active], i)
+        hidden = dit_block(dit, hidden, timestep[active], class_labels[active], i)
         if i == n_blocks - 1:
             break
         over = heads.mean_confidence(i, hidden) > threshold[active]
@@ -133,10 +133,10 @@ def early_exit_forward(dit, heads: UncertaintyHeads, x: torch.Tensor, timestep: 
             gone = active[leave]
             out[gone] = dit_head(dit, hidden[leave], conditioning[gone]).to(out.dtype)
             blocks[gone.cpu()] = i + 1
-            stay = ~leave
-            active, hidden = active[stay], hidden[stay]
+            active, hidden = active[~leave], hidden[~leave]
             if active.numel() == 0:
-                return out, ExitTrace(blocks)
-    out[active] = dit_head(dit, hidden, conditioning[active]).to(out.dtype)
+                break
+    if active.numel():
+        out[active] = dit_head(dit, hidden, conditioning[active]).to(out.dtype)
     return out, ExitTrace(blocks)
 

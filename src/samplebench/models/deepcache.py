@@ -42,8 +42,8 @@ class DeepCacheUNet:
                      + [b for b in unet.up_blocks[:n_up - branch]])
         self.source = unet.up_blocks[n_up - branch - 1]  # its output is the cached deep feature
         self.feature: torch.Tensor | None = None
-        self.blocks_total = len(unet_blocks(unet))
-        self.blocks_shallow = self.blocks_total - len(self.deep)
+        # per block of ``unet_blocks``: whether a retrieve step runs it
+        self.retrieve_runs = [all(b is not d for d in self.deep) for _, b in unet_blocks(unet)]
 
     def can_retrieve(self, x: torch.Tensor) -> bool:
         return self.feature is not None and self.feature.shape[0] == x.shape[0]
