@@ -44,6 +44,7 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None,
                    help="training-free compute skipping: deepcache:N[:BRANCH] (UNet2DModel; a full step every N "
                         "calls) or fbcache:THRESHOLD (transformers; diffusers' FirstBlockCache)")
+    _add_cascade_args(p)
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int, default=None,
@@ -72,6 +73,25 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--widen-alpha", type=float, default=0.8)
     a.add_argument("--c-uct", type=float, default=1.0, help="DTS* exploration constant")
     a.add_argument("--potential", default="diff", help="FK steering potential: diff or max")
+
+
+def _add_cascade_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("low-resolution cascade (LowDiff; training-free with --cascade-from)")
+    g.add_argument("--cascade", default=None,
+                   help="stages RES:NFE[:SOLVER] at rising resolutions, e.g. 8:6,16:4; the NFE is their sum")
+    g.add_argument("--cascade-from", type=float, default=None,
+                   help="time t* in (0, 1] where each later stage starts from the renoised upsampled sample "
+                        "(default for cascade models: 1, i.e. T; required for other models, e.g. 0.5)")
+    g.add_argument("--cascade-up", default=None, help="upsampling: bilinear (default), nearest, bicubic")
+    g.add_argument("--cascade-noise", type=float, default=None,
+                   help="cascade models: noise augmentation time of the condition (default: the model's)")
+    g.add_argument("--cascade-model", default=None,
+                   help="the model of the lower-resolution stages (default: the same model)")
+
+
+def _cascade_kwargs(args: argparse.Namespace) -> dict:
+    return {"cascade": args.cascade, "cascade_from": args.cascade_from, "cascade_up": args.cascade_up,
+            "cascade_noise": args.cascade_noise, "cascade_model": args.cascade_model}
 
 
 def _csv(kind):
@@ -112,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="FID/KID/IS of solvers x NFEs (resumable; accelerate launch splits it)")
     ev.add_argument("--model", default=DEFAULT_MODEL_NAME)
     ev.add_argument("--solver", type=_csv(str), default=("dpmpp-2m",), help="comma-separated solvers")
-    ev.add_argument("--nfe", type=_csv(int), default=(10,), help="comma-separated NFEs")
+    ev.add_argument("--nfe", type=_csv(int), default=None, help="comma-separated NFEs (default: 10, or the "
+                                                                 "cascade's)")
     ev.add_argument("--num", type=_int, default=2000, help="samples per (solver, NFE)")
     ev.add_argument("--seed", type=_int, default=0, help="sample i uses seed + i")
     ev.add_argument("--ref", default=None,
@@ -129,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="float32")
     ev.add_argument("--exit-threshold", default=None, help="DeeDiff early exit (as for sample)")
     ev.add_argument("--cache", default=None, help="deepcache:N[:BRANCH] or fbcache:THRESHOLD (as for sample)")
+    _add_cascade_args(ev)
     ev.add_argument("--quiet", action="store_true")
     _add_metric_args(ev)
     se = sub.add_parser("search", help="S3: search USF solver schedules per NFE (resumable; accelerate launch splits it)")
@@ -168,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
-    train.add_argument("recipe", help="digits-unet, digits-classifier or digits-gmm")
+    train.add_argument("recipe", help="digits-unet, digits-dit, digits-lowdiff, digits-classifier or digits-gmm")
     train.add_argument("--out", required=True, help="output directory (a checkpoint there is resumed)")
     train.add_argument("--seed", type=_int, default=0)
     train.add_argument("--device", default="cpu")
@@ -182,7 +204,8 @@ def _align(args: argparse.Namespace) -> int:
     if args.reward is None or args.budget is None:
         raise UsageError(f"--solver {args.solver} needs --reward (class:K, even, odd, module:function) and --budget")
     for flag, value in (("--schedule", args.schedule), ("--skip-rho", args.skip_rho), ("--time-grid", args.time_grid),
-                        ("--exit-threshold", args.exit_threshold), ("--cache", args.cache)):
+                        ("--exit-threshold", args.exit_threshold), ("--cache", args.cache),
+                        ("--cascade", args.cascade)):
         if value is not None:
             raise UsageError(f"{flag} does not apply to --solver {args.solver}")
     config = AlignConfig(method=args.solver, reward=args.reward, budget=args.budget, num=args.num,
@@ -206,17 +229,18 @@ def _sample(args: argparse.Namespace) -> int:
         return _align(args)
     if args.reward is not None or args.budget is not None:
         raise UsageError(f"--reward and --budget apply to --solver {', '.join(METHODS)}, not {args.solver!r}")
-    nfe = args.nfe if args.nfe is not None or args.schedule is not None else 10
+    nfe = args.nfe if args.nfe is not None or args.schedule is not None or args.cascade is not None else 10
     config = SampleConfig(model=args.model, solver=args.solver, nfe=nfe, num=args.num, seed=args.seed,
                           batch_size=args.batch_size or 64, time_grid=args.time_grid, class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                           save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho,
-                          exit_threshold=args.exit_threshold, cache=args.cache)
+                          exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
     summary = run_sample(config, args.out, progress=not args.quiet)
     compute = summary["compute"] or {}
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
-                     | {k: compute[k] for k in ("block_fraction", "flop_fraction") if k in compute}
+                     | {k: compute[k] for k in ("block_fraction", "flop_fraction", "full_resolution_nfe_equivalent")
+                        if k in compute}
                      | {"out": args.out}))
     return 0
 
@@ -233,11 +257,12 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UsageError("--out is required (the job folder), or give --folder to score images")
-    config = EvalConfig(model=args.model, solvers=args.solver, nfes=args.nfe, num=args.num, seed=args.seed,
+    nfes = args.nfe or ((10,) if args.cascade is None else ())
+    config = EvalConfig(model=args.model, solvers=args.solver, nfes=nfes, num=args.num, seed=args.seed,
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
                         shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
                         guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
-                        exit_threshold=args.exit_threshold, cache=args.cache)
+                        exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet)
     for row in rows:

@@ -34,7 +34,8 @@ from .files import atomic_savez, atomic_write
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
 METRICS = ("fid", "kid", "is")
-DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
+DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-lowdiff": "digits-train",
+                "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, METRIC_SEED = 100, 1000, 10, 0
 
 
@@ -68,6 +69,11 @@ class EvalConfig:
     dtype: str = "float32"
     exit_threshold: str | None = None  # DeeDiff early exit (see ``compute.py``)
     cache: str | None = None  # deepcache:N[:BRANCH] or fbcache:THRESHOLD
+    cascade: str | None = None  # low-resolution cascade stages, e.g. "8:6,16:4" (``cascade.py``)
+    cascade_from: float | None = None
+    cascade_up: str | None = None
+    cascade_noise: float | None = None
+    cascade_model: str | None = None
 
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
@@ -80,6 +86,17 @@ class EvalConfig:
                 raise UsageError(f"{name} must be >= 1, got {v}")
         if self.seed < 0:
             raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        cascade = self.cascade_spec()
+        if cascade is not None:
+            from .sampling import check_cascade_options
+
+            if not self.nfes:
+                object.__setattr__(self, "nfes", (cascade.nfe,))
+            if tuple(self.nfes) != (cascade.nfe,):
+                raise UsageError(f"--nfe {','.join(map(str, self.nfes))} differs from the cascade's {cascade.nfe} "
+                                 f"NFE ({cascade.label()}); drop --nfe")
+            for s in self.solvers:
+                check_cascade_options(cascade, None, None, s, self.exit_threshold, self.cache)
         if not self.solvers or not self.nfes:
             raise UsageError("give at least one --solver and one --nfe")
         _parse_metrics(self.metrics)
@@ -89,7 +106,10 @@ class EvalConfig:
             raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         for s in self.solvers:
             for n in self.nfes:
-                if s == S3:
+                if cascade is not None:
+                    for stage in cascade.stages:
+                        get_solver(stage.solver or s).steps_for_nfe(stage.nfe)
+                elif s == S3:
                     s3_schedule_path(self.model, n)  # a clear error when the model ships no schedule for n
                 else:
                     get_solver(s).steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
@@ -112,15 +132,26 @@ class EvalConfig:
         exit_threshold, cache = parse_skipping(self.exit_threshold, self.cache)
         return {"exit_threshold": exit_threshold, "cache": cache}
 
+    def cascade_spec(self):
+        from .cascade import CascadeSpec
+
+        return CascadeSpec.parse(self.cascade, self.cascade_from, self.cascade_up, self.cascade_noise,
+                                 self.cascade_model)
+
     @property
     def compute_label(self) -> str | None:
+        if self.cascade is not None:
+            return f"cascade:{self.cascade_spec().label()}"
         return f"exit:{self.exit_threshold}" if self.exit_threshold is not None else self.cache
 
     def settings(self) -> dict[str, Any]:
-        """The settings as JSON values; compute skipping appears only when set (older jobs keep their keys)."""
+        """The settings as JSON values; compute skipping and cascades appear only when set (older jobs keep their
+        keys)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        optional = ("exit_threshold", "cache", "cascade", "cascade_from", "cascade_up", "cascade_noise",
+                    "cascade_model")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
-                if not (k in ("exit_threshold", "cache") and v is None)}
+                if not (k in optional and v is None)}
 
 
 def package_versions() -> dict[str, str]:
@@ -142,7 +173,7 @@ def _key(*parts: Any) -> str:
 class _Job:
     def __init__(self, config: EvalConfig, out: Path, device: str | None):
         self.config, self.out, self.device = config, out, device
-        self._model = None
+        self._models: dict[str, Any] = {}
 
     def sample_file(self, solver: str, nfe: int, shard: int) -> Path:
         return self.out / "samples" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
@@ -151,25 +182,33 @@ class _Job:
         c = self.config
         return self.out / "features" / f"{c.features}-{c.mode}" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
 
-    def model(self):
+    def model(self, name: str | None = None):
         from .models import load_model
 
-        if self._model is None:
-            self._model = load_model(self.config.model, device=self.device or "cpu", dtype=self.config.dtype)
-        return self._model
+        name = name or self.config.model
+        if name not in self._models:
+            self._models[name] = load_model(name, device=self.device or "cpu", dtype=self.config.dtype)
+        return self._models[name]
 
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
+        from .cascade import cascade_sample, plan_cascade
         from .sampling import load_schedule, resolve_solver, sample, skips_applied, to_uint8
 
         c = self.config
         lo, hi = shard * c.shard_size, min(c.num, (shard + 1) * c.shard_size)
         seeds = list(range(c.seed + lo, c.seed + hi))
         model = self.model()
-        schedule = load_schedule(c.model, solver_name, nfe, None)
-        solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
-        with skips_applied(model, None, schedule):
-            result = sample(model, solver, grid, seeds, class_label=c.class_label, prompt=c.prompt,
-                            guidance_scale=c.guidance_scale, batch_size=c.shard_size, **c.skipping())
+        common = dict(class_label=c.class_label, prompt=c.prompt, guidance_scale=c.guidance_scale,
+                      batch_size=c.shard_size)
+        cascade = c.cascade_spec()
+        if cascade is not None:
+            low = self.model(cascade.low_model) if cascade.low_model is not None else None
+            result = cascade_sample(plan_cascade(model, cascade, solver_name, c.time_grid, low), seeds, **common)
+        else:
+            schedule = load_schedule(c.model, solver_name, nfe, None)
+            solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
+            with skips_applied(model, None, schedule):
+                result = sample(model, solver, grid, seeds, **common, **c.skipping())
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         work = {k: (result.compute or {}).get(k) or 0 for k in ("blocks_evaluated", "blocks_full", "gflops",
@@ -248,13 +287,22 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     extractor = get_extractor(c.features, c.mode, dev, inception_weights)
     ref = get_reference(c.reference, extractor) if state.is_main_process else None
     results_db = ResultsDB(db) if state.is_main_process else None
+    job = _Job(c, out, dev)
+    if c.cascade is None and job.model().takes_low_res:
+        raise UsageError(f"model {c.model!r} is a cascade model; give --cascade, e.g. 8:6,16:4")
+    if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
+        from .cascade import plan_cascade
+
+        spec = c.cascade_spec()
+        for s in c.solvers:
+            plan_cascade(job.model(), spec, s, c.time_grid,
+                         job.model(spec.low_model) if spec.low_model is not None else None)
     if state.is_main_process:
         _check_manifest(out, c)
         for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below
             stale.unlink()
     state.wait_for_everyone()
 
-    job = _Job(c, out, dev)
     want_logits = "is" in c.metrics
     items = [(s, n, j) for s in c.solvers for n in c.nfes for j in range(c.num_shards)]
     mine = items[state.process_index::state.num_processes]

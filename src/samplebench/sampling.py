@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cascade import CascadeSpec, cascade_sample, plan_cascade
 from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
     parse_skipping
 from .errors import UsageError
@@ -52,6 +53,11 @@ class SampleConfig:
     skip_rho: float | None = None  # Skip-Tuning: innermost skip scaled by rho, linearly up to 1 at the outermost
     exit_threshold: str | None = None  # DeeDiff early exit: a threshold, or pieces "0.95@0.5,0.9"
     cache: str | None = None  # compute skipping: "deepcache:N[:BRANCH]" or "fbcache:THRESHOLD"
+    cascade: str | None = None  # low-resolution cascade stages "8:6,16:4" (``cascade.py``); nfe is their sum
+    cascade_from: float | None = None  # t* of the later stages
+    cascade_up: str | None = None  # upsampling operator
+    cascade_noise: float | None = None  # condition noise augmentation time (cascade models)
+    cascade_model: str | None = None  # the lower stages' model
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -62,11 +68,18 @@ class SampleConfig:
             raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if self.skip_rho is not None and self.skip_rho < 0:
             raise UsageError(f"--skip-rho must be >= 0, got {self.skip_rho}")
-        if self.nfe is None and self.schedule is None:
+        cascade = self.cascade_spec()
+        if self.nfe is None and self.schedule is None and cascade is None:
             raise UsageError("--nfe is required without --schedule")
         if self.nfe is not None and self.nfe < 1:
             raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
         parse_skipping(self.exit_threshold, self.cache)
+        if cascade is not None:
+            check_cascade_options(cascade, self.nfe, self.schedule, self.solver, self.exit_threshold, self.cache)
+
+    def cascade_spec(self) -> CascadeSpec | None:
+        return CascadeSpec.parse(self.cascade, self.cascade_from, self.cascade_up, self.cascade_noise,
+                                 self.cascade_model)
 
 
 @dataclass
@@ -77,6 +90,17 @@ class SampleResult:
     nfe: int  # network evaluations per sample, counted
     wall_time_s: float
     compute: dict[str, Any] | None = None  # blocks and FLOPs actually run (``compute.ComputeMeter.summary``)
+
+
+def check_cascade_options(cascade: CascadeSpec, nfe: int | None, schedule: str | None, solver: str,
+                          exit_threshold: str | None, cache: str | None) -> None:
+    """What a cascade does not combine with, as one-line errors."""
+    if nfe is not None and nfe != cascade.nfe:
+        raise UsageError(f"--nfe {nfe} differs from the cascade's {cascade.nfe} NFE ({cascade.label()}); drop --nfe")
+    if schedule is not None or solver == S3:
+        raise UsageError("--cascade stages run registry solvers; --schedule and --solver s3 do not apply")
+    if exit_threshold is not None or cache is not None:
+        raise UsageError("--cascade does not combine with --exit-threshold or --cache")
 
 
 def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: str | None = None) -> torch.Tensor:
@@ -245,10 +269,12 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     written only after sampling succeeded); returns the JSON summary."""
     from tqdm import tqdm
 
-    schedule = load_schedule(config.model, config.solver, config.nfe, config.schedule)
+    cascade = config.cascade_spec()
+    schedule = None if cascade else load_schedule(config.model, config.solver, config.nfe, config.schedule)
     if schedule is not None and config.time_grid is not None:
         raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
-    steps = schedule.num_steps if schedule is not None else get_solver(config.solver).steps_for_nfe(config.nfe)
+    if cascade is None and schedule is None:
+        get_solver(config.solver).steps_for_nfe(config.nfe)  # a clear error before the model loads
     if config.time_grid is not None:
         parse_grid(config.time_grid)
     out = Path(out)
@@ -256,9 +282,19 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     t_load = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype)
+    low_model = (load_model(cascade.low_model, device=config.device, dtype=config.dtype)
+                 if cascade is not None and cascade.low_model is not None else None)
     load_time = time.perf_counter() - t_load
-    solver, grid = resolve_solver(model, config.solver, config.nfe, config.time_grid, schedule)
-    label = S3 if config.schedule is None and config.solver == S3 else solver.name
+    if cascade is None and model.takes_low_res:
+        raise UsageError(f"model {config.model!r} is a cascade model; give --cascade, e.g. "
+                         + ",".join(f"{r}:{n}" for r, n in zip(model.resolutions, (6, 4, 4, 4))))
+    if cascade is not None:
+        plan = plan_cascade(model, cascade, config.solver, config.time_grid, low_model)
+        grids, label = plan.grids, config.solver
+    else:
+        solver, grid = resolve_solver(model, config.solver, config.nfe, config.time_grid, schedule)
+        grids, label = [grid], S3 if config.schedule is None and config.solver == S3 else solver.name
+    steps = sum(len(g) - 1 for g in grids)
     seeds = list(range(config.seed, config.seed + config.num))
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
@@ -267,20 +303,23 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     check_skipping(model, exit_threshold, cache)
 
     bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,
-               desc=f"{label} nfe={config.nfe or schedule.nfe}")
+               desc=f"{label} nfe={config.nfe or (cascade or schedule).nfe}")
+    common = dict(class_label=config.class_label, prompt=config.prompt, negative_prompt=config.negative_prompt,
+                  guidance_scale=config.guidance_scale, batch_size=config.batch_size,
+                  on_step=lambda info: bar.update(1))
     try:
         with skips_applied(model, config.skip_rho, schedule) as skips:
-            result = sample(model, solver, grid, seeds, class_label=config.class_label, prompt=config.prompt,
-                            negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
-                            batch_size=config.batch_size, on_step=lambda info: bar.update(1),
-                            exit_threshold=exit_threshold, cache=cache)
+            result = (cascade_sample(plan, seeds, **common) if cascade is not None else
+                      sample(model, solver, grid, seeds, exit_threshold=exit_threshold, cache=cache, **common))
     finally:
         bar.close()
 
     settings = {"model": config.model, "solver": label, "nfe": result.nfe, "steps": steps,
-                "time_grid": config.time_grid or solver.default_grid, "grid_times": grid.tolist(),
+                "time_grid": config.time_grid or (None if cascade else solver.default_grid),
+                "grid_times": None if cascade else grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "exit_threshold": config.exit_threshold, "cache": cache.label() if cache is not None else None,
+                "cascade": plan.describe() if cascade is not None else None,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
     extra = {"config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,

@@ -148,6 +148,81 @@ def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int 
     return card
 
 
+def digits_lowdiff_unet(seed: int = 0):
+    """The digits cascade UNet: the digits UNet's architecture with a second input channel (the condition) and a
+    ``timestep``-type class embedding for the condition level."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=16, in_channels=2, out_channels=1, layers_per_block=1,
+                       block_out_channels=(32, 64, 64), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), class_embed_type="timestep")
+
+
+def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
+                         batch_size: int = 128, lr: float = 2e-3, max_condition_level: int = 300,
+                         condition_noise: float = 0.1) -> dict:
+    """LowDiff's unified model (``models/lowdiff.py``) for the cascade 8x8 -> 16x16 on the digits: every step
+    trains an unconditional 8x8 batch and a 16x16 batch conditioned on the bilinearly upsampled 8x8 image, noised
+    to a level drawn uniformly from 0..``max_condition_level`` - 1 (network time), each with the eps-prediction
+    loss of DDPM (Ho et al. 2020, Alg. 1), summed. ``condition_noise`` (a time in [0, 1]) is the sampling default
+    written to cascade.json. Saved as a diffusers DDPMPipeline plus cascade.json."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from .data import load_digits
+    from .models.lowdiff import NO_CONDITION, upsample
+
+    steps = 6000 if steps is None else steps
+    start = time.perf_counter()
+    low = load_digits("train", 8)[0].to(device)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    ac = scheduler.alphas_cumprod.to(device)
+    net = digits_lowdiff_unet(seed).to(device)
+    high_batch = batch_size // 2
+    parts: dict[str, list[float]] = {"8": [], "16": []}
+
+    def noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        a = ac[t.to(device)].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    def loss_fn(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(low), (batch_size,), generator=gen).to(device)
+        t = torch.randint(1000, (batch_size,), generator=gen)
+        eps = torch.randn(batch_size, 1, 8, 8, generator=gen).to(device)
+        x_t = noised(low[idx], t, eps)
+        level = torch.full((batch_size,), NO_CONDITION, device=device)
+        loss8 = torch.nn.functional.mse_loss(
+            net(torch.cat([x_t, torch.zeros_like(x_t)], 1), t.to(device), class_labels=level).sample, eps)
+        idx = torch.randint(len(low), (high_batch,), generator=gen).to(device)
+        t = torch.randint(1000, (high_batch,), generator=gen)
+        s = torch.randint(max_condition_level, (high_batch,), generator=gen)
+        eps = torch.randn(high_batch, 1, 16, 16, generator=gen).to(device)
+        eps_c = torch.randn(high_batch, 1, 16, 16, generator=gen).to(device)
+        up = upsample(low[idx], 16)  # the 16x16 digits are exactly this image (``data.py``)
+        x_t, c = noised(up, t, eps), noised(up, s, eps_c)
+        loss16 = torch.nn.functional.mse_loss(
+            net(torch.cat([x_t, c], 1), t.to(device), class_labels=s.to(device).float()).sample, eps)
+        parts["8"].append(float(loss8.detach()))
+        parts["16"].append(float(loss16.detach()))
+        return loss8 + loss16
+
+    ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
+                              checkpoint_every=500, seed=seed, desc="digits-lowdiff")
+    DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
+    (out / "cascade.json").write_text(json.dumps({"resolutions": [8, 16], "condition_noise": condition_noise,
+                                                  "upsample": "bilinear"}, indent=2))
+    card = {"recipe": "digits-lowdiff", "command": f"samplebench train digits-lowdiff --out DIR --seed {seed}",
+            "steps": steps, "batch_size": {"8x8": batch_size, "16x16": high_batch}, "lr": lr, "ema_decay": 0.999,
+            "max_condition_level": max_condition_level, "seed": seed,
+            "parameters": sum(p.numel() for p in ema.parameters()), "device": str(device),
+            "final_loss_last_500": sum(losses[-500:]) / len(losses[-500:]),
+            "final_terms_last_500_this_run": {k: sum(v[-500:]) / max(1, len(v[-500:])) for k, v in parts.items()},
+            "wall_time_s_this_run": round(time.perf_counter() - start, 1)}
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
 def digits_dit(seed: int = 0):
     """The digits DiT: ``DiTTransformer2DModel`` on 1x16x16 pixels, patch 2 (64 tokens), 8 blocks of width 64
     (4 heads), adaLN-zero, 10 classes + the null class; plus its DeeDiff uncertainty heads."""
@@ -258,6 +333,7 @@ def train_digits_classifier(out: Path, seed: int = 0, device: str = "cpu", steps
 
 RECIPES: dict[str, Callable[..., dict]] = {"digits-unet": train_digits_unet,
                                            "digits-dit": train_digits_dit,
+                                           "digits-lowdiff": train_digits_lowdiff,
                                            "digits-classifier": train_digits_classifier,
                                            "digits-gmm": train_digits_gmm}
 

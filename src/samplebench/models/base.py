@@ -17,12 +17,16 @@ __all__ = ["DiffusionModel", "Conditioning"]
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Per-batch conditioning: one class label per row, one prompt for the whole batch, a guidance scale."""
+    """Per-batch conditioning: one class label per row, one prompt for the whole batch, a guidance scale; for a
+    cascade model's later stages, the upsampled, noised lower-resolution sample (one row per sample) and the
+    network time of its noise level."""
 
     class_labels: torch.Tensor | None = None
     prompt: str | None = None
     negative_prompt: str = ""
     guidance_scale: float = 1.0
+    low_res: torch.Tensor | None = None
+    low_res_level: float | None = None
 
 
 @dataclass
@@ -36,6 +40,7 @@ class DiffusionModel:
     dtype: torch.dtype = torch.float32
     num_classes: int | None = None
     takes_prompt: bool = False
+    takes_low_res: bool = False  # a cascade model (``lowdiff.py``): conditioned on a lower-resolution sample
     # The mean training image in sample space (USF's analytical first step "mean"), when known.
     data_mean: torch.Tensor | None = None
     # Where the model's files live (embedded folder or local pipeline directory): shipped S3 schedules are in
@@ -56,6 +61,8 @@ class DiffusionModel:
             raise UsageError(f"--class-label must be in 0..{self.num_classes - 1} for model {self.name!r}")
         if cond.prompt is not None and not self.takes_prompt:
             raise UsageError(f"model {self.name!r} takes no prompt; drop --prompt")
+        if cond.low_res is not None and not self.takes_low_res:
+            raise UsageError(f"model {self.name!r} is not a cascade model, so it takes no low-resolution condition")
         if cond.guidance_scale != 1.0 and self.num_classes is None and not self.takes_prompt:
             raise UsageError(f"model {self.name!r} is unconditional, so --guidance-scale must be 1")
 

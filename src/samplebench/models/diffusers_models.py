@@ -2,7 +2,8 @@
 
 - ``UNet2DModel`` pipelines (DDPMPipeline / DDIMPipeline), eps, v or sample prediction, optional class labels;
 - ``DiTTransformer2DModel`` (DiTPipeline): class-conditional, learned sigma (the eps half is used), VAE latents;
-- Stable-Diffusion-style ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder, prompts, VAE latents.
+- Stable-Diffusion-style ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder, prompts, VAE latents;
+- a local ``UNet2DModel`` pipeline directory with ``cascade.json``: a LowDiff cascade model (``lowdiff.py``).
 
 The scheduler config of the pipeline gives the noise schedule and the prediction type; diffusers' scheduler
 state machine is never used for sampling.
@@ -140,6 +141,8 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
     the ``HF_HUB_OFFLINE`` environment variable."""
     from diffusers import DiffusionPipeline
 
+    from .lowdiff import read_cascade_config
+
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
@@ -174,6 +177,14 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
         cfg = unet.config
         return LatentUNetModel(sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size),
                                takes_prompt=True, **common)
+    cascade = read_cascade_config(directory) if directory is not None else None
+    if unet is not None and type(unet).__name__ == "UNet2DModel" and cascade is not None:
+        from .lowdiff import CascadeUNetModel
+
+        top = max(cascade["resolutions"])
+        return CascadeUNetModel(sample_shape=(unet.config.out_channels, top, top),
+                                resolutions=tuple(cascade["resolutions"]), condition_noise=cascade["condition_noise"],
+                                upsample_mode=cascade["upsample"], **common)
     if unet is not None and type(unet).__name__ == "UNet2DModel":
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)

@@ -61,6 +61,14 @@ def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     return model
 
 
+def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from .diffusers_models import load_pipeline_model
+
+    model = load_pipeline_model(str(WEIGHTS / "digits-lowdiff"), device=device, dtype=dtype, local_files_only=True)
+    model.name = "digits-lowdiff"
+    return model
+
+
 def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     from types import SimpleNamespace
 
@@ -104,6 +112,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel("digits-dit", "class-conditional DiTTransformer2DModel (0.78 M parameters, 8 blocks, patch 2) "
                                     "with DeeDiff uncertainty heads for early exit, trained on the 16x16 digits "
                                     "(samplebench train digits-dit)", _digits_dit),
+        EmbeddedModel("digits-lowdiff", "LowDiff cascade UNet2DModel (1.1 M parameters) for 8x8 -> 16x16 digits: "
+                                        "unconditional at 8x8, conditioned on the upsampled 8x8 sample at 16x16 "
+                                        "(samplebench train digits-lowdiff; sample with --cascade 8:6,16:4)",
+                      _digits_lowdiff),
     ]
 }
 
