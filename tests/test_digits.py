@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import torch
 
 from samplebench.cli import main
@@ -62,7 +63,7 @@ def test_train_digits_gmm_smoke(tmp_path):
 
 def test_unknown_recipe(capsys):
     assert main(["train", "nope", "--out", "/tmp/never-written"]) == 2
-    assert "unknown recipe 'nope'; valid: digits-unet, digits-dit, digits-classifier, digits-gmm" in capsys.readouterr().err
+    assert "unknown recipe 'nope'; valid: digits-unet, digits-dit, digits-lowdiff, digits-classifier, digits-gmm" in capsys.readouterr().err
 
 
 def test_digits_dit_samples_with_and_without_early_exit(tmp_path):
@@ -88,3 +89,49 @@ def test_train_digits_dit_smoke(tmp_path):
     with torch.no_grad():
         out, trace = early_exit_forward(dit, heads, x, t, y, 2.0)
     assert out.shape == x.shape and trace.blocks.tolist() == [8, 8]
+
+
+def test_train_digits_lowdiff_smoke(tmp_path):
+    from samplebench.train import train
+
+    card = train("digits-lowdiff", tmp_path, steps=2)
+    assert card["steps"] == 2 and set(card["final_terms_last_500_this_run"]) == {"8", "16"}
+    model = load_model(str(tmp_path))
+    assert model.takes_low_res and model.resolutions == (8, 16) and model.condition_noise == 0.1
+
+
+def test_digits_lowdiff_follows_its_condition():
+    """The shipped cascade model's 16x16 stage restores the image it is conditioned on: from heavy noise, the
+    prediction is close to the condition's digit and far from another digit."""
+    from samplebench.models import Conditioning
+    from samplebench.models.lowdiff import upsample
+
+    model = load_model("digits-lowdiff")
+    x8 = load_digits("test", 8)[0][:8]
+    up, other = upsample(x8, 16), upsample(x8.roll(1, 0), 16)
+    t = torch.tensor(0.8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x_t = float(model.schedule.alpha(t)) * up + float(model.schedule.sigma(t)) * torch.randn(up.shape, generator=g)
+    s = torch.tensor([0.1], dtype=torch.float64)  # the model's default condition noise
+    level, a_s, s_s = (float(f(s)) for f in (model.schedule.model_time, model.schedule.alpha, model.schedule.sigma))
+    eps_c = torch.randn(up.shape, generator=g)
+    pred = {name: model.denoiser(Conditioning(low_res=a_s * c + s_s * eps_c, low_res_level=level), 8)(x_t, t).denoised
+            for name, c in (("own", up), ("other", other), ("zero", torch.zeros_like(up)))}
+    err = {name: float(((p - up) ** 2).mean()) for name, p in pred.items()}
+    assert err["own"] < 0.15 and err["other"] > 4 * err["own"] and err["zero"] > 4 * err["own"], err
+
+
+def test_digits_lowdiff_cascade_out_of_the_box(tmp_path):
+    assert main(["sample", "--model", "digits-lowdiff", "--cascade", "8:6,16:4", "--num", "16",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["nfe_per_sample"] == 10 and [s["nfe"] for s in summary["compute"]["stages"]] == [6, 4]
+    assert 0.5 < summary["compute"]["full_resolution_nfe_equivalent"] < 6
+    from PIL import Image
+
+    from samplebench.metrics.digits import digits_features
+
+    images = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / f))) for f in summary["images"]])
+    images = images.float().unsqueeze(1) / 127.5 - 1
+    _, probs = digits_features(images)
+    assert (probs.max(1) >= 0.9).mean() >= 0.5  # recognisable digits
