@@ -87,12 +87,13 @@ def test_condition_enters_the_network(cascade_dir):
     with_c = model.denoiser(Conditioning(low_res=c, low_res_level=99.0), 2)(x, 0.5).eps
     zeroed = model.denoiser(Conditioning(low_res=torch.zeros_like(c), low_res_level=99.0), 2)(x, 0.5).eps
     level = model.denoiser(Conditioning(low_res=c, low_res_level=500.0), 2)(x, 0.5).eps
-    none = model.denoiser(Conditioning(), 2)(x, 0.5).eps
-    for other in (zeroed, level, none):
+    for other in (zeroed, level):
         assert (with_c - other).abs().max() > 1e-4
-    direct = model.pipe.unet(torch.cat([x, torch.zeros_like(x)], 1), model.schedule.model_time(torch.tensor(0.5)),
+    x8 = x[..., ::2, ::2]  # the first stage: zero condition plus the no-condition level
+    none = model.denoiser(Conditioning(), 2)(x8, 0.5).eps
+    direct = model.pipe.unet(torch.cat([x8, torch.zeros_like(x8)], 1), model.schedule.model_time(torch.tensor(0.5)),
                              class_labels=torch.full((2,), NO_CONDITION)).sample
-    assert torch.allclose(none, direct, atol=1e-5)  # the first stage: zero condition plus the no-condition level
+    assert torch.allclose(none, direct, atol=1e-5)
 
 
 def test_images_depend_only_on_their_seeds(cascade_dir):
