@@ -98,6 +98,7 @@ def test_train_digits_lowdiff_smoke(tmp_path):
     assert card["steps"] == 2 and set(card["final_terms_last_500_this_run"]) == {"8", "16"}
     model = load_model(str(tmp_path))
     assert model.takes_low_res and model.resolutions == (8, 16) and model.condition_noise == 0.1
+    assert model.t_start == 0.3 == load_model("digits-lowdiff").t_start
 
 
 def test_digits_lowdiff_follows_its_condition():
@@ -126,6 +127,7 @@ def test_digits_lowdiff_cascade_out_of_the_box(tmp_path):
                  "--out", str(tmp_path), "--quiet"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["nfe_per_sample"] == 10 and [s["nfe"] for s in summary["compute"]["stages"]] == [6, 4]
+    assert summary["cascade"]["t_start"] == 0.3 and summary["cascade"]["stages"][1]["grid_times"][0] == 0.3
     assert 0.5 < summary["compute"]["full_resolution_nfe_equivalent"] < 6
     from PIL import Image
 

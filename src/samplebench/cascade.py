@@ -5,7 +5,8 @@ Stage 0 samples from noise at its resolution. Stage k > 0 upsamples the previous
 and starts from x_{t*} = alpha_{t*} x_up + sigma_{t*} eps at t* (``--cascade-from``):
 
 - LowDiff (Xu et al. 2025): a cascade model (``models/lowdiff.py``) also sees x_up as its condition,
-  c = alpha_s x_up + sigma_s eps_c at the augmentation time s (``--cascade-noise``); t* defaults to T.
+  c = alpha_s x_up + sigma_s eps_c at the augmentation time s (``--cascade-noise``); t* defaults to the
+  model's (``cascade.json``), else T.
 - Training-free (SDEdit, Meng et al. 2022, Sec. 3): any model, t* < T; the lower stages run the same network at
   the smaller size (fully convolutional UNets, latent models) or a second model (``--cascade-model``).
 
@@ -47,7 +48,7 @@ class CascadeSpec:
     """A cascade as given on the command line; the model fills in what is left as None (``plan_cascade``)."""
 
     stages: tuple[Stage, ...]
-    t_start: float | None = None  # --cascade-from: t* of the later stages (None: T for a cascade model)
+    t_start: float | None = None  # --cascade-from: t* of the later stages (None: the cascade model's, else T)
     upsample: str | None = None  # --cascade-up (None: the model's, else bilinear)
     condition_noise: float | None = None  # --cascade-noise: augmentation time s (None: the model's)
     low_model: str | None = None  # --cascade-model: the model of the lower stages (None: the same model)
@@ -137,7 +138,7 @@ def plan_cascade(model: DiffusionModel, spec: CascadeSpec, solver: str, time_gri
         raise UsageError(f"--cascade-noise applies to cascade models; model {model.name!r} is not one")
     if time_grid is not None and not isinstance(parse_grid(time_grid), str):
         raise UsageError("--time-grid with --cascade must be a grid kind (each stage has its own times)")
-    t_start = model.schedule.T if spec.t_start is None else spec.t_start
+    t_start = spec.t_start or getattr(model, "t_start", None) or model.schedule.T
     if t_start <= model.schedule.t_min:
         raise UsageError(f"--cascade-from must be above the schedule's t_min {model.schedule.t_min}, got {t_start}")
     models = [low_model if low_model is not None and k < len(spec.stages) - 1 else model

@@ -162,12 +162,13 @@ def digits_lowdiff_unet(seed: int = 0):
 
 def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
                          batch_size: int = 128, lr: float = 2e-3, max_condition_level: int = 300,
-                         condition_noise: float = 0.1) -> dict:
+                         condition_noise: float = 0.1, t_start: float = 0.3) -> dict:
     """LowDiff's unified model (``models/lowdiff.py``) for the cascade 8x8 -> 16x16 on the digits: every step
     trains an unconditional 8x8 batch and a 16x16 batch conditioned on the bilinearly upsampled 8x8 image, noised
     to a level drawn uniformly from 0..``max_condition_level`` - 1 (network time), each with the eps-prediction
-    loss of DDPM (Ho et al. 2020, Alg. 1), summed. ``condition_noise`` (a time in [0, 1]) is the sampling default
-    written to cascade.json. Saved as a diffusers DDPMPipeline plus cascade.json."""
+    loss of DDPM (Ho et al. 2020, Alg. 1), summed. ``condition_noise`` (a time in [0, 1]) and ``t_start`` (the 16x16
+    stage's start, t* = 0.3 beat t* = T in bench/cascade.py) are the sampling defaults written to cascade.json.
+    Saved as a diffusers DDPMPipeline plus cascade.json."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
     from .data import load_digits
@@ -211,7 +212,7 @@ def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: i
                               checkpoint_every=500, seed=seed, desc="digits-lowdiff")
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
     (out / "cascade.json").write_text(json.dumps({"resolutions": [8, 16], "condition_noise": condition_noise,
-                                                  "upsample": "bilinear"}, indent=2))
+                                                  "upsample": "bilinear", "t_start": t_start}, indent=2))
     card = {"recipe": "digits-lowdiff", "command": f"samplebench train digits-lowdiff --out DIR --seed {seed}",
             "steps": steps, "batch_size": {"8x8": batch_size, "16x16": high_batch}, "lr": lr, "ema_decay": 0.999,
             "max_condition_level": max_condition_level, "seed": seed,

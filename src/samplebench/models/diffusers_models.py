@@ -184,7 +184,7 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
         top = max(cascade["resolutions"])
         return CascadeUNetModel(sample_shape=(unet.config.out_channels, top, top),
                                 resolutions=tuple(cascade["resolutions"]), condition_noise=cascade["condition_noise"],
-                                upsample_mode=cascade["upsample"], **common)
+                                upsample_mode=cascade["upsample"], t_start=cascade.get("t_start"), **common)
     if unet is not None and type(unet).__name__ == "UNet2DModel":
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)

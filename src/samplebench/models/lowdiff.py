@@ -5,7 +5,7 @@ condition c = alpha_s Up(x_low) + sigma_s eps_c, the lower-resolution result ups
 the augmentation time s (noise-conditioning augmentation, Ho et al. 2022, Sec. 4.1). The condition level enters
 through the UNet's class embedding (``class_embed_type="timestep"``): the network time of s, or ``NO_CONDITION``
 for the first stage, whose condition is zeros. A pipeline directory is a cascade model when it holds
-``cascade.json`` (its resolutions, default condition noise and upsampling operator).
+``cascade.json`` (its resolutions, default condition noise, upsampling operator and optionally t*).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class CascadeUNetModel(UNet2DPixelModel):
     resolutions: tuple[int, ...] = (8, 16)
     condition_noise: float = 0.1
     upsample_mode: str = "bilinear"
+    t_start: float | None = None  # the later stages' default t* (None: T)
     takes_low_res: bool = field(default=True, init=False)
 
     def _network(self, x, timestep, cond):
