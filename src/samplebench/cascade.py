@@ -30,7 +30,7 @@ from .models.lowdiff import UPSAMPLE_MODES, upsample
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid
 
-__all__ = ["Stage", "CascadeSpec", "CascadePlan", "plan_cascade", "cascade_sample"]
+__all__ = ["Stage", "CascadeSpec", "CascadePlan", "plan_cascade", "require_cascade", "cascade_sample"]
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def plan_cascade(model: DiffusionModel, spec: CascadeSpec, solver: str, time_gri
               for k in range(len(spec.stages))]
     solvers, grids = [], []
     for k, (stage, m) in enumerate(zip(spec.stages, models)):
-        _check_runs_at(m, (c, stage.resolution, stage.resolution), conditioned=k > 0)
+        _check_runs_at(m, (c, stage.resolution, stage.resolution), conditioned=k > 0)  # counts its FLOPs too
         s = get_solver(stage.solver or solver)
         steps = s.steps_for_nfe(stage.nfe)
         grids.append(make_grid(m.schedule, time_grid or s.default_grid, steps,
@@ -157,13 +157,16 @@ def plan_cascade(model: DiffusionModel, spec: CascadeSpec, solver: str, time_gri
     return CascadePlan(spec, models, solvers, grids, t_start, mode, noise)
 
 
+def require_cascade(model: DiffusionModel, spec: CascadeSpec | None) -> None:
+    """A cascade model samples only through a cascade."""
+    if spec is None and model.takes_low_res:
+        raise UsageError(f"model {model.name!r} is a cascade model; give --cascade, e.g. {model.example_cascade}")
+
+
 def _check_runs_at(model: DiffusionModel, shape: tuple[int, ...], conditioned: bool) -> None:
     """One evaluation at the stage's size, so that a model fixed to its own size fails here, in one line."""
-    labels = torch.zeros(1, dtype=torch.long) if model.num_classes is not None else None
-    x = torch.zeros(1, *shape, device=model.device)
-    low = (x, 0.0) if conditioned and model.takes_low_res else (None, None)
     try:
-        model.denoiser(Conditioning(labels, low_res=low[0], low_res_level=low[1]), 1)(x, 0.5)
+        _gflops_per_eval(model, shape, conditioned)
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the network at this size
@@ -172,31 +175,40 @@ def _check_runs_at(model: DiffusionModel, shape: tuple[int, ...], conditioned: b
                          "the lower stages") from None
 
 
+def _forward_noise(schedule, x: torch.Tensor, t: float, gens: SampleGenerators) -> torch.Tensor:
+    """x_t = alpha_t x + sigma_t eps, eps from each sample's own generator."""
+    t = torch.tensor([t], dtype=torch.float64)
+    return float(schedule.alpha(t)) * x + float(schedule.sigma(t)) * gens.randn_like(x)
+
+
 def _stage_conditioning(model: DiffusionModel, base: Conditioning, x_up: torch.Tensor | None, noise: float | None,
                         gens: SampleGenerators) -> Conditioning:
     """The stage's conditioning: for a cascade model's later stage, the noised condition c and its level."""
     if x_up is None or not model.takes_low_res:
         return base
-    sched = model.schedule
-    s = torch.tensor([max(noise, sched.t_min)], dtype=torch.float64)
-    c = float(sched.alpha(s)) * x_up + float(sched.sigma(s)) * gens.randn_like(x_up)
-    return Conditioning(base.class_labels, base.prompt, base.negative_prompt, base.guidance_scale, low_res=c,
-                        low_res_level=float(sched.model_time(s)))
+    s = max(noise, model.schedule.t_min)
+    return Conditioning(base.class_labels, base.prompt, base.negative_prompt, base.guidance_scale,
+                        low_res=_forward_noise(model.schedule, x_up, s, gens),
+                        low_res_level=float(model.schedule.model_time(torch.tensor([s], dtype=torch.float64))))
 
 
-def _gflops_per_eval(model: DiffusionModel, cond: Conditioning, shape: tuple[int, ...]) -> float:
-    """FLOPs of one evaluation of one sample at ``shape`` (both halves of guidance), counted once per model."""
+def _gflops_per_eval(model: DiffusionModel, shape: tuple[int, ...], conditioned: bool,
+                     base: Conditioning = Conditioning()) -> float:
+    """FLOPs of one evaluation of one sample at ``shape`` (with a condition when ``conditioned`` and the model takes
+    one; both halves of guidance), counted on one forward once per model and key."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    key = (tuple(shape), cond.low_res is not None, cond.guidance_scale != 1.0)
+    conditioned = conditioned and model.takes_low_res
+    key = (tuple(shape), conditioned, base.guidance_scale != 1.0)
     memo = model.__dict__.setdefault("_gflops_per_eval", {})
     if key not in memo:
-        one = Conditioning(None if cond.class_labels is None else cond.class_labels[:1], cond.prompt,
-                           cond.negative_prompt, cond.guidance_scale,
-                           None if cond.low_res is None else cond.low_res[:1], cond.low_res_level)
-        denoiser = model.denoiser(one, 1)
+        x = torch.zeros(1, *shape, device=model.device)
+        labels = torch.zeros(1, dtype=torch.long) if model.num_classes is not None else None
+        denoiser = model.denoiser(Conditioning(labels, base.prompt, base.negative_prompt, base.guidance_scale,
+                                               low_res=x if conditioned else None,
+                                               low_res_level=0.0 if conditioned else None), 1)
         with FlopCounterMode(display=False) as counter:
-            denoiser(torch.zeros(1, *shape, device=model.device), 0.5)
+            denoiser(x, 0.5)
         memo[key] = counter.get_total_flops() / 1e9
     return memo[key]
 
@@ -210,8 +222,10 @@ def cascade_sample(plan: CascadePlan, seeds: Sequence[int], *, class_label: int 
 
     seeds = list(seeds)
     images, finals = [], []
-    stages = [{"resolution": st.resolution, "solver": s.name, "model": m.name, "nfe": 0, "gflops_per_eval": 0.0}
-              for st, s, m in zip(plan.spec.stages, plan.solvers, plan.models)]
+    one = Conditioning(None, prompt, negative_prompt, guidance_scale)
+    stages = [{"resolution": st.resolution, "solver": s.name, "model": m.name, "nfe": 0,
+               "gflops_per_eval": _gflops_per_eval(m, (m.sample_shape[0], st.resolution, st.resolution), k > 0, one)}
+              for k, (st, s, m) in enumerate(zip(plan.spec.stages, plan.solvers, plan.models))]
     top = plan.models[-1]
     start = time.perf_counter()
     for lo in range(0, len(seeds), batch_size):
@@ -225,15 +239,13 @@ def cascade_sample(plan: CascadePlan, seeds: Sequence[int], *, class_label: int 
                 x_up, x = None, gens.randn(shape, device=m.device) * m.schedule.prior_std()
             else:
                 x_up = upsample(x, info["resolution"], plan.upsample)
-                t = torch.tensor([plan.t_start], dtype=torch.float64)
-                x = float(m.schedule.alpha(t)) * x_up + float(m.schedule.sigma(t)) * gens.randn_like(x_up)
+                x = _forward_noise(m.schedule, x_up, plan.t_start, gens)
             cond = _stage_conditioning(m, base, x_up, plan.condition_noise, gens)
             denoiser = CountingDenoiser(m.denoiser(cond, len(batch)))
             x = solver(denoiser, x, grid, generator=gens, callback=on_step)
             if lo and denoiser.nfe != info["nfe"]:
                 raise RuntimeError(f"NFE of stage {k} differs between batches: {info['nfe']} vs {denoiser.nfe}")
             info["nfe"] = denoiser.nfe
-            info["gflops_per_eval"] = _gflops_per_eval(m, cond, shape)
         finals.append(x.float().cpu())
         images.append(top.decode(x).float().cpu())
     full = stages[-1]["gflops_per_eval"]  # the last stage runs the model at its own resolution

@@ -81,7 +81,8 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
                    help="stages RES:NFE[:SOLVER] at rising resolutions, e.g. 8:6,16:4; the NFE is their sum")
     g.add_argument("--cascade-from", type=float, default=None,
                    help="time t* in (0, 1] where each later stage starts from the renoised upsampled sample "
-                        "(default for cascade models: 1, i.e. T; required for other models, e.g. 0.5)")
+                        "(default for cascade models: their own, digits-lowdiff 0.3, else T = 1; required for "
+                        "other models, e.g. 0.5)")
     g.add_argument("--cascade-up", default=None, help="upsampling: bilinear (default), nearest, bicubic")
     g.add_argument("--cascade-noise", type=float, default=None,
                    help="cascade models: noise augmentation time of the condition (default: the model's)")

@@ -174,6 +174,7 @@ class _Job:
     def __init__(self, config: EvalConfig, out: Path, device: str | None):
         self.config, self.out, self.device = config, out, device
         self._models: dict[str, Any] = {}
+        self._plans: dict[str, Any] = {}
 
     def sample_file(self, solver: str, nfe: int, shard: int) -> Path:
         return self.out / "samples" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
@@ -190,8 +191,18 @@ class _Job:
             self._models[name] = load_model(name, device=self.device or "cpu", dtype=self.config.dtype)
         return self._models[name]
 
+    def plan(self, solver: str):
+        """The cascade plan for ``solver``, built once."""
+        from .cascade import plan_cascade
+
+        if solver not in self._plans:
+            spec = self.config.cascade_spec()
+            low = self.model(spec.low_model) if spec.low_model is not None else None
+            self._plans[solver] = plan_cascade(self.model(), spec, solver, self.config.time_grid, low)
+        return self._plans[solver]
+
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
-        from .cascade import cascade_sample, plan_cascade
+        from .cascade import cascade_sample
         from .sampling import load_schedule, resolve_solver, sample, skips_applied, to_uint8
 
         c = self.config
@@ -200,10 +211,8 @@ class _Job:
         model = self.model()
         common = dict(class_label=c.class_label, prompt=c.prompt, guidance_scale=c.guidance_scale,
                       batch_size=c.shard_size)
-        cascade = c.cascade_spec()
-        if cascade is not None:
-            low = self.model(cascade.low_model) if cascade.low_model is not None else None
-            result = cascade_sample(plan_cascade(model, cascade, solver_name, c.time_grid, low), seeds, **common)
+        if c.cascade is not None:
+            result = cascade_sample(self.plan(solver_name), seeds, **common)
         else:
             schedule = load_schedule(c.model, solver_name, nfe, None)
             solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
@@ -268,6 +277,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from accelerate import PartialState
     from tqdm import tqdm
 
+    from .cascade import require_cascade
     from .metrics.extractors import get_extractor
     from .metrics.reference import get_reference
     from .models import parse_device
@@ -288,15 +298,10 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     ref = get_reference(c.reference, extractor) if state.is_main_process else None
     results_db = ResultsDB(db) if state.is_main_process else None
     job = _Job(c, out, dev)
-    if c.cascade is None and job.model().takes_low_res:
-        raise UsageError(f"model {c.model!r} is a cascade model; give --cascade, e.g. 8:6,16:4")
+    require_cascade(job.model(), c.cascade_spec())
     if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
-        from .cascade import plan_cascade
-
-        spec = c.cascade_spec()
         for s in c.solvers:
-            plan_cascade(job.model(), spec, s, c.time_grid,
-                         job.model(spec.low_model) if spec.low_model is not None else None)
+            job.plan(s)
     if state.is_main_process:
         _check_manifest(out, c)
         for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below

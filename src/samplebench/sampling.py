@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cascade import CascadeSpec, cascade_sample, plan_cascade
+from .cascade import CascadeSpec, cascade_sample, plan_cascade, require_cascade
 from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
     parse_skipping
 from .errors import UsageError
@@ -285,9 +285,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     low_model = (load_model(cascade.low_model, device=config.device, dtype=config.dtype)
                  if cascade is not None and cascade.low_model is not None else None)
     load_time = time.perf_counter() - t_load
-    if cascade is None and model.takes_low_res:
-        raise UsageError(f"model {config.model!r} is a cascade model; give --cascade, e.g. "
-                         + ",".join(f"{r}:{n}" for r, n in zip(model.resolutions, (6, 4, 4, 4))))
+    require_cascade(model, cascade)
     if cascade is not None:
         plan = plan_cascade(model, cascade, config.solver, config.time_grid, low_model)
         grids, label = plan.grids, config.solver

@@ -55,6 +55,12 @@ def _save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _q_sample(alphas_cumprod: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at integer steps t (Ho et al. 2020, Eq. 4)."""
+    a = alphas_cumprod[t.to(alphas_cumprod.device)].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
 def _train_loop(out: Path, net: torch.nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *,
                 steps: int, lr: float, warmup: int, ema_decay: float, checkpoint_every: int, seed: int,
                 desc: str) -> tuple[torch.nn.Module, list[float]]:
@@ -132,8 +138,7 @@ def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int 
         idx = torch.randint(len(data), (batch_size,), generator=gen)
         t = torch.randint(1000, (batch_size,), generator=gen)
         eps = torch.randn(batch_size, 1, 16, 16, generator=gen).to(device)
-        a = ac[t.to(device)].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * data[idx.to(device)] + (1 - a).sqrt() * eps
+        x_t = _q_sample(ac, data[idx.to(device)], t, eps)
         return torch.nn.functional.mse_loss(net(x_t, t.to(device)).sample, eps)
 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
@@ -183,15 +188,11 @@ def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: i
     high_batch = batch_size // 2
     parts: dict[str, list[float]] = {"8": [], "16": []}
 
-    def noised(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        a = ac[t.to(device)].view(-1, 1, 1, 1)
-        return a.sqrt() * x0 + (1 - a).sqrt() * eps
-
     def loss_fn(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(low), (batch_size,), generator=gen).to(device)
         t = torch.randint(1000, (batch_size,), generator=gen)
         eps = torch.randn(batch_size, 1, 8, 8, generator=gen).to(device)
-        x_t = noised(low[idx], t, eps)
+        x_t = _q_sample(ac, low[idx], t, eps)
         level = torch.full((batch_size,), NO_CONDITION, device=device)
         loss8 = torch.nn.functional.mse_loss(
             net(torch.cat([x_t, torch.zeros_like(x_t)], 1), t.to(device), class_labels=level).sample, eps)
@@ -201,7 +202,7 @@ def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: i
         eps = torch.randn(high_batch, 1, 16, 16, generator=gen).to(device)
         eps_c = torch.randn(high_batch, 1, 16, 16, generator=gen).to(device)
         up = upsample(low[idx], 16)  # the 16x16 digits are exactly this image (``data.py``)
-        x_t, c = noised(up, t, eps), noised(up, s, eps_c)
+        x_t, c = _q_sample(ac, up, t, eps), _q_sample(ac, up, s, eps_c)
         loss16 = torch.nn.functional.mse_loss(
             net(torch.cat([x_t, c], 1), t.to(device), class_labels=s.to(device).float()).sample, eps)
         parts["8"].append(float(loss8.detach()))
@@ -272,8 +273,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
         eps = torch.randn(batch_size, 1, 16, 16, generator=gen).to(device)
         drop = torch.rand(batch_size, generator=gen) < label_dropout
         y = torch.where(drop, null_class, labels[idx]).to(device)
-        a = ac[t.to(device)].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * data[idx.to(device)] + (1 - a).sqrt() * eps
+        x_t = _q_sample(ac, data[idx.to(device)], t, eps)
         losses = deediff_losses(net.dit, net.heads, x_t, t.to(device), y, eps)
         for k in parts:
             parts[k].append(float(losses[k].detach()))

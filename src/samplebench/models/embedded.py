@@ -51,22 +51,25 @@ def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
                          data_mean=mean, directory=WEIGHTS / "digits-gmm")
 
 
-def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from ..data import load_digits
+def _shipped_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """A diffusers pipeline folder under weights/, loaded like any local pipeline and named by its folder."""
     from .diffusers_models import load_pipeline_model
 
-    model = load_pipeline_model(str(WEIGHTS / "digits"), device=device, dtype=dtype, local_files_only=True)
-    model.name = "digits"
+    model = load_pipeline_model(str(WEIGHTS / name), device=device, dtype=dtype, local_files_only=True)
+    model.name = name
+    return model
+
+
+def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from ..data import load_digits
+
+    model = _shipped_pipeline("digits", device, dtype)
     model.data_mean = load_digits("train", 16)[0].mean(0).to(dtype)
     return model
 
 
 def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from .diffusers_models import load_pipeline_model
-
-    model = load_pipeline_model(str(WEIGHTS / "digits-lowdiff"), device=device, dtype=dtype, local_files_only=True)
-    model.name = "digits-lowdiff"
-    return model
+    return _shipped_pipeline("digits-lowdiff", device, dtype)
 
 
 def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:

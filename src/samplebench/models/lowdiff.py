@@ -52,22 +52,24 @@ class CascadeUNetModel(UNet2DPixelModel):
     t_start: float | None = None  # the later stages' default t* (None: T)
     takes_low_res: bool = field(default=True, init=False)
 
+    @property
+    def example_cascade(self) -> str:
+        return ",".join(f"{r}:{6 if k == 0 else 4}" for k, r in enumerate(self.resolutions))
+
     def _network(self, x, timestep, cond):
         c = cond.get("low_res")
         level = cond.get("level")
         if c is None:
             if x.shape[-1] == max(self.resolutions):
                 raise UsageError(f"model {self.name!r} is a cascade model: its {x.shape[-1]}x{x.shape[-1]} stage "
-                                 f"needs the lower-resolution result; give --cascade, e.g. "
-                                 f"{self.resolutions[0]}:6,{x.shape[-1]}:4")
+                                 f"needs the lower-resolution result; give --cascade, e.g. {self.example_cascade}")
             c = torch.zeros_like(x)
             level = torch.full((x.shape[0],), NO_CONDITION, device=x.device)
         return self.pipe.unet(torch.cat([x, c.to(x.dtype)], 1), timestep, class_labels=level).sample
 
     def _cond(self, cond, batch_size):
-        if cond.guidance_scale != 1.0:
-            raise UsageError(f"model {self.name!r} has no unconditional input, so --guidance-scale must be 1")
+        c, u = super()._cond(cond, batch_size)  # the guidance check
         if cond.low_res is None:
-            return {}, {}
+            return c, u
         level = torch.full((cond.low_res.shape[0],), float(cond.low_res_level), device=self.device)
-        return {"low_res": cond.low_res.to(self.device), "level": level}, {}
+        return {**c, "low_res": cond.low_res.to(self.device), "level": level}, u
