@@ -1,4 +1,4 @@
-"""The command line: ``samplebench sample|eval|search|runs|plot|refs|solvers|models|train`` (``sample`` is an alias of
+"""The command line: ``samplebench sample|eval|search|runs|plot|refs|app|solvers|models|train`` (``sample`` is an alias of
 ``samplebench sample``).
 
 Bad input prints one line, ``samplebench: error: ...``, and exits with code 2.
@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("--mode", default="clean")
     refs.add_argument("--inception-weights", default=None)
     refs.add_argument("--device", default="cpu")
+    app = sub.add_parser("app", help="serve the web app: compare samplers, try methods, browse results")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only; 0.0.0.0 shares "
+                                                          "it on the network)")
+    app.add_argument("--port", type=_int, default=7860)
+    app.add_argument("--db", default=None, help="results database (default: ~/.cache/samplebench/runs.db)")
+    app.add_argument("--concurrency", type=_int, default=2, help="sampling requests run at once; others queue")
+    app.add_argument("--device", default="cpu")
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
@@ -372,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "refs": _refs}[args.command](args)
         if args.command == "solvers":
             return _solvers()
+        if args.command == "app":
+            from .app import serve
+
+            serve(host=args.host, port=args.port, db=args.db, concurrency=args.concurrency, device=args.device)
+            return 0
         if args.command == "train":
             from .train import train
 

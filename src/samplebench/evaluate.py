@@ -78,8 +78,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
         from .samplers import get_solver
-        from .sampling import S3
-        from .usf.shipped import s3_schedule_path
+        from .sampling import check_solver_nfe
 
         for name, v in (("--num", self.num), ("--shard-size", self.shard_size)):
             if v < 1:
@@ -109,10 +108,8 @@ class EvalConfig:
                 if cascade is not None:
                     for stage in cascade.stages:
                         get_solver(stage.solver or s).steps_for_nfe(stage.nfe)
-                elif s == S3:
-                    s3_schedule_path(self.model, n)  # a clear error when the model ships no schedule for n
                 else:
-                    get_solver(s).steps_for_nfe(n)  # a clear error for an NFE the solver cannot spend exactly
+                    check_solver_nfe(self.model, s, n)
         self.skipping()  # a clear error for a malformed threshold or cache, or both given
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "

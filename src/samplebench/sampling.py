@@ -264,9 +264,23 @@ def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
     return sheet
 
 
-def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def check_solver_nfe(model: str, solver: str, nfe: int) -> None:
+    """A one-line error, before any model loads, when ``solver`` cannot spend exactly ``nfe`` evaluations (for
+    ``s3``: when ``model`` ships no schedule for ``nfe``)."""
+    from .usf.shipped import s3_schedule_path
+
+    if solver == S3:
+        s3_schedule_path(model, nfe)
+    else:
+        get_solver(solver).steps_for_nfe(nfe)
+
+
+def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, model: DiffusionModel | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The ``sample`` command. Every input is validated before anything is printed or written (files are
-    written only after sampling succeeded); returns the JSON summary."""
+    written only after sampling succeeded); returns the JSON summary. ``model``: ``config.model`` already loaded;
+    ``on_progress(steps done, steps in all)`` after every solver step (an exception it raises stops the run with
+    nothing written)."""
     from tqdm import tqdm
 
     cascade = config.cascade_spec()
@@ -274,14 +288,14 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     if schedule is not None and config.time_grid is not None:
         raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
     if cascade is None and schedule is None:
-        get_solver(config.solver).steps_for_nfe(config.nfe)  # a clear error before the model loads
+        check_solver_nfe(config.model, config.solver, config.nfe)  # a clear error before the model loads
     if config.time_grid is not None:
         parse_grid(config.time_grid)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     t_load = time.perf_counter()
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    model = model or load_model(config.model, device=config.device, dtype=config.dtype)
     low_model = (load_model(cascade.low_model, device=config.device, dtype=config.dtype)
                  if cascade is not None and cascade.low_model is not None else None)
     load_time = time.perf_counter() - t_load
@@ -300,11 +314,20 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True) 
     exit_threshold, cache = parse_skipping(config.exit_threshold, config.cache)
     check_skipping(model, exit_threshold, cache)
 
-    bar = tqdm(total=steps * -(-config.num // config.batch_size), unit="step", disable=not progress,
+    total = steps * -(-config.num // config.batch_size)
+    bar = tqdm(total=total, unit="step", disable=not progress,
                desc=f"{label} nfe={config.nfe or (cascade or schedule).nfe}")
+    done = 0
+
+    def step(info: StepInfo) -> None:
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if on_progress is not None:
+            on_progress(done, total)
+
     common = dict(class_label=config.class_label, prompt=config.prompt, negative_prompt=config.negative_prompt,
-                  guidance_scale=config.guidance_scale, batch_size=config.batch_size,
-                  on_step=lambda info: bar.update(1))
+                  guidance_scale=config.guidance_scale, batch_size=config.batch_size, on_step=step)
     try:
         with skips_applied(model, config.skip_rho, schedule) as skips:
             result = (cascade_sample(plan, seeds, **common) if cascade is not None else

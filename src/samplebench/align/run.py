@@ -103,8 +103,10 @@ def align_sample(model: DiffusionModel, reward: Reward, config: AlignConfig, *, 
                        seed=config.seed)
 
 
-def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """The ``sample`` command for an alignment method: validates, samples, then writes images and summary.json."""
+def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, model: DiffusionModel | None = None,
+              on_progress=None) -> dict[str, Any]:
+    """The ``sample`` command for an alignment method: validates, samples, then writes images and summary.json.
+    ``model``: ``config.model`` already loaded; ``on_progress(evaluations)`` as the budget is spent."""
     from tqdm import tqdm
 
     from .. import __version__
@@ -116,7 +118,7 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True) ->
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
     t_load = time.perf_counter()
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    model = model or load_model(config.model, device=config.device, dtype=config.dtype)
     load_time = time.perf_counter() - t_load
     if model.num_classes is not None and config.class_label is None:
         raise UsageError(f"model {config.model!r} is class-conditional: give --class-label for {config.method}")
@@ -125,7 +127,12 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True) ->
     model.check_conditioning(cond)
     bar = tqdm(total=config.budget, unit="nfe", disable=not progress, desc=f"{config.method} {config.reward}")
     try:
-        result = align_sample(model, reward, config, cond=cond, on_progress=lambda n: bar.update(n - bar.n))
+        def spent(n: int) -> None:
+            bar.update(n - bar.n)
+            if on_progress is not None:
+                on_progress(n)
+
+        result = align_sample(model, reward, config, cond=cond, on_progress=spent)
     finally:
         bar.close()
     settings = {"model": config.model, "solver": config.method, "reward": config.reward, "budget": config.budget,

@@ -1,0 +1,348 @@
+"""The Gradio layout: compare, methods and results views wired to ``core`` (every callback is a library call)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import UsageError
+from ..models.embedded import DEFAULT_MODEL, EMBEDDED
+from ..samplers import solver_names
+from . import core
+
+log = logging.getLogger("samplebench.app")
+
+CSS = """
+.sb-grid { border-collapse: collapse; }
+.sb-grid th { padding: 4px 10px; font-weight: 600; text-align: center; }
+.sb-grid tbody th { text-align: right; white-space: nowrap; }
+.sb-grid td { padding: 4px; vertical-align: top; }
+.sb-grid td.pending { color: #999; text-align: center; min-width: 120px; }
+.sb-grid figure { margin: 0; }
+.sb-grid img { image-rendering: pixelated; max-width: 100%; }
+.sb-grid figcaption { font-size: 0.85em; text-align: center; padding-top: 2px; }
+"""
+
+SOLVERS = [*solver_names(), "s3"]
+GRID_COMPUTING = "Running…"
+
+
+class App:
+    """One app process: its database, limits, model pool and scratch folder. Requests share nothing else."""
+
+    def __init__(self, db: str | None = None, limits: core.Limits = core.Limits(), device: str = "cpu",
+                 keep_s: float = 3600):
+        self.db, self.limits, self.keep_s = db, limits, keep_s
+        self.pool = core.ModelPool(device=device)
+        self.scratch = Path(tempfile.mkdtemp(prefix="samplebench-app-"))
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def request_folder(self) -> Path:
+        """A fresh folder for one request; folders older than ``keep_s`` are removed."""
+        now = time.time()
+        for old in self.scratch.iterdir():
+            if now - old.stat().st_mtime > self.keep_s:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.scratch))
+
+    def cancel_flag(self, request: gr.Request | None, new: bool = False) -> threading.Event:
+        key = getattr(request, "session_hash", None) or "local"
+        with self._lock:
+            if new or key not in self._cancel:
+                self._cancel[key] = threading.Event()
+            return self._cancel[key]
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _message(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def guarded(fn):
+    """Bad input -> its one-line message in the UI; anything else -> a one-line error there and the trace in the
+    server log; a cancelled run ends quietly."""
+    def convert(e: Exception):
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, UsageError):
+            return gr.Error(_message(e), print_exception=False)
+        log.exception("callback %s failed", fn.__name__)
+        return gr.Error(f"{type(e).__name__}: {_message(e)}", print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except core.Cancelled:
+                return
+            except Exception as e:
+                raise convert(e) from None
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise convert(e) from None
+    return call
+
+
+def _class_label(value: Any) -> int | None:
+    return None if value in (None, "", "auto") else int(value)
+
+
+def build(app: App) -> gr.Blocks:
+    limits = app.limits
+    models = list(EMBEDDED)
+
+    def run_grid(cells: list[core.Cell], request: gr.Request | None, progress: gr.Progress):
+        """Yields (grid html, status, zip or None, results) as the cells finish."""
+        flag = app.cancel_flag(request, new=True)
+        folder = app.request_folder()
+        results: list[core.CellResult] = []
+        yield core.grid_html(cells, results), f"{GRID_COMPUTING} 0 of {len(cells)} cells", None, results
+        progress(0.0, desc="loading the model")
+        try:
+            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set,
+                                    on_progress=lambda f, text: progress(f, desc=text)):
+                results.append(r)
+                status = f"{GRID_COMPUTING} {len(results)} of {len(cells)} cells"
+                yield core.grid_html(cells, results), status, None, results
+        except core.Cancelled:
+            yield core.grid_html(cells, results), f"Cancelled after {len(results)} of {len(cells)} cells", \
+                None, results
+            return
+        total = sum(r.summary["wall_time_s"] for r in results)
+        yield (core.grid_html(cells, results), f"Done: {len(cells)} cells, {total:.2f} s sampling",
+               str(core.zip_folder(folder)), results)
+
+    def slider_choices(results):
+        labels = [r.caption for r in results]
+        return (gr.Dropdown(choices=labels, value=labels[0] if labels else None),
+                gr.Dropdown(choices=labels, value=labels[-1] if labels else None))
+
+    def slide(results, a, b):
+        found = {r.caption: core.tile(r.images) for r in results or []}
+        if a in found and b in found:
+            return found[a], found[b]
+        return None
+
+    def cancel(request: gr.Request):
+        app.cancel_flag(request).set()
+
+    with gr.Blocks(title="samplebench") as demo:
+        gr.Markdown("# samplebench\nSample from diffusion models with fast solvers; compare them on the same seeds.")
+        with gr.Tab("Compare", id="compare"):
+            with gr.Row():
+                model = gr.Dropdown(models, value=DEFAULT_MODEL, allow_custom_value=True, label="Model",
+                                    info="embedded, a diffusers hub id, or a local pipeline folder")
+                nfes = gr.Textbox("5,10", label="NFEs", info=f"comma-separated, 1 to {limits.nfe}")
+                seeds = gr.Textbox("0-7", label="Seeds", info=f"a range, at most {limits.images} images")
+            solvers = gr.CheckboxGroup(SOLVERS, value=["ddim", "dpmpp-2m"], label="Solvers",
+                                       info="rows of the grid; s3 = the model's shipped S3 schedule")
+            with gr.Accordion("Conditioning", open=False):
+                with gr.Row():
+                    class_label = gr.Dropdown(["auto", *map(str, range(10))], value="auto", label="Class label",
+                                              info="class-conditional models; auto = seed mod classes")
+                    guidance = gr.Slider(1.0, 15.0, value=1.0, step=0.5, label="Guidance scale")
+                    prompt = gr.Textbox("", label="Prompt", info="text-to-image models")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id="compare-run")
+                stop = gr.Button("Cancel", elem_id="compare-cancel")
+            status = gr.Markdown(elem_id="compare-status")
+            grid = gr.HTML(elem_id="compare-grid")
+            download = gr.File(label="Every image as PNG with its settings, and summary.json (zip)")
+            results = gr.State([])
+            with gr.Accordion("Compare two cells", open=True):
+                with gr.Row():
+                    cell_a = gr.Dropdown([], label="Left")
+                    cell_b = gr.Dropdown([], label="Right")
+                slider = gr.ImageSlider(label="Left | right", type="pil", format="png")
+
+            @guarded
+            def compare(model, solvers, nfes, seeds, class_label, guidance, prompt, request: gr.Request,
+                        progress=gr.Progress()):
+                cells = core.compare_cells(model, solvers or [], nfes, seeds, class_label=_class_label(class_label),
+                                           prompt=prompt, guidance=guidance, limits=limits)
+                yield from run_grid(cells, request, progress)
+
+            event = run.click(compare, [model, solvers, nfes, seeds, class_label, guidance, prompt],
+                              [grid, status, download, results], concurrency_id="sampling")
+            event.then(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
+            stop.click(cancel, None, None, queue=False)
+            for dropdown in (cell_a, cell_b):
+                dropdown.input(slide, [results, cell_a, cell_b], slider)
+
+        with gr.Tab("Methods", id="methods"):
+            method_views(app, run_grid)
+
+        with gr.Tab("Results", id="results"):
+            results_view(app, demo)
+    return demo
+
+
+def _method_outputs():
+    status = gr.Markdown()
+    grid = gr.HTML()
+    download = gr.File(label="PNGs with settings, and summary.json (zip)")
+    return grid, status, download, gr.State([])
+
+
+def method_views(app: App, run_grid) -> None:
+    limits = app.limits
+
+    with gr.Tab("S3 schedules"):
+        gr.Markdown("**S3**: a per-step solver schedule found by search (USF, Liu et al. 2024), next to a baseline "
+                    "solver at the same NFE. Use the model's shipped schedule or upload one from "
+                    "`samplebench search`.")
+        with gr.Row():
+            model = gr.Dropdown(["digits", "digits-gmm"], value="digits", allow_custom_value=True, label="Model")
+            nfe = gr.Dropdown([4, 5, 6, 7, 8, 10], value=5, label="NFE (shipped schedule)")
+            baseline = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Baseline solver")
+            seeds = gr.Textbox("0-7", label="Seeds")
+        upload = gr.File(label="Or a schedule JSON (replaces the shipped one)", file_types=[".json"],
+                         type="filepath")
+        go = gr.Button("Run S3", variant="primary")
+        outputs = _method_outputs()
+
+        @guarded
+        def s3(model, nfe, baseline, seeds, upload, request: gr.Request, progress=gr.Progress()):
+            yield from run_grid(core.s3_cells(model, nfe, seeds, baseline, upload, limits=limits), request, progress)
+
+        go.click(s3, [model, nfe, baseline, seeds, upload], list(outputs), concurrency_id="sampling")
+
+    with gr.Tab("Tree search (DTS)"):
+        gr.Markdown("**Diffusion Tree Sampling** (Jain et al. 2025): a tree search over a DDPM chain that samples "
+                    "p(x) exp(λ r(x)) and reuses every rollout; DTS* searches for the highest reward. Best-of-N and "
+                    "FK steering are the baselines under the same NFE budget (every network call counts).")
+        with gr.Row():
+            method = gr.Dropdown(["dts", "dts-star", "best-of-n", "fk"], value="dts", label="Method")
+            reward = gr.Dropdown([*(f"class:{k}" for k in range(10)), "even", "odd"], value="class:3",
+                                 label="Reward", info="log-probability under the digits classifier")
+            budget = gr.Number(2000, precision=0, label="Budget (NFE)", info=f"at most {limits.budget}")
+        with gr.Row():
+            num = gr.Slider(1, limits.images, value=8, step=1, label="Samples")
+            chain = gr.Slider(5, 100, value=20, step=1, label="Chain NFE (one rollout)")
+            lam = gr.Number(1.0, label="λ (inverse temperature)")
+        go = gr.Button("Run tree search", variant="primary")
+        outputs = _method_outputs()
+
+        @guarded
+        def align(method, reward, budget, num, chain, lam, request: gr.Request, progress=gr.Progress()):
+            cells = core.align_cells(method, reward, budget, num, chain, lam, limits=limits)
+            yield from run_grid(cells, request, progress)
+
+        go.click(align, [method, reward, budget, num, chain, lam], list(outputs), concurrency_id="sampling")
+
+    with gr.Tab("Early exit and caching"):
+        gr.Markdown("**Compute skipping**: DeeDiff early exit leaves the DiT once its uncertainty heads are "
+                    "confident (`digits-dit`); DeepCache reuses a UNet's deep features between steps "
+                    "(`deepcache:N`, `digits`); `fbcache:THRESHOLD` is diffusers' FirstBlockCache for transformers. "
+                    "Shown next to the full network on the same seeds.")
+        with gr.Row():
+            model = gr.Dropdown(["digits-dit", "digits"], value="digits-dit", allow_custom_value=True, label="Model")
+            solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
+            nfe = gr.Number(10, precision=0, label="NFE")
+            seeds = gr.Textbox("0-7", label="Seeds")
+        with gr.Row():
+            threshold = gr.Textbox("0.9", label="Exit threshold", info="e.g. 0.9 or 0.95@0.5,0.9; empty = off")
+            cache = gr.Textbox("", label="Cache", info="deepcache:3 (UNet) or fbcache:0.1; empty = off")
+        go = gr.Button("Run", variant="primary")
+        outputs = _method_outputs()
+
+        @guarded
+        def skipping(model, solver, nfe, seeds, threshold, cache, request: gr.Request, progress=gr.Progress()):
+            cells = core.skipping_cells(model, solver, nfe, seeds, exit_threshold=threshold.strip() or None,
+                                        cache=cache.strip() or None, limits=limits)
+            yield from run_grid(cells, request, progress)
+
+        go.click(skipping, [model, solver, nfe, seeds, threshold, cache], list(outputs), concurrency_id="sampling")
+
+    with gr.Tab("Cascades"):
+        gr.Markdown("**LowDiff cascade**: most steps at low resolution, a few at full resolution from the upsampled "
+                    "sample (`digits-lowdiff`), next to the single-resolution model at the same total NFE.")
+        with gr.Row():
+            model = gr.Dropdown(["digits-lowdiff", "digits"], value="digits-lowdiff", allow_custom_value=True,
+                                label="Model")
+            stages = gr.Textbox("8:20,16:2", label="Stages", info="RES:NFE[:SOLVER] at rising resolutions")
+            start = gr.Textbox("", label="t* of later stages", info="empty = the model's own")
+            solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
+            seeds = gr.Textbox("0-7", label="Seeds")
+        go = gr.Button("Run cascade", variant="primary")
+        outputs = _method_outputs()
+
+        @guarded
+        def cascade(model, stages, start, solver, seeds, request: gr.Request, progress=gr.Progress()):
+            t_star = _float(start, "t*") if start.strip() else None
+            yield from run_grid(core.cascade_cells(model, stages, t_star, seeds, solver, limits=limits), request,
+                                progress)
+
+        go.click(cascade, [model, stages, start, solver, seeds], list(outputs), concurrency_id="sampling")
+
+
+def _float(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{name} {text!r} is not a number") from None
+
+
+def results_view(app: App, demo: gr.Blocks) -> None:
+    limits = app.limits
+    gr.Markdown("Evaluation runs from the results database"
+                f" (`{app.db or 'the default ~/.cache/samplebench/runs.db'}`).")
+    with gr.Row():
+        f_model = gr.Dropdown(["", *EMBEDDED], value="", allow_custom_value=True, label="Model")
+        f_solver = gr.Dropdown(["", *SOLVERS], value="", allow_custom_value=True, label="Solver")
+        f_extractor = gr.Dropdown(["", "digits", "inception"], value="", label="Features")
+        refresh = gr.Button("Refresh")
+    table = gr.Dataframe(headers=list(core.TABLE_COLUMNS), interactive=False, label="Runs")
+    plot_note = gr.Markdown()
+    plot = gr.Image(label="FID vs NFE and vs time", type="filepath", format="png")
+
+    with gr.Accordion("Start a small evaluation (digits features, FID and KID)", open=False):
+        with gr.Row():
+            e_model = gr.Dropdown(["digits", "digits-gmm", "digits-dit"], value="digits", label="Model")
+            e_solvers = gr.CheckboxGroup(SOLVERS, value=["dpmpp-2m"], label="Solvers")
+            e_nfes = gr.Textbox("5,10", label="NFEs")
+            e_num = gr.Slider(50, limits.eval_samples, value=250, step=50, label="Samples per run")
+        e_go = gr.Button("Run evaluation", variant="primary")
+        e_status = gr.Markdown()
+
+    @guarded
+    def show(model, solver, extractor):
+        rows = core.results_table(app.db, model=model, solver=solver, extractor=extractor)
+        data = [[r[k] for k in core.TABLE_COLUMNS] for r in rows]
+        out = app.request_folder() / "fid.png"
+        try:
+            core.results_plot(app.db, out, model=model, solver=solver, extractor=extractor)
+            return data, "", str(out)
+        except UsageError as e:  # nothing to draw, or mixed settings: say how to narrow the filters
+            return data, f"Plot: {_message(e)}", None
+
+    @guarded
+    def evaluate(model, solvers, nfes, num, progress=gr.Progress(track_tqdm=True)):
+        folder = app.request_folder() / "job"
+        rows = core.start_eval(model, solvers or [], nfes, num, folder, app.db, limits=limits, progress=True)
+        lines = [f"{r['solver']} NFE {r['nfe']}: FID {r['fid']:.3f}" for r in rows]
+        return f"Done ({num} samples per run): " + "; ".join(lines)
+
+    filters = [f_model, f_solver, f_extractor]
+    refresh.click(show, filters, [table, plot_note, plot])
+    demo.load(show, filters, [table, plot_note, plot])
+    e_go.click(evaluate, [e_model, e_solvers, e_nfes, e_num], e_status, concurrency_id="sampling").then(
+        show, filters, [table, plot_note, plot])
