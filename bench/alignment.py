@@ -127,7 +127,8 @@ def main() -> None:
             "network evaluations of the run. FID: digits-FID against all real digits of the target class(es); "
             "on-target: share classified as a target class; diversity: mean pairwise cosine distance of digits "
             "features; unique: distinct samples among the outputs (DTS draws may repeat a leaf). Lowest FID per "
-            "budget in bold.\n\n"
+            "budget in bold. NFE is the measure of compute here; wall s is for orientation only (cached "
+            "runs keep the time of the run that made them).\n\n"
             + table(["target", "NFE/sample", "NFE", "method", "FID", "mean reward", "on-target", "diversity", "unique",
                      "wall s"], body_rows)
             + "\n\nTarget (DTS reaches the best baseline's FID with >= 5x fewer NFE): " + "; ".join(verdict) + "."
