@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench app clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ demo: $(STAMP)
 	$(VENV)/bin/sample --solver dpmpp-2m --nfe 10 --num 64 --out samples/demo
 	@echo "images, grid.png and summary.json are in samples/demo"
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# The app's browser test drives Debian's chromium with Playwright (apt-get, as root or through sudo).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive sh -c \
+	  'apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null'
+
+test: $(STAMP) $(CHROMIUM)
+	SAMPLEBENCH_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q
+
+app: $(STAMP)
+	$(VENV)/bin/samplebench app
 
 bench: $(STAMP)
 	$(PY) bench/solver_overhead.py

@@ -199,9 +199,9 @@ def cascade_cells(model: str, stages: str, cascade_from: float | None, seeds: st
     from ..sampling import check_solver_nfe
 
     seeds = parse_seeds(seeds, limits.images)
-    spec = CascadeSpec.parse(stages, cascade_from, None, None, None)
-    if spec is None:
+    if not (stages or "").strip():
         raise UsageError("give cascade stages, e.g. 8:20,16:2")
+    spec = CascadeSpec.parse(stages, cascade_from, None, None, None)
     if spec.nfe > limits.nfe:
         raise UsageError(f"the cascade spends {spec.nfe} NFE; at most {limits.nfe}")
     check_solver_nfe(single_model, solver, spec.nfe)
@@ -281,7 +281,7 @@ def _read_pngs(folder: Path, names: Sequence[str]) -> list[np.ndarray]:
     return arrays
 
 
-def tile(images: Sequence[np.ndarray], columns: int = 8, min_side: int = 64, max_width: int = 512):
+def tile(images: Sequence[np.ndarray], columns: int = 4, min_side: int = 64, max_width: int = 512):
     """The images of one cell side by side (nearest-neighbour upscaled so small images stay crisp)."""
     from PIL import Image
 

@@ -127,7 +127,7 @@ def build(app: App) -> gr.Blocks:
                 None, results
             return
         total = sum(r.summary["wall_time_s"] for r in results)
-        yield (core.grid_html(cells, results), f"Done: {len(cells)} cells, {total:.2f} s sampling",
+        yield (core.grid_html(cells, results), f"Done: {len(cells)} cell{'s' * (len(cells) > 1)}, {total:.2f} s sampling",
                str(core.zip_folder(folder)), results)
 
     def slider_choices(results):
@@ -171,7 +171,7 @@ def build(app: App) -> gr.Blocks:
                 with gr.Row():
                     cell_a = gr.Dropdown([], label="Left")
                     cell_b = gr.Dropdown([], label="Right")
-                slider = gr.ImageSlider(label="Left | right", type="pil", format="png")
+                slider = gr.ImageSlider(label="Left | right", type="pil", format="png", max_height=360)
 
             @guarded
             def compare(model, solvers, nfes, seeds, class_label, guidance, prompt, request: gr.Request,
@@ -301,6 +301,10 @@ def _float(text: str, name: str) -> float:
         raise UsageError(f"{name} {text!r} is not a number") from None
 
 
+def _cell(value: Any) -> Any:
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 def results_view(app: App, demo: gr.Blocks) -> None:
     limits = app.limits
     gr.Markdown("Evaluation runs from the results database"
@@ -326,7 +330,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
     @guarded
     def show(model, solver, extractor):
         rows = core.results_table(app.db, model=model, solver=solver, extractor=extractor)
-        data = [[r[k] for k in core.TABLE_COLUMNS] for r in rows]
+        data = [[_cell(r[k]) for k in core.TABLE_COLUMNS] for r in rows]
         out = app.request_folder() / "fid.png"
         try:
             core.results_plot(app.db, out, model=model, solver=solver, extractor=extractor)

@@ -1,0 +1,157 @@
+"""A real browser against the served app: ``samplebench app`` in a subprocess, Debian's Chromium driven by Playwright.
+
+``python tests/test_app_browser.py --screenshot docs/app-compare.png`` serves the app the same way and saves the
+screenshot of the compare view shown in the README.
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("SAMPLEBENCH_CHROMIUM", "/usr/bin/chromium")
+# as root in a closed network: no sandbox, no background connections (they are refused, many at a time)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CAPTION = re.compile(r"^(euler|dpmpp-3m) · NFE (4|8) · \d+\.\d\d s$")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(db: Path, log: Path):
+    """Start ``samplebench app`` on a free port; returns (process, url) once it answers."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "samplebench", "app", "--port", str(port), "--db", str(db)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return proc, url
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"the app did not answer within 240 s: {log.read_text()[-2000:]}")
+
+
+def run_compare(page, url: str, solvers: list[str], nfes: str, seeds: str = "0-3") -> None:
+    page.goto(url)
+    page.wait_for_selector("#compare-run")
+    for box in page.get_by_role("checkbox").all():  # the solver boxes: exactly the ones asked for
+        label = box.evaluate("b => b.closest('label').innerText.trim()")
+        if box.is_checked() != (label in solvers):
+            box.click()
+    page.get_by_label("NFEs").fill(nfes)
+    page.get_by_label("Seeds").fill(seeds)
+    page.click("#compare-run")
+
+
+def wait_for_grid(page, cells: int):
+    page.wait_for_function(f"document.querySelectorAll('#compare-grid figure').length == {cells}", timeout=180_000)
+    page.locator("#compare-status", has_text="Done").wait_for(timeout=60_000)
+    return page.locator("#compare-grid figcaption").all_inner_texts()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app")
+    from samplebench.results import ResultsDB
+
+    db = ResultsDB(folder / "runs.db")  # one stored evaluation for the results view
+    db.add({"run_key": "k1", "created": "2026-01-01T00:00:00", "model": "digits", "solver": "ddim", "nfe": 10,
+            "num_samples": 2000, "fid": 0.4321, "extractor": "digits", "mode": "clean", "ref": "digits-train",
+            "ref_sha256": "x", "wall_time_s": 30.0, "versions": {}, "settings": {}})
+    db.close()
+    proc, url = start_app(folder / "runs.db", folder / "app.log")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium package ('make test' does)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
+    page = browser.new_page()
+    run_compare(page, served, ["euler", "dpmpp-3m"], "4,8")
+    captions = wait_for_grid(page, 4)
+    assert len(captions) == 4 and all(CAPTION.match(c) for c in captions), captions
+    assert {c.split(" · ")[0] for c in captions} == {"euler", "dpmpp-3m"}
+    assert sorted(page.locator("#compare-grid thead th").all_inner_texts()) == ["", "NFE 4", "NFE 8"]
+    assert page.locator("#compare-grid img").count() == 4
+    page.get_by_label("NFEs").fill("4,0")
+    page.click("#compare-run")
+    page.get_by_text("NFE '0' is not valid; give whole numbers from 1 to 250").wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+    page.close()
+
+
+def test_two_sessions_get_their_own_results(served, browser):
+    pages = [browser.new_context().new_page() for _ in range(2)]
+    run_compare(pages[0], served, ["euler"], "4")
+    run_compare(pages[1], served, ["dpmpp-3m"], "8")
+    first, second = (wait_for_grid(p, 1) for p in pages)
+    assert first[0].startswith("euler · NFE 4") and second[0].startswith("dpmpp-3m · NFE 8")
+    for p in pages:
+        p.context.close()
+
+
+def test_methods_and_results_views(served, browser):
+    page = browser.new_page()
+    page.goto(served)
+    page.get_by_role("tab", name="Methods").click()
+    for tab in ("S3 schedules", "Tree search (DTS)", "Early exit and caching", "Cascades"):
+        page.get_by_role("tab", name=tab).click()
+    page.get_by_role("button", name="Run cascade").click()
+    page.locator("figcaption:visible", has_text="cascade 8:20,16:2 · NFE 22").wait_for(timeout=120_000)
+    page.get_by_role("tab", name="Results").click()
+    page.get_by_text("0.4321", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # from the db
+    page.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description="screenshot of the compare view")
+    parser.add_argument("--screenshot", default="docs/app-compare.png")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    proc, url = start_app(folder / "runs.db", folder / "app.log")
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = b.new_page(viewport={"width": 1200, "height": 900})
+            run_compare(page, url, ["ddim", "dpmpp-2m", "unipc-bh2"], "4,6,10", "0-7")
+            wait_for_grid(page, 9)
+            box = page.locator("#compare-grid").bounding_box()  # the page from its top to the grid's bottom
+            page.screenshot(path=args.screenshot, full_page=True,
+                            clip={"x": 0, "y": 0, "width": 1200, "height": box["y"] + box["height"] + 16})
+            b.close()
+    finally:
+        proc.terminate()
+    print(args.screenshot)
