@@ -219,3 +219,22 @@ def test_guarded_turns_errors_into_one_line_messages():
         broken()
     assert str(e.value.message) == "RuntimeError: line one"
     assert list(gen()) == [1]  # a cancelled run ends quietly
+
+
+def test_models_load_from_several_threads_at_once():
+    """Loading patches nn.Module process-wide (accelerate's init_empty_weights); loads from two requests at once
+    must not leave it patched."""
+    import torch
+
+    from samplebench.models import load_model
+    from samplebench.models.classifier import load_classifier
+
+    loaders = [lambda: load_model("digits"), lambda: load_model("digits-dit"), load_classifier] * 3
+    threads = [threading.Thread(target=f) for f in loaders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    model = load_model("digits")
+    assert all(p.device.type == "cpu" for p in model.pipe.unet.parameters())

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import UsageError
 from .analytic import AnalyticDenoiser, GaussianMixture, gaussian_ode_solution
-from .base import Conditioning, DiffusionModel
+from .base import LOADING, Conditioning, DiffusionModel
 from .embedded import DEFAULT_MODEL, EMBEDDED, AnalyticModel
 from .protocol import CFGDenoiser, CountingDenoiser, Denoiser, NetworkDenoiser, Prediction
 
@@ -47,7 +47,13 @@ def model_names() -> list[str]:
 
 def load_model(name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                local_files_only: bool | None = None) -> DiffusionModel:
-    """An embedded model by name, or a diffusers pipeline by hub id (``owner/name``) or local directory."""
+    """An embedded model by name, or a diffusers pipeline by hub id (``owner/name``) or local directory. Loads
+    run one at a time (``base.LOADING``), so threads may call it."""
+    with LOADING:
+        return _load_model(name, device, dtype, local_files_only)
+
+
+def _load_model(name: str, device, dtype, local_files_only: bool | None) -> DiffusionModel:
     device = parse_device(device) if isinstance(device, str) else device
     dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     if dtype == torch.float16 and device.type == "cpu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,12 @@ from ..errors import UsageError
 from ..schedules import NoiseSchedule
 from .protocol import Denoiser
 
-__all__ = ["DiffusionModel", "Conditioning"]
+__all__ = ["DiffusionModel", "Conditioning", "LOADING"]
+
+# Held while weights load: diffusers' ``from_pretrained`` builds modules inside accelerate's ``init_empty_weights``,
+# which patches ``nn.Module`` for the whole process, so two threads loading at once can leave it patched (every later
+# module on the meta device).
+LOADING = threading.RLock()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class DigitsClassifier(ModelMixin, ConfigMixin):
 
 def load_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> DigitsClassifier:
     """The shipped classifier, or one saved with ``save_pretrained`` at ``path``."""
+    from .base import LOADING
     from .embedded import WEIGHTS
 
-    return DigitsClassifier.from_pretrained(str(path or WEIGHTS / "digits-classifier")).to(device).eval()
+    with LOADING:
+        return DigitsClassifier.from_pretrained(str(path or WEIGHTS / "digits-classifier")).to(device).eval()
