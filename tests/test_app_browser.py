@@ -109,6 +109,16 @@ def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
     page.close()
 
 
+def test_cancel_stops_a_run(served, browser):
+    page = browser.new_page()
+    run_compare(page, served, ["euler", "dpmpp-3m"], "200,250", "0-15")
+    page.wait_for_function("document.querySelectorAll('#compare-grid figure').length >= 1", timeout=180_000)
+    page.click("#compare-cancel")
+    page.locator("#compare-status", has_text="Cancelled after").wait_for(timeout=60_000)
+    assert page.locator("#compare-grid figure").count() < 4
+    page.close()
+
+
 def test_two_sessions_get_their_own_results(served, browser):
     pages = [browser.new_context().new_page() for _ in range(2)]
     run_compare(pages[0], served, ["euler"], "4")

@@ -62,6 +62,10 @@ class App:
                 self._cancel[key] = threading.Event()
             return self._cancel[key]
 
+    def cancel(self, request: gr.Request) -> None:
+        """The Cancel buttons: the session's running request stops at its next solver step."""
+        self.cancel_flag(request).set()
+
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -141,9 +145,6 @@ def build(app: App) -> gr.Blocks:
             return found[a], found[b]
         return None
 
-    def cancel(request: gr.Request):
-        app.cancel_flag(request).set()
-
     with gr.Blocks(title="samplebench") as demo:
         gr.Markdown("# samplebench\nSample from diffusion models with fast solvers; compare them on the same seeds.")
         with gr.Tab("Compare", id="compare"):
@@ -182,8 +183,8 @@ def build(app: App) -> gr.Blocks:
 
             event = run.click(compare, [model, solvers, nfes, seeds, class_label, guidance, prompt],
                               [grid, status, download, results], concurrency_id="sampling")
-            event.then(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
-            stop.click(cancel, None, None, queue=False)
+            event.success(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
+            stop.click(app.cancel, None, None, queue=False)
             for dropdown in (cell_a, cell_b):
                 dropdown.input(slide, [results, cell_a, cell_b], slider)
 
@@ -195,7 +196,9 @@ def build(app: App) -> gr.Blocks:
     return demo
 
 
-def _method_outputs():
+def _method_outputs(app: App):
+    stop = gr.Button("Cancel", size="sm")
+    stop.click(app.cancel, None, None, queue=False)
     status = gr.Markdown()
     grid = gr.HTML()
     download = gr.File(label="PNGs with settings, and summary.json (zip)")
@@ -217,7 +220,7 @@ def method_views(app: App, run_grid) -> None:
         upload = gr.File(label="Or a schedule JSON (replaces the shipped one)", file_types=[".json"],
                          type="filepath")
         go = gr.Button("Run S3", variant="primary")
-        outputs = _method_outputs()
+        outputs = _method_outputs(app)
 
         @guarded
         def s3(model, nfe, baseline, seeds, upload, request: gr.Request, progress=gr.Progress()):
@@ -239,7 +242,7 @@ def method_views(app: App, run_grid) -> None:
             chain = gr.Slider(5, 100, value=20, step=1, label="Chain NFE (one rollout)")
             lam = gr.Number(1.0, label="λ (inverse temperature)")
         go = gr.Button("Run tree search", variant="primary")
-        outputs = _method_outputs()
+        outputs = _method_outputs(app)
 
         @guarded
         def align(method, reward, budget, num, chain, lam, request: gr.Request, progress=gr.Progress()):
@@ -262,7 +265,7 @@ def method_views(app: App, run_grid) -> None:
             threshold = gr.Textbox("0.9", label="Exit threshold", info="e.g. 0.9 or 0.95@0.5,0.9; empty = off")
             cache = gr.Textbox("", label="Cache", info="deepcache:3 (UNet) or fbcache:0.1; empty = off")
         go = gr.Button("Run", variant="primary")
-        outputs = _method_outputs()
+        outputs = _method_outputs(app)
 
         @guarded
         def skipping(model, solver, nfe, seeds, threshold, cache, request: gr.Request, progress=gr.Progress()):
@@ -283,7 +286,7 @@ def method_views(app: App, run_grid) -> None:
             solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
             seeds = gr.Textbox("0-7", label="Seeds")
         go = gr.Button("Run cascade", variant="primary")
-        outputs = _method_outputs()
+        outputs = _method_outputs(app)
 
         @guarded
         def cascade(model, stages, start, solver, seeds, request: gr.Request, progress=gr.Progress()):
