@@ -12,6 +12,7 @@ from PIL import Image
 
 from samplebench.app import core
 from samplebench.errors import UsageError
+from samplebench.results import plot_runs
 from samplebench.sampling import SampleConfig, run_sample
 
 
@@ -182,16 +183,16 @@ def test_align_cell_counts_the_budget(pool, tmp_path):
 def test_results_table_plot_and_eval(tmp_path):
     db = tmp_path / "runs.db"
     with pytest.raises(UsageError, match="no runs"):
-        core.results_plot(db, tmp_path / "fid.png")
+        plot_runs(core.query_runs(db), tmp_path / "fid.png")
     with pytest.raises(UsageError, match="samples 5000"):
         core.start_eval("digits", ["ddim"], "4", 5000, tmp_path / "job", db)
     rows = core.start_eval("gaussian", ["ddim", "euler"], "3", 50, tmp_path / "job", db)
     assert {(r["solver"], r["nfe"]) for r in rows} == {("ddim", 3), ("euler", 3)}
-    table = core.results_table(db, model="gaussian", solver="", extractor=None)
+    table = core.results_table(core.query_runs(db, model="gaussian", solver="", extractor=None))
     assert [r["solver"] for r in table] == ["euler", "ddim"]  # newest first
     assert table[0]["fid"] == pytest.approx(rows[1]["fid"])
-    assert core.results_table(db, model="digits") == []
-    assert core.results_plot(db, tmp_path / "fid.png", model="gaussian").stat().st_size > 1000
+    assert core.results_table(core.query_runs(db, model="digits")) == []
+    assert plot_runs(core.query_runs(db, model="gaussian"), tmp_path / "fid.png").stat().st_size > 1000
 
 
 def test_guarded_turns_errors_into_one_line_messages():

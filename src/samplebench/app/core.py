@@ -15,7 +15,8 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from functools import cached_property
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..models import DEFAULT_MODEL, load_model
 
 __all__ = ["Limits", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
            "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "tile", "zip_folder",
-           "grid_html", "results_table", "results_plot", "start_eval"]
+           "grid_html", "query_runs", "results_table", "start_eval"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,13 @@ def parse_seeds(text: str, limit: int) -> tuple[int, int]:
     return lo, hi - lo + 1
 
 
+def _count(name: str, value: Any, limit: int, unit: str = "") -> int:
+    """``value`` as a whole number in 1..limit, else a one-line error naming it."""
+    if value is None or not 1 <= int(value) <= limit:
+        raise UsageError(f"{name} {value} must be from 1 to {limit}{unit}")
+    return int(value)
+
+
 def parse_nfes(text: str, limit: int) -> tuple[int, ...]:
     """'5, 10, 20' -> NFEs, each in 1..limit."""
     nfes = []
@@ -85,6 +93,15 @@ class CellResult:
     folder: Path
     summary: dict[str, Any]
     images: list[np.ndarray] = field(repr=False)  # uint8 [H, W, C] as saved
+
+    @cached_property
+    def tile(self):
+        """The cell's images as one picture (``tile``), made once for the grid and the slider."""
+        return tile(self.images)
+
+    @cached_property
+    def tile_uri(self) -> str:
+        return _data_uri(self.tile)
 
     @property
     def caption(self) -> str:
@@ -146,10 +163,11 @@ def s3_cells(model: str, nfe: int, seeds: str, baseline: str, schedule_file: str
         s3 = Cell("schedule", f"NFE {nfe}", _sample_config(common, seeds, solver="usf", nfe=nfe,
                                                              schedule=str(schedule_file)))
     else:
-        check_solver_nfe(common["model"], "s3", int(nfe))
-        s3 = Cell("s3", f"NFE {nfe}", _sample_config(common, seeds, solver="s3", nfe=int(nfe)))
-    check_solver_nfe(common["model"], baseline, int(nfe))
-    return [s3, Cell(baseline, f"NFE {nfe}", _sample_config(common, seeds, solver=baseline, nfe=int(nfe)))]
+        nfe = int(nfe)
+        check_solver_nfe(common["model"], "s3", nfe)
+        s3 = Cell("s3", f"NFE {nfe}", _sample_config(common, seeds, solver="s3", nfe=nfe))
+    check_solver_nfe(common["model"], baseline, nfe)
+    return [s3, Cell(baseline, f"NFE {nfe}", _sample_config(common, seeds, solver=baseline, nfe=nfe))]
 
 
 ALIGN_REWARDS = re.compile(r"class:\d|even|odd")  # no module:function from a shared app
@@ -162,13 +180,9 @@ def align_cells(method: str, reward: str, budget: int, num: int, nfe: int, lam: 
 
     if not ALIGN_REWARDS.fullmatch(reward or ""):
         raise UsageError(f"reward {reward!r} is not offered here; valid: class:0 .. class:9, even, odd")
-    if not 1 <= int(budget) <= limits.budget:
-        raise UsageError(f"budget {budget} must be from 1 to {limits.budget} network evaluations")
-    if not 1 <= int(num) <= limits.images:
-        raise UsageError(f"samples {num} must be from 1 to {limits.images}")
-    if not 1 <= int(nfe) <= limits.nfe:
-        raise UsageError(f"chain NFE {nfe} must be from 1 to {limits.nfe}")
-    config = AlignConfig(method=method, reward=reward, budget=int(budget), num=int(num), nfe=int(nfe),
+    config = AlignConfig(method=method, reward=reward, budget=_count("budget", budget, limits.budget,
+                                                                     " network evaluations"),
+                         num=_count("samples", num, limits.images), nfe=_count("chain NFE", nfe, limits.nfe),
                          lam=float(lam), model=model, seed=int(seed))
     return [Cell(method, reward, config)]
 
@@ -179,16 +193,15 @@ def skipping_cells(model: str, solver: str, nfe: int, seeds: str, *, exit_thresh
     """The full network next to early exit (``exit_threshold``) or a cache, same solver, NFE and seeds."""
     from ..sampling import check_solver_nfe
 
-    if not 1 <= int(nfe) <= limits.nfe:
-        raise UsageError(f"NFE {nfe} must be from 1 to {limits.nfe}")
+    nfe = _count("NFE", nfe, limits.nfe)
     seeds = parse_seeds(seeds, limits.images)
     common = _conditioning(model, class_label, None, 1.0)
-    check_solver_nfe(common["model"], solver, int(nfe))
+    check_solver_nfe(common["model"], solver, nfe)
     label = f"exit {exit_threshold}" if exit_threshold else cache
     if not label:
         raise UsageError("give an exit threshold (e.g. 0.9) or a cache (e.g. deepcache:3)")
-    return [Cell("full", f"NFE {nfe}", _sample_config(common, seeds, solver=solver, nfe=int(nfe))),
-            Cell(label, f"NFE {nfe}", _sample_config(common, seeds, solver=solver, nfe=int(nfe),
+    return [Cell("full", f"NFE {nfe}", _sample_config(common, seeds, solver=solver, nfe=nfe)),
+            Cell(label, f"NFE {nfe}", _sample_config(common, seeds, solver=solver, nfe=nfe,
                                                       exit_threshold=exit_threshold or None, cache=cache or None))]
 
 
@@ -216,7 +229,7 @@ def cascade_cells(model: str, stages: str, cascade_from: float | None, seeds: st
 class ModelPool:
     """Loaded models lent to one request at a time: a borrowed instance is held by no other request, so the
     per-call hooks of Skip-Tuning, early exit and caches never meet another request's run. Keeps up to
-    ``per_model`` idle instances of each of the ``models`` most recently used (name, device, dtype)."""
+    ``per_model`` idle instances of each of the ``models`` most recently used (name, dtype), all on ``device``."""
 
     def __init__(self, models: int = 3, per_model: int = 2, device: str = "cpu"):
         self.models, self.per_model, self.device = models, per_model, device
@@ -253,7 +266,7 @@ def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
 
     folder = Path(folder)
     for k, cell in enumerate(cells):
-        config = cell.config
+        config = replace(cell.config, device=pool.device)  # the settings written say where it ran
         out = folder / f"{k:02d}-{re.sub(r'[^A-Za-z0-9.-]+', '_', f'{cell.row}-{cell.column}')}"
 
         def tick(done: int, total: int, k=k, cell=cell) -> None:
@@ -338,7 +351,7 @@ def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
                            else "<td></td>")
                 continue
             tds.append(f'<td><figure class="cell"><img alt="{escape(r.caption)}" '
-                       f'src="{_data_uri(tile(r.images))}"/><figcaption>{escape(r.caption)}</figcaption>'
+                       f'src="{r.tile_uri}"/><figcaption>{escape(r.caption)}</figcaption>'
                        f'</figure></td>')
         body.append(f"<tr><th>{escape(row)}</th>{''.join(tds)}</tr>")
     return (f'<table class="sb-grid"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
@@ -351,42 +364,34 @@ TABLE_COLUMNS = ("id", "created", "model", "solver", "nfe", "num_samples", "fid"
                  "extractor", "ref", "compute", "wall_time_s")
 
 
-def results_table(db: str | Path | None, **filters: Any) -> list[dict[str, Any]]:
-    """Rows of the results database matching ``filters`` (empty or None = any), newest first, app columns only."""
+def query_runs(db: str | Path | None, **filters: Any) -> list[dict[str, Any]]:
+    """Rows of the results database matching ``filters`` (empty or None = any), oldest first."""
     from ..results import ResultsDB
 
     results = ResultsDB(db)
     try:
-        rows = results.query(**{k: (v or None) for k, v in filters.items()})
+        return results.query(**{k: (v or None) for k, v in filters.items()})
     finally:
         results.close()
+
+
+def results_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The app's columns of ``rows``, newest first."""
     return [{k: r.get(k) for k in TABLE_COLUMNS} for r in reversed(rows)]
 
 
-def results_plot(db: str | Path | None, out: str | Path, **filters: Any) -> Path:
-    """FID vs NFE and vs time (``results.plot_runs``); a UsageError says how to narrow mixed settings."""
-    from ..results import ResultsDB, plot_runs
-
-    results = ResultsDB(db)
-    try:
-        rows = results.query(**{k: (v or None) for k, v in filters.items()})
-    finally:
-        results.close()
-    return plot_runs(rows, out)
-
-
 def start_eval(model: str, solvers: Sequence[str], nfes: str, num: int, folder: str | Path,
-               db: str | Path | None, limits: Limits = Limits(), progress: bool = False) -> list[dict[str, Any]]:
+               db: str | Path | None, limits: Limits = Limits(), device: str = "cpu",
+               progress: bool = False) -> list[dict[str, Any]]:
     """A small evaluation job (digits features, FID and KID) into the app's database; returns its rows."""
     from ..evaluate import EvalConfig, run_eval
 
-    if not 1 <= int(num) <= limits.eval_samples:
-        raise UsageError(f"samples {num} must be from 1 to {limits.eval_samples}")
+    num = _count("samples", num, limits.eval_samples)
     nfe_list = parse_nfes(nfes, limits.nfe)
     if not solvers:
         raise UsageError("pick at least one solver")
     if len(solvers) * len(nfe_list) > limits.cells:
         raise UsageError(f"{len(solvers)} solvers x {len(nfe_list)} NFEs; at most {limits.cells} runs")
-    config = EvalConfig(model=model, solvers=tuple(solvers), nfes=nfe_list, num=int(num), metrics=("fid", "kid"),
-                        shard_size=min(250, int(num)))
-    return run_eval(config, folder, device="cpu", db=db, progress=progress)
+    config = EvalConfig(model=model, solvers=tuple(solvers), nfes=nfe_list, num=num, metrics=("fid", "kid"),
+                        shard_size=min(250, num))
+    return run_eval(config, folder, device=device, db=db, progress=progress)

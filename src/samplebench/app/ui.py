@@ -16,6 +16,7 @@ import gradio as gr
 
 from ..errors import UsageError
 from ..models.embedded import DEFAULT_MODEL, EMBEDDED
+from ..results import plot_runs
 from ..samplers import solver_names
 from . import core
 
@@ -131,8 +132,8 @@ def build(app: App) -> gr.Blocks:
                 None, results
             return
         total = sum(r.summary["wall_time_s"] for r in results)
-        yield (core.grid_html(cells, results), f"Done: {len(cells)} cell{'s' * (len(cells) > 1)}, {total:.2f} s sampling",
-               str(core.zip_folder(folder)), results)
+        status = f"Done: {len(cells)} cell{'s' * (len(cells) > 1)}, {total:.2f} s sampling"
+        yield core.grid_html(cells, results), status, str(core.zip_folder(folder)), results
 
     def slider_choices(results):
         labels = [r.caption for r in results]
@@ -140,9 +141,9 @@ def build(app: App) -> gr.Blocks:
                 gr.Dropdown(choices=labels, value=labels[-1] if labels else None))
 
     def slide(results, a, b):
-        found = {r.caption: core.tile(r.images) for r in results or []}
+        found = {r.caption: r for r in results or []}
         if a in found and b in found:
-            return found[a], found[b]
+            return found[a].tile, found[b].tile
         return None
 
     with gr.Blocks(title="samplebench") as demo:
@@ -332,19 +333,18 @@ def results_view(app: App, demo: gr.Blocks) -> None:
 
     @guarded
     def show(model, solver, extractor):
-        rows = core.results_table(app.db, model=model, solver=solver, extractor=extractor)
-        data = [[_cell(r[k]) for k in core.TABLE_COLUMNS] for r in rows]
-        out = app.request_folder() / "fid.png"
+        rows = core.query_runs(app.db, model=model, solver=solver, extractor=extractor)
+        data = [[_cell(r[k]) for k in core.TABLE_COLUMNS] for r in core.results_table(rows)]
         try:
-            core.results_plot(app.db, out, model=model, solver=solver, extractor=extractor)
-            return data, "", str(out)
+            return data, "", str(plot_runs(rows, app.request_folder() / "fid.png"))
         except UsageError as e:  # nothing to draw, or mixed settings: say how to narrow the filters
             return data, f"Plot: {_message(e)}", None
 
     @guarded
     def evaluate(model, solvers, nfes, num, progress=gr.Progress(track_tqdm=True)):
         folder = app.request_folder() / "job"
-        rows = core.start_eval(model, solvers or [], nfes, num, folder, app.db, limits=limits, progress=True)
+        rows = core.start_eval(model, solvers or [], nfes, num, folder, app.db, limits=limits,
+                               device=app.pool.device, progress=True)
         lines = [f"{r['solver']} NFE {r['nfe']}: FID {r['fid']:.3f}" for r in rows]
         return f"Done ({num} samples per run): " + "; ".join(lines)
 
