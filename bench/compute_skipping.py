@@ -1,7 +1,11 @@
-"""Compute skipping: blocks evaluated, FLOPs, wall time and digits-FID at NFE 10, 20, 50 for the digits DiT (full
-and DeeDiff early exit at several thresholds) and the digits UNet (full and DeepCache at several intervals).
+"""Compute skipping: blocks evaluated, FLOPs, wall time and digits-FID at NFE 10, 20, 50 for the digits DiT (full,
+DeeDiff early exit at several thresholds, diffusers' FirstBlockCache at several thresholds) and the digits UNet
+(full and DeepCache at several intervals).
 
-    python bench/compute_skipping.py [--num 2000] [--thresholds 0.9,0.95] [--intervals 2,3,5] [--out evals/compute]
+    python bench/compute_skipping.py [--num 2000] [--thresholds 0.9,0.95] [--fbcache 0.1,0.2] [--intervals 2,4]
+                                     [--dit digits-dit] [--out evals/compute]
+
+``--dit`` may name a folder written by ``samplebench train digits-dit`` to measure a model before it ships.
 
 Every configuration is a resumable ``samplebench eval`` job (dpmpp-2m, seeds 0..num-1, the same for every
 configuration) whose rows also go to ``<out>/runs.db``. Wall time is the sampling time summed over shards of 250
@@ -27,10 +31,11 @@ SOLVER = "dpmpp-2m"
 
 def configs(args) -> list[tuple[str, str, dict]]:
     """(model, label, EvalConfig options); the first of each model is its full-model reference."""
-    out = [("digits-dit", "full", {})]
-    out += [("digits-dit", f"exit {t}", {"exit_threshold": t}) for t in args.thresholds.split(",")]
+    out = [(args.dit, "full", {})]
+    out += [(args.dit, f"exit {t}", {"exit_threshold": t}) for t in args.thresholds.split(",") if t]
+    out += [(args.dit, f"fbcache:{t}", {"cache": f"fbcache:{t}"}) for t in args.fbcache.split(",") if t]
     out += [("digits", "full", {})]
-    out += [("digits", f"deepcache:{n}", {"cache": f"deepcache:{n}"}) for n in args.intervals.split(",")]
+    out += [("digits", f"deepcache:{n}", {"cache": f"deepcache:{n}"}) for n in args.intervals.split(",") if n]
     return out
 
 
@@ -41,7 +46,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, model in zip(axes, ("digits-dit", "digits")):
+    for ax, model in zip(axes, dict.fromkeys(r["model"] for r in rows)):
         for label in dict.fromkeys(r["label"] for r in rows if r["model"] == model):
             pts = sorted((r["ms"], r["fid"], r["nfe"]) for r in rows if r["model"] == model and r["label"] == label)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.2 if label == "full" else 1.2,
@@ -58,16 +63,19 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--thresholds", default="0.9,0.95")
-    p.add_argument("--intervals", default="2,3,5")
+    p.add_argument("--fbcache", default="0.1,0.2")
+    p.add_argument("--intervals", default="2,4")
+    p.add_argument("--dit", default="digits-dit")
     p.add_argument("--out", default="evals/compute")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     root = Path(args.out)
     command = (f"python bench/compute_skipping.py --num {args.num} --thresholds {args.thresholds} "
-               f"--intervals {args.intervals} --out {args.out}")
+               f"--fbcache {args.fbcache} --intervals {args.intervals}"
+               + (f" --dit {args.dit}" if args.dit != "digits-dit" else "") + f" --out {args.out}")
     rows = []
     for model, label, options in configs(args):
-        name = f"{model}-{label.replace(' ', '-').replace(':', '')}"
+        name = f"{Path(model).name}-{label.replace(' ', '-').replace(':', '')}"
         config = EvalConfig(model=model, solvers=(SOLVER,), nfes=NFES, num=args.num, metrics=("fid",), **options)
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
             rows.append({"model": model, "label": label, "nfe": r["nfe"], "fid": r["fid"],
@@ -86,12 +94,17 @@ def main() -> None:
                       f"{r['gflops']:.2f}", f"{r['ms']:.2f}", f"{time_ratio:.2f}", f"{r['fid']:.3f}",
                       f"{fid_ratio:.2f}", "yes" if ok else ""])
     plot = DOC.parent / "compute-skipping.png"
-    _plot(rows, plot)
-    body = (f"## Compute skipping: early exit (DeeDiff) and DeepCache\n\n`{command}` on {machine()}. {SOLVER}, "
+    if not args.no_write:
+        _plot(rows, plot)
+    body = (f"## Compute skipping: early exit (DeeDiff), FirstBlockCache and DeepCache\n\n"
+            f"`{command}` on {machine()}. {SOLVER}, "
             f"{args.num} samples per row, seeds 0..{args.num - 1} for every row; digits-FID against `digits-train`. "
             "Blocks: DiT transformer blocks, or UNet down/mid/up blocks, evaluated out of the full model's; FLOPs from "
             "torch's FLOP counter per block; ms/image: sampling wall time in batches of 250. Ratios are against the "
-            "full model at the same NFE. Target: >= 30% fewer blocks, >= 25% less time, FID within 10%.\n\n"
+            "full model at the same NFE. FirstBlockCache (diffusers' `apply_first_block_cache`, training-free): a call "
+            "whose first block's output residual changed by less than the threshold (relative L1) since the last "
+            "computed call skips the other blocks and reuses their cached residual; the decision is for the whole "
+            "batch. Target: >= 30% fewer blocks, >= 25% less time, FID within 10%.\n\n"
             + table(["model", "method", "NFE", "blocks", "FLOPs", "GFLOPs/sample", "ms/image", "time vs full",
                      "digits-FID", "FID vs full", "target met"], lines)
             + f"\n\nTarget met by: {', '.join(met) if met else 'none'}.\n\n"

@@ -1,10 +1,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from samplebench.cli import main
 from samplebench.data import load_digits
+from samplebench.errors import UsageError
 from samplebench.models import GaussianMixture, load_model
 from samplebench.models.embedded import DEFAULT_MODEL, WEIGHTS
 from samplebench.samplers import get_solver
@@ -89,6 +91,17 @@ def test_train_digits_dit_smoke(tmp_path):
     with torch.no_grad():
         out, trace = early_exit_forward(dit, heads, x, t, y, 2.0)
     assert out.shape == x.shape and trace.blocks.tolist() == [8, 8]
+    # the folder loads by path, like the shipped model, and samples with early exit
+    model = load_model(str(tmp_path))
+    assert model.name == str(tmp_path) and model.pipe.uem is not None and model.num_classes == 10
+    assert torch.allclose(model.data_mean, load_digits("train")[0].mean(0))
+    assert main(["sample", "--model", str(tmp_path), "--nfe", "4", "--num", "2", "--exit-threshold", "-1",
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["compute"]["block_fraction"] == 2 / 8  # the patient rule: the second block for every row
+    (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(UsageError, match="could not load the DeeDiff DiT in"):
+        load_model(str(tmp_path))
 
 
 def test_train_digits_lowdiff_smoke(tmp_path):

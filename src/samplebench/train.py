@@ -55,6 +55,13 @@ def _save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _save_data_mean(out: Path, data: torch.Tensor) -> None:
+    """The training images' mean as ``data_mean.npy``, read back by the loaders (the AFS "mean" first step)."""
+    import numpy as np
+
+    np.save(out / "data_mean.npy", data.mean(0).cpu().float().numpy())
+
+
 def _q_sample(alphas_cumprod: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at integer steps t (Ho et al. 2020, Eq. 4)."""
     a = alphas_cumprod[t.to(alphas_cumprod.device)].view(-1, 1, 1, 1)
@@ -144,6 +151,7 @@ def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
                               checkpoint_every=500, seed=seed, desc="digits-unet")
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
+    _save_data_mean(out, data)
     card = {"recipe": "digits-unet", "command": f"samplebench train digits-unet --out DIR --seed {seed}",
             "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": 0.999, "seed": seed,
             "parameters": sum(p.numel() for p in ema.parameters()), "device": str(device),
@@ -285,6 +293,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
     ema.dit.save_pretrained(out / "transformer")
     ema.heads.save_pretrained(out / "uem")
     scheduler.save_pretrained(out / "scheduler")
+    _save_data_mean(out, data)
     card = {"recipe": "digits-dit", "command": f"samplebench train digits-dit --out DIR --seed {seed}",
             "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": 0.999, "label_dropout": label_dropout,
             "seed": seed, "parameters": sum(p.numel() for p in ema.dit.parameters()),

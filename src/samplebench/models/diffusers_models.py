@@ -135,6 +135,40 @@ def _quiet_diffusers():
             dlog.enable_progress_bar()
 
 
+def is_deediff_folder(path: str | Path) -> bool:
+    """A folder written by ``samplebench train digits-dit``: ``transformer/``, ``uem/`` and ``scheduler/``."""
+    return all((Path(path) / sub).is_dir() for sub in ("transformer", "uem", "scheduler"))
+
+
+def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype,
+                     data_mean: torch.Tensor | None = None) -> DiffusionModel:
+    """A pixel-space DiT with DeeDiff uncertainty heads from a ``transformer/`` + ``uem/`` + ``scheduler/`` folder;
+    ``data_mean`` defaults to the folder's ``data_mean.npy`` when there is one."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    from .deediff import UncertaintyHeads
+
+    folder = Path(folder)
+    try:
+        with _quiet_diffusers():
+            transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
+            heads = UncertaintyHeads.from_pretrained(folder / "uem").to(device)
+            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    except Exception as e:
+        raise UsageError(f"could not load the DeeDiff DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
+    if data_mean is None and (folder / "data_mean.npy").is_file():
+        data_mean = torch.from_numpy(np.load(folder / "data_mean.npy"))
+    cfg = transformer.config
+    return DiTPixelModel(name=name, schedule=schedule_from_config(dict(scheduler.config)),
+                         sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
+                         num_classes=cfg.num_embeds_ada_norm,
+                         data_mean=None if data_mean is None else data_mean.to(dtype), directory=folder,
+                         pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads.eval()),
+                         prediction_type=scheduler.config.prediction_type)
+
+
 def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
                         local_files_only: bool | None = None) -> DiffusionModel:
     """Load a diffusers pipeline by hub id or local directory and wrap it. ``local_files_only`` defaults to

@@ -73,26 +73,11 @@ def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
 
 
 def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from types import SimpleNamespace
-
-    from diffusers import DDPMScheduler, DiTTransformer2DModel
-
     from ..data import load_digits
-    from ..schedules import schedule_from_config
-    from .deediff import UncertaintyHeads
-    from .diffusers_models import DiTPixelModel, _quiet_diffusers
+    from .diffusers_models import load_deediff_dit
 
-    folder = WEIGHTS / "digits-dit"
-    with _quiet_diffusers():
-        transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
-        heads = UncertaintyHeads.from_pretrained(folder / "uem").to(device)
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-    cfg = transformer.config
-    return DiTPixelModel(name="digits-dit", schedule=schedule_from_config(dict(scheduler.config)),
-                         sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
-                         num_classes=cfg.num_embeds_ada_norm, data_mean=load_digits("train", 16)[0].mean(0).to(dtype),
-                         directory=folder, pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads.eval()),
-                         prediction_type=scheduler.config.prediction_type)
+    return load_deediff_dit(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype,
+                            data_mean=load_digits("train", 16)[0].mean(0))
 
 
 @dataclass(frozen=True)
