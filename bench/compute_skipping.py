@@ -2,7 +2,7 @@
 DeeDiff early exit at several thresholds, diffusers' FirstBlockCache at several thresholds) and the digits UNet
 (full and DeepCache at several intervals).
 
-    python bench/compute_skipping.py [--num 2000] [--thresholds 0.9,0.95] [--fbcache 0.1,0.2] [--intervals 2,4]
+    python bench/compute_skipping.py [--num 2000] [--thresholds 0.9,0.93,0.95] [--fbcache 0.1,0.2] [--intervals 2,4]
                                      [--dit digits-dit] [--out evals/compute]
 
 ``--dit`` may name a folder written by ``samplebench train digits-dit`` to measure a model before it ships.
@@ -62,7 +62,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num", type=int, default=2000)
-    p.add_argument("--thresholds", default="0.9,0.95")
+    p.add_argument("--thresholds", default="0.9,0.93,0.95")
     p.add_argument("--fbcache", default="0.1,0.2")
     p.add_argument("--intervals", default="2,4")
     p.add_argument("--dit", default="digits-dit")
