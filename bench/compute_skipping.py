@@ -76,7 +76,8 @@ def main() -> None:
     rows = []
     for model, label, options in configs(args):
         name = f"{Path(model).name}-{label.replace(' ', '-').replace(':', '')}"
-        config = EvalConfig(model=model, solvers=(SOLVER,), nfes=NFES, num=args.num, metrics=("fid",), **options)
+        config = EvalConfig(model=model, solvers=(SOLVER,), nfes=NFES, num=args.num, metrics=("fid",),
+                            ref="digits-train", **options)  # named, so that a --dit folder has it too
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
             rows.append({"model": model, "label": label, "nfe": r["nfe"], "fid": r["fid"],
                          "ms": 1000 * r["wall_time_s"] / args.num, "blocks": r["block_fraction"],

@@ -104,6 +104,14 @@ def test_train_digits_dit_smoke(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_shipped_models_hold_the_training_mean():
+    """The AFS "mean" first step of the digits models reads the folders' data_mean.npy."""
+    mean = load_digits("train")[0].mean(0)
+    for name in ("digits", "digits-dit"):
+        assert torch.equal(load_model(name).data_mean, mean)
+    assert load_model("digits", dtype="bfloat16").data_mean.dtype == torch.bfloat16
+
+
 def test_train_digits_lowdiff_smoke(tmp_path):
     from samplebench.train import train
 

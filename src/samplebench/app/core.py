@@ -66,6 +66,17 @@ def _count(name: str, value: Any, limit: int, unit: str = "") -> int:
     return int(value)
 
 
+def _solver_grid(solvers: Sequence[str], nfes: Sequence[int], limits: Limits) -> list[str]:
+    """The distinct ``solvers``, checked: at least one, and at most ``limits.cells`` (solver, NFE) cells."""
+    solvers = list(dict.fromkeys(solvers))
+    if not solvers:
+        raise UsageError("pick at least one solver")
+    if len(solvers) * len(nfes) > limits.cells:
+        raise UsageError(f"{len(solvers)} solvers x {len(nfes)} NFEs = {len(solvers) * len(nfes)} cells; at most "
+                         f"{limits.cells}")
+    return solvers
+
+
 def parse_nfes(text: str, limit: int) -> tuple[int, ...]:
     """'5, 10, 20' -> NFEs, each in 1..limit."""
     nfes = []
@@ -129,12 +140,7 @@ def compare_cells(model: str, solvers: Sequence[str], nfes: str | Sequence[int],
 
     nfes = parse_nfes(nfes, limits.nfe) if isinstance(nfes, str) else tuple(nfes)
     seeds = parse_seeds(seeds, limits.images)
-    solvers = list(dict.fromkeys(solvers))
-    if not solvers:
-        raise UsageError("pick at least one solver")
-    if len(solvers) * len(nfes) > limits.cells:
-        raise UsageError(f"{len(solvers)} solvers x {len(nfes)} NFEs = {len(solvers) * len(nfes)} cells; at most "
-                         f"{limits.cells}")
+    solvers = _solver_grid(solvers, nfes, limits)
     common = _conditioning(model, class_label, prompt, guidance)
     cells = []
     for s in solvers:
@@ -388,10 +394,7 @@ def start_eval(model: str, solvers: Sequence[str], nfes: str, num: int, folder: 
 
     num = _count("samples", num, limits.eval_samples)
     nfe_list = parse_nfes(nfes, limits.nfe)
-    if not solvers:
-        raise UsageError("pick at least one solver")
-    if len(solvers) * len(nfe_list) > limits.cells:
-        raise UsageError(f"{len(solvers)} solvers x {len(nfe_list)} NFEs; at most {limits.cells} runs")
+    solvers = _solver_grid(solvers, nfe_list, limits)
     config = EvalConfig(model=model, solvers=tuple(solvers), nfes=nfe_list, num=num, metrics=("fid", "kid"),
                         shard_size=min(250, num))
     return run_eval(config, folder, device=device, db=db, progress=progress)

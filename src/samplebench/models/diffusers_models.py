@@ -135,15 +135,19 @@ def _quiet_diffusers():
             dlog.enable_progress_bar()
 
 
+def _read_data_mean(directory: Path | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The training images' mean a model folder may hold as ``data_mean.npy`` (written by ``samplebench train``)."""
+    path = directory / "data_mean.npy" if directory is not None else None
+    return torch.from_numpy(np.load(path)).to(dtype) if path is not None and path.is_file() else None
+
+
 def is_deediff_folder(path: str | Path) -> bool:
     """A folder written by ``samplebench train digits-dit``: ``transformer/``, ``uem/`` and ``scheduler/``."""
     return all((Path(path) / sub).is_dir() for sub in ("transformer", "uem", "scheduler"))
 
 
-def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype,
-                     data_mean: torch.Tensor | None = None) -> DiffusionModel:
-    """A pixel-space DiT with DeeDiff uncertainty heads from a ``transformer/`` + ``uem/`` + ``scheduler/`` folder;
-    ``data_mean`` defaults to the folder's ``data_mean.npy`` when there is one."""
+def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """A pixel-space DiT with DeeDiff uncertainty heads from a ``transformer/`` + ``uem/`` + ``scheduler/`` folder."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler, DiTTransformer2DModel
@@ -158,13 +162,11 @@ def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dty
             scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     except Exception as e:
         raise UsageError(f"could not load the DeeDiff DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
-    if data_mean is None and (folder / "data_mean.npy").is_file():
-        data_mean = torch.from_numpy(np.load(folder / "data_mean.npy"))
     cfg = transformer.config
     return DiTPixelModel(name=name, schedule=schedule_from_config(dict(scheduler.config)),
                          sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
                          num_classes=cfg.num_embeds_ada_norm,
-                         data_mean=None if data_mean is None else data_mean.to(dtype), directory=folder,
+                         data_mean=_read_data_mean(folder, dtype), directory=folder,
                          pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads.eval()),
                          prediction_type=scheduler.config.prediction_type)
 
@@ -197,11 +199,8 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
     schedule = schedule_from_config(dict(pipe.scheduler.config))
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
     directory = Path(name) if Path(name).is_dir() else None
-    mean_file = directory / "data_mean.npy" if directory is not None else None
-    data_mean = (torch.from_numpy(np.load(mean_file)).to(dtype)
-                 if mean_file is not None and mean_file.is_file() else None)
     common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type,
-                  data_mean=data_mean, directory=directory)
+                  data_mean=_read_data_mean(directory, dtype), directory=directory)
     transformer, unet = getattr(pipe, "transformer", None), getattr(pipe, "unet", None)
     if transformer is not None and type(transformer).__name__ == "DiTTransformer2DModel":
         cfg = transformer.config

@@ -61,11 +61,7 @@ def _shipped_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Di
 
 
 def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from ..data import load_digits
-
-    model = _shipped_pipeline("digits", device, dtype)
-    model.data_mean = load_digits("train", 16)[0].mean(0).to(dtype)
-    return model
+    return _shipped_pipeline("digits", device, dtype)
 
 
 def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
@@ -73,11 +69,9 @@ def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
 
 
 def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from ..data import load_digits
     from .diffusers_models import load_deediff_dit
 
-    return load_deediff_dit(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype,
-                            data_mean=load_digits("train", 16)[0].mean(0))
+    return load_deediff_dit(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
