@@ -1,6 +1,6 @@
 """Quality of the embedded digits models: digits-FID against the training split, confidence and class balance.
 
-    python bench/digits_quality.py [--num 2000] [--nfe 100] [--solver dpmpp-2m] [--models digits,digits-gmm]
+    python bench/digits_quality.py [--num 2000] [--nfe 100] [--solver dpmpp-2m] [--models digits,digits-gmm,digits-dit]
 
 The floor is the held-out (test) split against the training split. Targets for `digits`: FID at most twice the
 floor, >= 85% of samples classified with confidence >= 0.9, every class within 5 points of 10%.
@@ -23,9 +23,10 @@ from _report import machine, table, write_section  # noqa: E402
 from samplebench.data import load_digits  # noqa: E402
 from samplebench.metrics.digits import class_statistics, digits_features, fid_from_features  # noqa: E402
 from samplebench.models import load_model  # noqa: E402
+from samplebench.models.base import Conditioning  # noqa: E402
 from samplebench.models.embedded import WEIGHTS  # noqa: E402
 from samplebench.samplers import get_solver  # noqa: E402
-from samplebench.sampling import sample, solver_grid  # noqa: E402
+from samplebench.sampling import default_labels, sample, solver_grid  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--nfe", type=int, default=100)
     p.add_argument("--solver", default="dpmpp-2m")
-    p.add_argument("--models", default="digits,digits-gmm")
+    p.add_argument("--models", default="digits,digits-gmm,digits-dit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs and model cards alone")
     args = p.parse_args()
@@ -63,16 +64,17 @@ def main() -> None:
                      f"{st['confident_fraction'] * 100:.1f}", f"{st['max_deviation_from_uniform_pct']:.1f}",
                      f"{wall:.0f}"])
         print(rows[-1], st["class_histogram_pct"], flush=True)
-        if hasattr(model, "pipe"):  # one network evaluation at batch 256
-            x, t = torch.randn(256, *model.sample_shape), torch.full((256,), 500.0)
-            with torch.inference_mode():
-                model.pipe.unet(x, t)
-                times = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    model.pipe.unet(x, t)
-                    times.append(time.perf_counter() - t0)
-            forward_ms[name] = statistics.median(times) * 1000
+        # one evaluation of the model's denoiser (its network, or the exact mixture denoiser) at batch 256, t = 0.5
+        denoiser = model.denoiser(Conditioning(default_labels(model, range(256), None)), 256)
+        x = torch.randn(256, *model.sample_shape)
+        with torch.inference_mode():
+            denoiser(x, 0.5)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                denoiser(x, 0.5)
+                times.append(time.perf_counter() - t0)
+        forward_ms[name] = statistics.median(times) * 1000
         quality[name] = {"command": command, "num_samples": args.num, "sampler": f"{args.solver} @ {args.nfe} NFE",
                          "digits_fid_vs_train": round(fid, 4), "floor_test_vs_train": round(floor, 4),
                          "fid_over_floor": round(fid / floor, 3), **st}
@@ -83,8 +85,8 @@ def main() -> None:
             " FID estimates carry a finite-sample bias that shrinks with the sample count, so 2,000 generated images can score below the 360-image floor; the model has also seen the training images it is compared with.\n\n"
             + table(["images", "sampler", "digits-FID vs train", "FID / floor", "confidence >= 0.9 (%)",
                      "worst class deviation (points)", "sampling wall (s)"], rows)
-            + "".join(f"\n\nOne `{n}` network evaluation at batch 256: {ms:.0f} ms (median of 5)."
-                      for n, ms in forward_ms.items()))
+            + "\n\nOne denoiser evaluation at batch 256 (median of 5): "
+            + ", ".join(f"`{n}` {ms:.0f} ms" for n, ms in forward_ms.items()) + ".")
     if not args.no_write:
         write_section("digits-quality", body)
         for name, q in quality.items():  # the quality figures go into each shipped model's card

@@ -152,7 +152,8 @@ def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int 
                               checkpoint_every=500, seed=seed, desc="digits-unet")
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
     _save_data_mean(out, data)
-    card = {"recipe": "digits-unet", "command": f"samplebench train digits-unet --out DIR --seed {seed}",
+    card = {"recipe": "digits-unet",
+            "command": f"samplebench train digits-unet --out DIR --seed {seed} --steps {steps}",
             "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": 0.999, "seed": seed,
             "parameters": sum(p.numel() for p in ema.parameters()), "device": str(device),
             "final_loss_last_500": sum(losses[-500:]) / len(losses[-500:]),
@@ -222,7 +223,8 @@ def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: i
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
     (out / "cascade.json").write_text(json.dumps({"resolutions": [8, 16], "condition_noise": condition_noise,
                                                   "upsample": "bilinear", "t_start": t_start}, indent=2))
-    card = {"recipe": "digits-lowdiff", "command": f"samplebench train digits-lowdiff --out DIR --seed {seed}",
+    card = {"recipe": "digits-lowdiff",
+            "command": f"samplebench train digits-lowdiff --out DIR --seed {seed} --steps {steps}",
             "steps": steps, "batch_size": {"8x8": batch_size, "16x16": high_batch}, "lr": lr, "ema_decay": 0.999,
             "max_condition_level": max_condition_level, "seed": seed,
             "parameters": sum(p.numel() for p in ema.parameters()), "device": str(device),
@@ -265,7 +267,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
     from .data import load_digits
     from .models.deediff import deediff_losses
 
-    steps = 4000 if steps is None else steps
+    steps = 20000 if steps is None else steps
     start = time.perf_counter()
     data, labels = load_digits("train")
     data = data.to(device)
@@ -294,7 +296,8 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
     ema.heads.save_pretrained(out / "uem")
     scheduler.save_pretrained(out / "scheduler")
     _save_data_mean(out, data)
-    card = {"recipe": "digits-dit", "command": f"samplebench train digits-dit --out DIR --seed {seed}",
+    card = {"recipe": "digits-dit",
+            "command": f"samplebench train digits-dit --out DIR --seed {seed} --steps {steps}",
             "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": 0.999, "label_dropout": label_dropout,
             "seed": seed, "parameters": sum(p.numel() for p in ema.dit.parameters()),
             "uem_parameters": sum(p.numel() for p in ema.heads.parameters()), "device": str(device),
@@ -332,7 +335,8 @@ def train_digits_classifier(out: Path, seed: int = 0, device: str = "cpu", steps
     with torch.no_grad():
         accuracy = float((ema(x_test).argmax(1) == y_test).float().mean())
     ema.save_pretrained(out)
-    card = {"recipe": "digits-classifier", "command": f"samplebench train digits-classifier --out DIR --seed {seed}",
+    card = {"recipe": "digits-classifier",
+            "command": f"samplebench train digits-classifier --out DIR --seed {seed} --steps {steps}",
             "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "test_accuracy": accuracy,
             "parameters": sum(p.numel() for p in ema.parameters()),
             "final_loss_last_100": sum(losses[-100:]) / len(losses[-100:]),
