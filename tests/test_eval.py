@@ -81,6 +81,9 @@ def test_job_outputs_and_database(reference_job, tmp_path, capsys):
     assert r["num_samples"] == 60 and r["extractor"] == "digits" and r["mode"] == "clean"
     assert r["ref"] == "digits-train" and r["ref_count"] == 1437 and len(r["ref_sha256"]) == 64
     assert r["fid"] > 0 and r["inception_score"] > 1 and r["wall_time_s"] > 0
+    # every FID and KID carries its 95% interval, the sample count and the seeds it resampled
+    assert r["fid_low"] < r["fid"] < r["fid_high"] and r["kid_low"] < r["kid"] < r["kid_high"]
+    assert r["interval_level"] == 0.95 and r["interval_resamples"] == 1000 and r["seeds"] == "0-59"
     assert json.loads(r["versions"])["clean-fid"] and json.loads(r["settings"])["seed"] == 0
     # fewer steps, worse FID: 3-NFE DDIM is far from the data, 2M at 4 NFE much closer
     assert rows[0]["fid"] > rows[3]["fid"]
@@ -88,10 +91,12 @@ def test_job_outputs_and_database(reference_job, tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", "--db", str(db), "--solver", "ddim", "--csv", str(tmp_path / "runs.csv")]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 3 and "ddim" in printed[1]
+    assert len(printed) == 3 and "ddim" in printed[1] and "FID [95%]" in printed[0]
+    assert f"[{rows[0]['fid_low']:.4f}, {rows[0]['fid_high']:.4f}]" in printed[1] and "0-59" in printed[1]
     with open(tmp_path / "runs.csv") as f:
         got = list(csv.DictReader(f))
     assert [int(g["nfe"]) for g in got] == [3, 4] and float(got[0]["fid"]) == pytest.approx(rows[0]["fid"])
+    assert float(got[0]["fid_high"]) == pytest.approx(rows[0]["fid_high"]) and got[0]["seeds"] == "0-59"
     # plot
     assert main(["plot", "--db", str(db), "--out", str(tmp_path / "fid.png")]) == 0
     assert Image.open(tmp_path / "fid.png").size[0] > 500
@@ -209,6 +214,95 @@ def test_plot_refuses_to_mix_references(tmp_path):
     rows = [{**base, "ref": "digits-train", "ref_sha256": "a"}, {**base, "ref": "digits-test", "ref_sha256": "b"}]
     with pytest.raises(Exception, match="mix settings"):
         plot_runs(rows, tmp_path / "p.png")
+
+
+def test_compare_runs_paired_on_shared_seeds(reference_job, tmp_path, capsys):
+    out, db = reference_job
+    capsys.readouterr()
+    assert main(["compare", f"{out}:ddim:3", f"{out}:dpmpp-2m:4", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("A: digits ddim NFE 3") and "60 samples" in lines[0]
+    assert "paired over 60 shared seeds" in lines[2] and "A is higher" in lines[2]  # 3-NFE DDIM is far worse
+    # the same comparison from the results database by row id, as JSON
+    ids = {(r["solver"], r["nfe"]): r["id"] for r in ResultsDB(db).query()}
+    assert main(["compare", str(ids[("ddim", 3)]), str(ids[("dpmpp-2m", 4)]), "--db", str(db), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["paired"] and got["excludes_zero"] and got["low"] > 0
+    assert got["a"] == pytest.approx(ResultsDB(db).query(solver="ddim", nfe=3)[0]["fid"])
+    assert main(["compare", str(ids[("ddim", 3)]), str(ids[("ddim", 3)]), "--db", str(db), "--json",
+                 "--metric", "kid"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["estimate"] == 0 and same["low"] == same["high"] == 0 and not same["excludes_zero"]
+    # another seed range: unpaired, and said so
+    other = tmp_path / "other"
+    args = [a if a != "ddim,dpmpp-2m" else "ddim" for a in JOB]
+    assert main(["eval", *args, "--nfe", "3", "--seed", "1000", "--out", str(other), "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(other), f"{out}:ddim:3", "--db", str(db)]) == 0
+    printed = capsys.readouterr().out
+    assert "unpaired (60 vs 60 samples)" in printed and "compared unpaired" in printed
+    for bad, message in ((str(out), "holds 4 runs; name one"), (f"{out}:ddim:7", "has no run 'ddim:7'"),
+                         ("9999", "no run with id 9999"), (str(tmp_path / "nowhere"), "is not a run")):
+        assert main(["compare", bad, str(other), "--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("samplebench: error: ") and err.count("\n") == 1 and message in err, err
+    assert main(["compare", str(other), str(other), "--metric", "is", "--db", str(db)]) == 2
+    assert "unknown metric 'is'" in capsys.readouterr().err
+
+
+def test_compare_sample_folders_by_their_png_seeds(tmp_path, capsys):
+    for solver, nfe in (("ddim", 3), ("dpmpp-2m", 6)):
+        assert main(["sample", "--solver", solver, "--nfe", str(nfe), "--num", "40", "--seed", "7", "--quiet",
+                     "--out", str(tmp_path / solver)]) == 0
+        (tmp_path / solver / "grid.png").unlink()
+    capsys.readouterr()
+    db = tmp_path / "s.db"
+    assert main(["eval", "--folder", str(tmp_path / "ddim"), "--ref", "digits-train", "--db", str(db)]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == "7-46"
+    assert main(["compare", str(tmp_path / "ddim"), str(tmp_path / "dpmpp-2m"), "--ref", "digits-train",
+                 "--json", "--db", str(db)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["paired"] and got["n_a"] == 40 and got["estimate"] > 0
+    assert main(["compare", str(tmp_path / "ddim"), str(tmp_path / "dpmpp-2m"), "--db", str(db)]) == 2
+    assert "give --ref" in capsys.readouterr().err
+
+
+def test_database_migrates_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)  # a database written before intervals were stored
+    conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_key TEXT UNIQUE NOT NULL, "
+                 "created TEXT NOT NULL, model TEXT, solver TEXT, nfe INTEGER, num_samples INTEGER, fid REAL)")
+    conn.execute("INSERT INTO runs (run_key, created, model, solver, nfe, num_samples, fid) VALUES "
+                 "('k', 'then', 'digits', 'ddim', 5, 100, 1.5)")
+    conn.commit()
+    conn.close()
+    db = ResultsDB(path)
+    (old,) = db.query()
+    assert old["fid"] == 1.5 and old["fid_low"] is None and old["seeds"] is None
+    db.add({"run_key": "new", "created": "now", "model": "digits", "fid": 1.0, "fid_low": 0.9, "fid_high": 1.2,
+            "num_samples": 10, "seeds": "0-9"})
+    assert [r["fid_high"] for r in db.query()] == [None, 1.2]
+
+
+def test_plot_never_joins_sample_counts(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from samplebench.results import plot_runs
+
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, **kw: drawn.append((kw["label"], list(x), kw["yerr"])) or
+                        real(self, x, y, **kw))
+    base = {"model": "digits", "extractor": "digits", "mode": "clean", "solver": "ddim", "fid": 1.0,
+            "wall_time_s": 1.0, "ref": "digits-train", "ref_sha256": "a", "fid_low": 0.8, "fid_high": 1.3}
+    rows = [{**base, "nfe": k, "num_samples": n} for n in (500, 2000) for k in (5, 10)]
+    plot_runs(rows, tmp_path / "p.png")
+    by_label = {label: x for label, x, _ in drawn[::2]}
+    assert by_label == {"ddim (n=500)": [5, 10], "ddim (n=2000)": [5, 10]}
+    assert np.allclose(drawn[0][2], [[0.2, 0.2], [0.3, 0.3]])  # error bars from the stored interval
 
 
 def test_config_is_plain_data():

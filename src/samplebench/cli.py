@@ -1,4 +1,4 @@
-"""The command line: ``samplebench sample|eval|search|runs|plot|refs|app|solvers|models|train`` (``sample`` is an alias of
+"""The command line: ``samplebench sample|eval|search|compare|runs|plot|refs|app|solvers|models|train`` (``sample`` is an alias of
 ``samplebench sample``).
 
 Bad input prints one line, ``samplebench: error: ...``, and exits with code 2.
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache", default=None, help="deepcache:N[:BRANCH] or fbcache:THRESHOLD (as for sample)")
     _add_cascade_args(ev)
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--resamples", type=_int, default=1000,
+                    help="bootstrap resamples of each FID and KID interval (default 1000)")
     _add_metric_args(ev)
     se = sub.add_parser("search", help="S3: search USF solver schedules per NFE (resumable; accelerate launch splits it)")
     se.add_argument("--model", default=DEFAULT_MODEL_NAME)
@@ -180,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(plot)
     plot.add_argument("--metric", default="fid", help="fid, kid or inception_score")
     plot.add_argument("--out", default="fid.png")
+    cmp_ = sub.add_parser("compare", help="A - B of two runs' FID or KID with its bootstrap interval (paired on "
+                                          "shared seeds)")
+    cmp_.add_argument("a", metavar="RUN_A", help="a results-database id, an eval job folder (JOB or JOB:SOLVER:NFE) "
+                                                 "or a folder of images")
+    cmp_.add_argument("b", metavar="RUN_B")
+    cmp_.add_argument("--metric", default="fid", help="fid or kid")
+    cmp_.add_argument("--ref", default=None, help="the reference (default: the runs' own)")
+    cmp_.add_argument("--features", default="digits", help="for image folders: digits or inception")
+    cmp_.add_argument("--mode", default="clean", help="for image folders: the clean-fid mode")
+    cmp_.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    cmp_.add_argument("--resamples", type=_int, default=1000, help="bootstrap resamples (default 1000)")
+    cmp_.add_argument("--inception-weights", default=None)
+    cmp_.add_argument("--device", default="cpu")
+    cmp_.add_argument("--db", default=None, help="results database (default: ~/.cache/samplebench/runs.db)")
+    cmp_.add_argument("--json", action="store_true", help="print the result as one JSON object")
     refs = sub.add_parser("refs", help="make or list cached reference statistics")
     refs.add_argument("action", help="make or list")
     refs.add_argument("source", nargs="?", help="for make: a built-in name, a folder or an .npz")
@@ -260,7 +277,8 @@ def _eval(args: argparse.Namespace) -> int:
         if args.ref is None:
             raise UsageError("--folder needs --ref (digits-train, a folder, an .npz or a cached name)")
         row = eval_folder(args.folder, ref=args.ref, features=args.features, mode=args.mode, metrics=args.metrics,
-                          device=args.device or "cpu", db=args.db, inception_weights=args.inception_weights)
+                          device=args.device or "cpu", db=args.db, inception_weights=args.inception_weights,
+                          resamples=args.resamples)
         print(json.dumps({k: row[k] for k in _SHOWN if k in row}))
         return 0
     if args.out is None:
@@ -272,13 +290,14 @@ def _eval(args: argparse.Namespace) -> int:
                         guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
                         exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
-                    progress=not args.quiet)
+                    progress=not args.quiet, resamples=args.resamples)
     for row in rows:
         print(json.dumps({k: row[k] for k in _SHOWN}))
     return 0
 
 
-_SHOWN = ("model", "solver", "nfe", "num_samples", "fid", "kid", "inception_score", "extractor", "mode", "ref",
+_SHOWN = ("model", "solver", "nfe", "num_samples", "seeds", "fid", "fid_low", "fid_high", "kid", "kid_low", "kid_high",
+          "interval_level", "inception_score", "extractor", "mode", "ref",
           "wall_time_s", "compute", "block_fraction", "flop_fraction")
 
 
@@ -304,14 +323,16 @@ def _runs(args: argparse.Namespace) -> int:
 
     rows = ResultsDB(args.db).query(**_filters(args))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{'id':>4}  {'model':12.12}  {'solver':10}  {'nfe':>3}  {'N':>6}  {'FID':>8}  {'KID':>9}  {'IS':>6}  "
-          f"{'features':9}  {'ref':14.14}  {'s/img':>7}")
+    print(f"{'id':>4}  {'model':12.12}  {'solver':10}  {'nfe':>3}  {'N':>6}  {'seeds':11.11}  "
+          f"{'FID [95%]':>26}  {'KID [95%]':>31}  {'IS':>6}  {'features':9}  {'ref':14.14}  {'s/img':>7}")
     for r in rows:
         per = r["wall_time_s"] / r["num_samples"] if r["wall_time_s"] is not None else None
+        fid = f"{fmt(r['fid'], '.4f')} [{fmt(r.get('fid_low'), '.4f')}, {fmt(r.get('fid_high'), '.4f')}]"
+        kid = f"{fmt(r['kid'], '.5f')} [{fmt(r.get('kid_low'), '.5f')}, {fmt(r.get('kid_high'), '.5f')}]"
         print(f"{r['id']:>4}  {str(r['model'])[-12:]:12}  {str(r['solver'] or '-'):10}  {fmt(r['nfe'], 'd'):>3}  "
-              f"{r['num_samples']:>6}  {fmt(r['fid'], '.4f'):>8}  {fmt(r['kid'], '.5f'):>9}  "
-              f"{fmt(r['inception_score'], '.3f'):>6}  {r['extractor'] + '/' + r['mode'][:5]:9.9}  "
-              f"{str(r['ref']):14.14}  {fmt(per, '.4f'):>7}")
+              f"{r['num_samples']:>6}  {str(r.get('seeds') or '-'):11.11}  {fid if r['fid'] is not None else '-':>26}  "
+              f"{kid if r['kid'] is not None else '-':>31}  {fmt(r['inception_score'], '.3f'):>6}  "
+              f"{r['extractor'] + '/' + r['mode'][:5]:9.9}  {str(r['ref']):14.14}  {fmt(per, '.4f'):>7}")
     if args.csv:
         write_csv(rows, args.csv)
     return 0
@@ -322,6 +343,25 @@ def _plot(args: argparse.Namespace) -> int:
 
     rows = ResultsDB(args.db).query(**_filters(args))
     print(plot_runs(rows, args.out, args.metric))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs
+
+    if not (isinstance(args.level, float) and 0 < args.level < 1):
+        raise UsageError(f"--level must be in (0, 1), got {args.level}")
+    a, b, diff = compare_runs(args.a, args.b, metric=args.metric, ref=args.ref, db=args.db, features=args.features,
+                              mode=args.mode, device=args.device, inception_weights=args.inception_weights,
+                              level=args.level, resamples=args.resamples)
+    if args.json:
+        print(json.dumps({"a": a.label, "b": b.label, **diff.to_dict()}))
+        return 0
+    print(f"A: {a.label}, {len(a.feats)} samples, {args.metric.upper()} {diff.a:.5g}")
+    print(f"B: {b.label}, {len(b.feats)} samples, {args.metric.upper()} {diff.b:.5g}")
+    print(str(diff))
+    if not diff.paired:
+        print("the runs do not hold the same seeds, so they are compared unpaired (independent resamples)")
     return 0
 
 
@@ -374,9 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "sample":
             return _sample(args)
-        if args.command in ("eval", "search", "runs", "plot", "refs"):
-            return {"eval": _eval, "search": _search, "runs": _runs, "plot": _plot,
-                    "refs": _refs}[args.command](args)
+        if args.command in ("eval", "search", "runs", "plot", "refs", "compare"):
+            return {"eval": _eval, "search": _search, "runs": _runs, "plot": _plot, "refs": _refs,
+                    "compare": _compare}[args.command](args)
         if args.command == "solvers":
             return _solvers()
         if args.command == "app":

@@ -30,6 +30,7 @@ import numpy as np
 from . import __version__
 from .errors import UsageError
 from .files import atomic_savez, atomic_write
+from .results import format_seeds
 
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
@@ -37,6 +38,7 @@ METRICS = ("fid", "kid", "is")
 DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-lowdiff": "digits-train",
                 "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, METRIC_SEED = 100, 1000, 10, 0
+RESAMPLES = 1000  # bootstrap resamples of every FID and KID interval
 
 
 def _parse_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
@@ -249,17 +251,25 @@ def _check_manifest(out: Path, config: EvalConfig) -> None:
     atomic_write(manifest, json.dumps({"settings": settings, "version": __version__}, indent=2))
 
 
-def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...]) -> dict[str, float | None]:
-    from .metrics import scores
+def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...],
+            resamples: int = RESAMPLES) -> dict[str, float | None]:
+    """FID, KID and IS of ``feats``, FID and KID with their 95% bootstrap intervals (``metrics.intervals``)."""
+    from .metrics import intervals, scores
 
-    row: dict[str, float | None] = {"fid": None, "kid": None, "inception_score": None, "inception_score_std": None}
+    row: dict[str, float | None] = {"fid": None, "fid_low": None, "fid_high": None, "kid": None, "kid_low": None,
+                                    "kid_high": None, "inception_score": None, "inception_score_std": None,
+                                    "interval_level": intervals.LEVEL, "interval_resamples": resamples}
     if "fid" in metrics:
         row["fid"] = scores.fid(*scores.statistics(feats), ref.mu, ref.sigma)
+        iv = intervals.fid_interval(feats, ref.mu, ref.sigma, estimate=row["fid"], resamples=resamples)
+        row["fid_low"], row["fid_high"] = iv.low, iv.high
     if "kid" in metrics:
         if ref.feats is None:
             raise UsageError(f"reference {ref.name!r} has no features (its _kid.npz file), so KID cannot be computed")
         row["kid"] = scores.kid(feats, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE,
                                 seed=METRIC_SEED)
+        iv = intervals.kid_interval(feats, ref.feats, estimate=row["kid"], resamples=resamples)
+        row["kid_low"], row["kid_high"] = iv.low, iv.high
     if "is" in metrics:
         row["inception_score"], row["inception_score_std"] = scores.inception_score(
             logits, splits=min(IS_SPLITS, len(logits)), seed=METRIC_SEED)
@@ -267,9 +277,11 @@ def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[st
 
 
 def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, db: str | Path | None = None,
-             inception_weights: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+             inception_weights: str | None = None, progress: bool = True,
+             resamples: int = RESAMPLES) -> list[dict[str, Any]]:
     """Run (or resume) the job; on the main process, return the result rows (also in ``results.json`` and the
-    database). Other processes of an ``accelerate launch`` return an empty list."""
+    database). Other processes of an ``accelerate launch`` return an empty list. ``resamples``: bootstrap resamples
+    of the FID and KID intervals (they change no sample, so a job may be rescored with another count)."""
     import torch
     from accelerate import PartialState
     from tqdm import tqdm
@@ -281,6 +293,9 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from .results import ResultsDB
     from .sampling import S3, load_schedule
 
+    from .metrics.intervals import LEVEL, check
+
+    check(LEVEL, resamples)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} exists and is not a directory")
@@ -329,23 +344,26 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     for s in c.solvers:
         for n in c.nfes:
             t0 = time.perf_counter()
-            feats, logits, wall, nfe = [], [], 0.0, None
+            feats, logits, seeds, wall, nfe = [], [], [], 0.0, None
             work = dict.fromkeys(("blocks_evaluated", "blocks_full", "gflops", "gflops_full"), 0.0)
             for j in range(c.num_shards):
                 with np.load(job.feature_file(s, n, j)) as z:
                     feats.append(z["feats"])
                     logits.append(z["logits"] if want_logits else None)
                 with np.load(job.sample_file(s, n, j)) as z:
+                    seeds.append(z["seeds"])
                     wall += float(z["wall_time_s"])
                     nfe = int(z["nfe"])
                     for k in work:
                         work[k] += float(z[k]) if k in z.files else 0.0
             row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
-                   "seed": c.seed, "num_samples": c.num, "compute": c.compute_label,
+                   "seed": c.seed, "num_samples": c.num, "seeds": format_seeds(np.concatenate(seeds)),
+                   "compute": c.compute_label,
                    "block_fraction": work["blocks_evaluated"] / work["blocks_full"] if work["blocks_full"] else None,
                    "flop_fraction": work["gflops"] / work["gflops_full"] if work["gflops_full"] else None,
                    "gflops_per_sample": work["gflops"] / c.num if work["gflops_full"] else None,
-                   **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics),
+                   **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics,
+                             resamples),
                    "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
                    "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
                    "out": str(out.resolve()), "versions": package_versions(),
@@ -362,23 +380,28 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
 
 def eval_folder(folder: str | Path, *, ref: str, features: str = "digits", mode: str = "clean",
                 metrics: tuple[str, ...] = METRICS, device: str = "cpu", db: str | Path | None = None,
-                inception_weights: str | None = None) -> dict[str, Any]:
-    """Score a folder of images against a reference; the row also goes to the database."""
+                inception_weights: str | None = None, resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Score a folder of images against a reference; the row also goes to the database. The seeds that
+    ``samplebench sample`` writes into its PNGs are kept, so two folders can be compared paired."""
     from .metrics.extractors import get_extractor
     from .metrics.images import load_folder
     from .metrics.reference import get_reference
     from .metrics.scores import extract
     from .results import ResultsDB
 
+    from .metrics.intervals import LEVEL, check
+
+    check(LEVEL, resamples)
     metrics = _parse_metrics(metrics)
-    images = load_folder(folder)
+    images, seeds = load_folder(folder, with_seeds=True)
     extractor = get_extractor(features, mode, device, inception_weights)
     reference = get_reference(ref, extractor)
     results_db = ResultsDB(db)
     t0 = time.perf_counter()
     f = extract(images, extractor, logits="is" in metrics)
     row = {"model": str(Path(folder).resolve()), "solver": None, "time_grid": None, "nfe": None, "seed": None,
-           "num_samples": len(images), **_scores(f.feats, f.logits, reference, metrics), "extractor": features,
+           "num_samples": len(images), "seeds": None if seeds is None else format_seeds(seeds),
+           **_scores(f.feats, f.logits, reference, metrics, resamples), "extractor": features,
            "mode": mode, **reference.describe(), "wall_time_s": None, "eval_time_s": time.perf_counter() - t0,
            "num_processes": 1, "out": None, "versions": package_versions(),
            "settings": {"folder": str(Path(folder).resolve()), "metrics": list(metrics)},
@@ -388,4 +411,3 @@ def eval_folder(folder: str | Path, *, ref: str, features: str = "digits", mode:
     results_db.add(row)
     results_db.close()
     return row
-

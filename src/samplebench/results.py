@@ -18,7 +18,7 @@ from typing import Any
 from .cache import cache_dir
 from .errors import UsageError
 
-__all__ = ["ResultsDB", "default_db", "COLUMNS", "write_csv", "plot_runs"]
+__all__ = ["ResultsDB", "default_db", "COLUMNS", "write_csv", "plot_runs", "format_seeds", "parse_seeds"]
 
 COLUMNS = {  # name -> SQLite type; ``versions`` and ``settings`` hold JSON
     "run_key": "TEXT UNIQUE NOT NULL", "created": "TEXT NOT NULL", "model": "TEXT", "solver": "TEXT",
@@ -28,8 +28,33 @@ COLUMNS = {  # name -> SQLite type; ``versions`` and ``settings`` hold JSON
     "num_processes": "INTEGER", "out": "TEXT", "versions": "TEXT", "settings": "TEXT",
     # compute skipping (early exit, caching): what was skipped and the work that ran, next to NFE
     "compute": "TEXT", "block_fraction": "REAL", "flop_fraction": "REAL", "gflops_per_sample": "REAL",
+    # uncertainty (``metrics.intervals``): the 95% bootstrap intervals and the seeds they resample
+    "fid_low": "REAL", "fid_high": "REAL", "kid_low": "REAL", "kid_high": "REAL", "interval_level": "REAL",
+    "interval_resamples": "INTEGER", "seeds": "TEXT",
 }
 FILTERS = ("model", "solver", "nfe", "extractor", "mode", "ref")
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Seeds as sorted ranges, "0-1999" or "0-99,500-599,7": exact and short for the usual contiguous runs."""
+    values = sorted(int(s) for s in seeds)
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(v) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The inverse of ``format_seeds``."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def default_db() -> Path:
@@ -56,7 +81,7 @@ class ResultsDB:
 
     def add(self, row: dict[str, Any]) -> None:
         """Insert ``row``, replacing an earlier row with the same ``run_key``."""
-        values = {k: (json.dumps(row[k], sort_keys=True) if k in ("versions", "settings") else row.get(k))
+        values = {k: (json.dumps(row.get(k), sort_keys=True) if k in ("versions", "settings") else row.get(k))
                   for k in COLUMNS}
         names = ", ".join(values)
         self.conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(values))})",
@@ -91,10 +116,11 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
 
 
 def plot_runs(rows: Sequence[dict[str, Any]], out: str | Path, metric: str = "fid") -> Path:
-    """FID (or ``metric``) against NFE and against sampling seconds per image, one curve per solver. Rows must
-    share model, extractor, mode and reference (numbers from different harness settings are never mixed); of
-    repeated (solver, NFE) rows the newest is drawn."""
+    """FID (or ``metric``) against NFE and against sampling seconds per image, one curve per solver and sample
+    count, with the 95% intervals as error bars. Rows must share model, extractor, mode and reference (numbers from
+    different harness settings are never mixed); of repeated (solver, count, NFE) rows the newest is drawn."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -108,16 +134,23 @@ def plot_runs(rows: Sequence[dict[str, Any]], out: str | Path, metric: str = "fi
     if len(groups) > 1:
         listed = "; ".join(f"model={g[0]} extractor={g[1]} mode={g[2]} ref={g[3]}" for g in sorted(groups))
         raise UsageError(f"the runs mix settings ({listed}); choose one with --model, --features, --mode, --ref")
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    latest: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in rows:  # oldest first, so the newest wins
-        latest[(r["solver"], r["nfe"])] = r
+        latest[(r["solver"], r["num_samples"], r["nfe"])] = r
     model, extractor, mode, ref, _ = groups.pop()
+    counts = sorted({n for _, n, _ in latest})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for solver in sorted({s for s, _ in latest}):
-        pts = sorted((r for (s, _), r in latest.items() if s == solver), key=lambda r: r["nfe"])
-        axes[0].plot([r["nfe"] for r in pts], [r[metric] for r in pts], "o-", label=solver)
-        axes[1].plot([r["wall_time_s"] / r["num_samples"] * 1000 for r in pts], [r[metric] for r in pts], "o-",
-                     label=solver)
+    # one curve per (solver, sample count): FIDs of different counts differ by their bias, so they are never joined
+    for solver, n in sorted({(s, n) for s, n, _ in latest}, key=lambda k: (str(k[0]), k[1])):
+        pts = sorted((r for (s, c, _), r in latest.items() if (s, c) == (solver, n)), key=lambda r: r["nfe"])
+        y = np.array([r[metric] for r in pts], float)
+        low, high = (np.array([np.nan if r.get(f"{metric}_{k}") is None else r[f"{metric}_{k}"] for r in pts], float)
+                     for k in ("low", "high"))
+        yerr = np.nan_to_num(np.stack([y - low, high - y]), nan=0.0).clip(0) if metric in ("fid", "kid") else None
+        label = str(solver) if len(counts) == 1 else f"{solver} (n={n})"
+        for ax, x in ((axes[0], [r["nfe"] for r in pts]),
+                      (axes[1], [r["wall_time_s"] / r["num_samples"] * 1000 for r in pts])):
+            ax.errorbar(x, y, yerr=yerr, fmt="o-", capsize=3, label=label)
     label = {"fid": f"FID ({extractor}, {mode})", "kid": f"KID ({extractor}, {mode})",
              "inception_score": f"IS ({extractor})"}[metric]
     axes[0].set_xlabel("NFE")
@@ -125,11 +158,11 @@ def plot_runs(rows: Sequence[dict[str, Any]], out: str | Path, metric: str = "fi
     for ax in axes:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if metric != "inception_score":
+        if metric == "fid":  # KID and its interval can be negative
             ax.set_yscale("log")
     axes[0].legend()
-    n = sorted({r["num_samples"] for r in latest.values()})
-    fig.suptitle(f"{model}: {label} vs NFE and time, {'/'.join(map(str, n))} samples vs {ref}")
+    bars = " (bars: 95% bootstrap intervals)" if metric in ("fid", "kid") else ""
+    fig.suptitle(f"{model}: {label} vs NFE and time, {'/'.join(map(str, counts))} samples vs {ref}{bars}")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

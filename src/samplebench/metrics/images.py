@@ -27,15 +27,29 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_folder(folder: str | Path) -> np.ndarray:
+def _seed(im) -> int | None:
+    """The seed that ``samplebench sample`` wrote into a PNG's ``samplebench`` text chunk, if any."""
+    import json
+
+    try:
+        seed = json.loads(getattr(im, "text", {}).get("samplebench", "{}")).get("seed")
+    except (ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def load_folder(folder: str | Path, *, with_seeds: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+    """uint8 [N, H, W, 3]; with ``with_seeds`` also the seeds from the PNGs' settings (None unless every image has
+    one and they are distinct)."""
     from PIL import Image, UnidentifiedImageError
 
     files = list_images(folder)
-    arrays, first = [], None
+    arrays, seeds, first = [], [], None
     for f in files:
         try:
             with Image.open(f) as im:
                 a = np.array(im.convert("RGB"))
+                seeds.append(_seed(im))
         except (UnidentifiedImageError, OSError) as e:
             raise UsageError(f"{str(f)!r} is not a readable image ({type(e).__name__})") from None
         if first is None:
@@ -44,7 +58,10 @@ def load_folder(folder: str | Path) -> np.ndarray:
             raise UsageError(f"folder {str(folder)!r} mixes image sizes: {first[1][1]}x{first[1][0]} "
                              f"({first[0].name}) and {a.shape[1]}x{a.shape[0]} ({f.name})")
         arrays.append(a)
-    return np.stack(arrays)
+    if not with_seeds:
+        return np.stack(arrays)
+    known = None not in seeds and len(set(seeds)) == len(seeds)
+    return np.stack(arrays), np.array(seeds, dtype=np.int64) if known else None
 
 
 def load_npz_images(path: str | Path) -> np.ndarray:

@@ -128,6 +128,7 @@ class _Evaluator:
     def __call__(self, schedule) -> dict[str, Any]:
         import torch
 
+        from ..metrics.intervals import fid_interval
         from ..metrics.scores import extract, fid, statistics
         from ..sampling import resolve_solver, sample, skips_applied
 
@@ -135,12 +136,15 @@ class _Evaluator:
         solver, grid = resolve_solver(self.model, "usf", schedule.nfe, None, schedule)
         with skips_applied(self.model, None, schedule):
             result = sample(self.model, solver, grid, self.seeds, batch_size=self.config.batch_size)
-        value = None
+        value = interval = None
         if bool(torch.isfinite(result.images).all()):
-            mu, sigma = statistics(extract(result.images, self.extractor).feats)
-            value = fid(mu, sigma, self.ref.mu, self.ref.sigma)
+            feats = extract(result.images, self.extractor).feats
+            value = fid(*statistics(feats), self.ref.mu, self.ref.sigma)
             value = value if math.isfinite(value) else None
-        return {"fid": value, "nfe": result.nfe, "wall_time_s": time.perf_counter() - t0,
+            if value is not None:
+                interval = fid_interval(feats, self.ref.mu, self.ref.sigma, estimate=value)
+        return {"fid": value, "fid_low": interval and interval.low, "fid_high": interval and interval.high,
+                "num_samples": len(self.seeds), "nfe": result.nfe, "wall_time_s": time.perf_counter() - t0,
                 "network_evaluations": result.nfe * len(self.seeds)}
 
 
@@ -325,9 +329,11 @@ def _report(config: SearchConfig, evals: dict, elapsed: float) -> dict[str, Any]
         rows = [r for r in evals.values() if r["nfe"] == nfe]
         top = min(rows, key=_fid, default=None)
         base = min((r for r in rows if r["stage"] == 0), key=_fid, default=None)
-        best[nfe] = {"id": top and top["id"], "fid": top and top["fid"], "origin": top and top["origin"],
+        best[nfe] = {"id": top and top["id"], "fid": top and top["fid"], "fid_low": top and top.get("fid_low"),
+                     "fid_high": top and top.get("fid_high"), "origin": top and top["origin"],
                      "evaluations": len(rows)}
-        known[nfe] = {"origin": base and base["origin"], "fid": base and base["fid"]}
+        known[nfe] = {"origin": base and base["origin"], "fid": base and base["fid"],
+                      "fid_low": base and base.get("fid_low"), "fid_high": base and base.get("fid_high")}
     return {"model": config.model, "samples": config.samples, "reference": config.reference,
             "features": config.features, "evaluations": len(evals),
             "network_evaluations": int(sum(r["network_evaluations"] for r in evals.values())),
@@ -340,11 +346,17 @@ def report_table(report: dict[str, Any]) -> str:
     lines = [f"S3 search on {report['model']}: {report['evaluations']} evaluations of {report['samples']} samples "
              f"({report['network_evaluations']:,} network evaluations, {report['evaluation_time_s']:.0f} s of "
              f"evaluation), FID against {report['reference']} ({report['features']} features)", "",
-             "| NFE | evaluations | best known solver | its FID | S3 FID | ratio |", "|---|---|---|---|---|---|"]
+             "| NFE | evaluations | best known solver | its FID [95%] | S3 FID [95%] | ratio |",
+             "|---|---|---|---|---|---|"]
+
+    def fmt(r: dict) -> str:
+        if r["fid"] is None:
+            return "-"
+        return f"{r['fid']:.3f}" + (f" [{r['fid_low']:.3f}, {r['fid_high']:.3f}]" if r.get("fid_low") is not None
+                                    else "")
+
     for nfe, best in report["best"].items():
         known = report["best_known_solver"][nfe]
         ratio = (f"{best['fid'] / known['fid']:.2f}" if best["fid"] is not None and known["fid"] else "-")
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
-        lines.append(f"| {nfe} | {best['evaluations']} | {known['origin']} | {fmt(known['fid'])} | {fmt(best['fid'])} "
-                     f"| {ratio} |")
+        lines.append(f"| {nfe} | {best['evaluations']} | {known['origin']} | {fmt(known)} | {fmt(best)} | {ratio} |")
     return "\n".join(lines)
