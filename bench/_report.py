@@ -32,6 +32,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def fid_cell(row: dict, key: str = "fid", digits: int = 3) -> str:
+    """A metric with its 95% interval, "0.123 [0.101, 0.147]" (the bare number for rows without one)."""
+    v, lo, hi = row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" + ("" if lo is None or hi is None else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
+
+
 def fid_panel(ax, xlabel: str, title: str) -> None:
     """The look of every digits-FID plot: log-scale FID, grid, small legend."""
     ax.set_yscale("log")

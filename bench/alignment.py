@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, machine, table, write_section  # noqa: E402
 
 from samplebench.align import METHODS, AlignConfig, align_sample, get_reward  # noqa: E402
 from samplebench.align.rewards import EVEN, ODD  # noqa: E402
 from samplebench.data import load_digits  # noqa: E402
-from samplebench.metrics.digits import digits_features, fid_from_features  # noqa: E402
+from samplebench.metrics.digits import digits_features, fid_interval_from_features  # noqa: E402
 from samplebench.models import load_model  # noqa: E402
 
 
@@ -49,8 +49,9 @@ def run(model, target: str, method: str, per_sample: int, args, ref_feats: np.nd
                          seed=0, batch_size=16 if method.startswith("dts") else 64)
     result = align_sample(model, get_reward(target), config)
     feats, probs = digits_features(result.images)
+    fid = fid_interval_from_features(feats, ref_feats)
     row = {"target": target, "method": method, "per_sample": per_sample, "nfe": result.nfe,
-           "fid": fid_from_features(feats, ref_feats), "reward": float(result.rewards.mean()),
+           "fid": fid.estimate, "fid_low": fid.low, "fid_high": fid.high, "num_samples": len(feats), "reward": float(result.rewards.mean()),
            "diversity": diversity(feats), "unique": len(torch.unique(result.x.flatten(1), dim=0)),
            "on_target": float(np.isin(probs.argmax(1), target_classes(target)).mean()),
            "wall_time_s": result.wall_time_s}
@@ -103,7 +104,7 @@ def main() -> None:
             cell = [r for r in rows if r["target"] == target and r["per_sample"] == per_sample]
             low = min(r["fid"] for r in cell)
             for r in cell:
-                fid = f"{r['fid']:.2f}"
+                fid = fid_cell(r, digits=2)
                 body_rows.append([target, str(per_sample), f"{r['nfe']:,}", r["method"],
                                   f"**{fid}**" if r["fid"] == low else fid, f"{r['reward']:.3f}",
                                   f"{100 * r['on_target']:.0f}%", f"{r['diversity']:.3f}", str(r["unique"]),

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_panel, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 
@@ -78,7 +78,7 @@ def main() -> None:
         config = EvalConfig(model=model, solvers=(args.solver,), num=args.num, metrics=("fid",), ref="digits-train",
                             **{"nfes": (), **options})
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
-            rows.append({"kind": kind, "label": label, "nfe": r["nfe"], "fid": r["fid"],
+            rows.append({"kind": kind, "label": label, "nfe": r["nfe"], "fid": r["fid"], "fid_low": r["fid_low"], "fid_high": r["fid_high"],
                          "ips": args.num / r["wall_time_s"], "gflops": r["gflops_per_sample"],
                          "flops": r["flop_fraction"]})
             print(rows[-1], flush=True)
@@ -95,7 +95,7 @@ def main() -> None:
         if ok:
             met.append(f"{r['label']} ({speedup:.2f}x the throughput of NFE {ref['nfe']})")
         lines.append([r["kind"], r["label"], str(r["nfe"]), f"{r['gflops'] / full_gflops:.1f}", f"{r['gflops']:.2f}",
-                      f"{r['ips']:.0f}", f"{r['fid']:.3f}",
+                      f"{r['ips']:.0f}", fid_cell(r),
                       f"NFE {ref['nfe']}: {ref['fid']:.3f}, {speedup:.2f}x" if ref else "-" if r["kind"] == "single"
                       else "none", "yes" if ok else ""])
     plot = DOC.parent / "cascade.png"

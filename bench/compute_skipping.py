@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_panel, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
         config = EvalConfig(model=model, solvers=(SOLVER,), nfes=NFES, num=args.num, metrics=("fid",),
                             ref="digits-train", **options)  # named, so that a --dit folder has it too
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
-            rows.append({"model": model, "label": label, "nfe": r["nfe"], "fid": r["fid"],
+            rows.append({"model": model, "label": label, "nfe": r["nfe"], "fid": r["fid"], "fid_low": r["fid_low"], "fid_high": r["fid_high"],
                          "ms": 1000 * r["wall_time_s"] / args.num, "blocks": r["block_fraction"],
                          "flops": r["flop_fraction"], "gflops": r["gflops_per_sample"]})
             print(rows[-1], flush=True)
@@ -92,7 +92,7 @@ def main() -> None:
         if ok:
             met.append(f"{r['model']} {r['label']} at NFE {r['nfe']}")
         lines.append([r["model"], r["label"], str(r["nfe"]), f"{100 * r['blocks']:.0f}%", f"{100 * r['flops']:.0f}%",
-                      f"{r['gflops']:.2f}", f"{r['ms']:.2f}", f"{time_ratio:.2f}", f"{r['fid']:.3f}",
+                      f"{r['gflops']:.2f}", f"{r['ms']:.2f}", f"{time_ratio:.2f}", fid_cell(r),
                       f"{fid_ratio:.2f}", "yes" if ok else ""])
     plot = DOC.parent / "compute-skipping.png"
     if not args.no_write:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 from samplebench.results import plot_runs  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     by = {(r["solver"], r["nfe"]): r for r in rows}
     body_rows = []
     for s in SOLVERS:
-        body_rows.append([s] + [f"{by[s, n]['fid']:.3f}" for n in NFES])
+        body_rows.append([s] + [fid_cell(by[s, n]) for n in NFES])
     best = {n: min(SOLVERS, key=lambda s: by[s, n]["fid"]) for n in NFES}
     plot = plot_runs(rows, DOC.parent / "eval-digits-grid.png")
     body = (f"## Digits: FID vs NFE for five solvers\n\n`{command}` on {machine()} ({wall:.0f} s for this run; "

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, table, write_section  # noqa: E402
 
 from samplebench.data import load_digits  # noqa: E402
-from samplebench.metrics.digits import class_statistics, digits_features, fid_from_features  # noqa: E402
+from samplebench.metrics.digits import class_statistics, digits_features, fid_from_features, fid_interval_from_features  # noqa: E402,E501
 from samplebench.models import load_model  # noqa: E402
 from samplebench.models.base import Conditioning  # noqa: E402
 from samplebench.models.embedded import WEIGHTS  # noqa: E402
@@ -58,9 +58,10 @@ def main() -> None:
                         batch_size=500).images
         wall = time.perf_counter() - start
         f, pr = digits_features(images)
-        fid = fid_from_features(f, train_f)
+        interval = fid_interval_from_features(f, train_f)
+        fid = interval.estimate
         st = class_statistics(pr)
-        rows.append([name, f"{args.solver} @ {args.nfe} NFE", f"{fid:.3f}", f"{fid / floor:.2f}",
+        rows.append([name, f"{args.solver} @ {args.nfe} NFE", f"{fid:.3f} [{interval.low:.3f}, {interval.high:.3f}]", f"{fid / floor:.2f}",
                      f"{st['confident_fraction'] * 100:.1f}", f"{st['max_deviation_from_uniform_pct']:.1f}",
                      f"{wall:.0f}"])
         print(rows[-1], st["class_histogram_pct"], flush=True)

@@ -84,7 +84,8 @@ def main() -> None:
             f"A full digits evaluation from scratch (`samplebench eval --solver dpmpp-2m --nfe 10 --num {args.num} "
             f"--metrics fid,kid,is`): **{total:.1f} s** in all, of which sampling {row['wall_time_s']:.1f} s and "
             f"scoring (statistics, FID, KID with 100 subsets, IS with 10 splits) {row['eval_time_s']:.2f} s; "
-            f"digits-FID {row['fid']:.4f}, KID {row['kid']:.5f}, IS {row['inception_score']:.3f}.\n\n"
+            f"digits-FID {row['fid']:.4f} [{row['fid_low']:.4f}, {row['fid_high']:.4f}], KID {row['kid']:.5f} "
+            f"[{row['kid_low']:.5f}, {row['kid_high']:.5f}] (95% intervals), IS {row['inception_score']:.3f}.\n\n"
             f"Feature extraction of the same {len(arrays)} PNGs with the digits extractor (batch 128, one process; "
             f"median of {args.repeats}, alternating; features identical bit for bit):\n\n"
             + table(["path", "seconds", "images/s", "throughput vs clean-fid"], rows))

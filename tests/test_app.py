@@ -191,6 +191,7 @@ def test_results_table_plot_and_eval(tmp_path):
     table = core.results_table(core.query_runs(db, model="gaussian", solver="", extractor=None))
     assert [r["solver"] for r in table] == ["euler", "ddim"]  # newest first
     assert table[0]["fid"] == pytest.approx(rows[1]["fid"])
+    assert table[0]["fid_low"] < table[0]["fid"] < table[0]["fid_high"] and table[0]["seeds"] == "0-49"
     assert core.results_table(core.query_runs(db, model="digits")) == []
     assert plot_runs(core.query_runs(db, model="gaussian"), tmp_path / "fid.png").stat().st_size > 1000
 

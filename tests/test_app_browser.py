@@ -74,7 +74,8 @@ def served(tmp_path_factory):
 
     db = ResultsDB(folder / "runs.db")  # one stored evaluation for the results view
     db.add({"run_key": "k1", "created": "2026-01-01T00:00:00", "model": "digits", "solver": "ddim", "nfe": 10,
-            "num_samples": 2000, "fid": 0.4321, "extractor": "digits", "mode": "clean", "ref": "digits-train",
+            "num_samples": 2000, "fid": 0.4321, "fid_low": 0.4012, "fid_high": 0.4655, "seeds": "0-1999",
+            "extractor": "digits", "mode": "clean", "ref": "digits-train",
             "ref_sha256": "x", "wall_time_s": 30.0, "versions": {}, "settings": {}})
     db.close()
     proc, url = start_app(folder / "runs.db", folder / "app.log")
@@ -139,6 +140,7 @@ def test_methods_and_results_views(served, browser):
     page.locator("figcaption:visible", has_text="cascade 8:20,16:2 · NFE 22").wait_for(timeout=120_000)
     page.get_by_role("tab", name="Results").click()
     page.get_by_text("0.4321", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # from the db
+    page.get_by_text("0.4012", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # its interval
     page.close()
 
 

@@ -34,7 +34,7 @@ class Run:
 
 
 def _job_run(job: Path, selector: str | None) -> Run:
-    from .evaluate import DEFAULT_REFS
+    from .evaluate import DEFAULT_REFS, feature_file, sample_file
 
     settings = json.loads((job / "job.json").read_text())["settings"]
     cells = [(s, n) for s in settings["solvers"] for n in settings["nfes"]]
@@ -57,8 +57,7 @@ def _job_run(job: Path, selector: str | None) -> Run:
     shards = -(-settings["num"] // settings["shard_size"])
     feats, seeds = [], []
     for j in range(shards):
-        fpath = job / "features" / f"{extractor}-{mode}" / f"{solver}-nfe{nfe}" / f"shard-{j:05d}.npz"
-        spath = job / "samples" / f"{solver}-nfe{nfe}" / f"shard-{j:05d}.npz"
+        fpath, spath = feature_file(job, extractor, mode, solver, nfe, j), sample_file(job, solver, nfe, j)
         if not fpath.exists() or not spath.exists():
             raise UsageError(f"job {str(job)!r} is not finished ({fpath.name} of {solver} at NFE {nfe} is missing); "
                              f"run its eval again to finish it")
@@ -98,16 +97,16 @@ def load_run(spec: str, *, db: str | Path | None = None, features: str = "digits
             raise UsageError(f"no run with id {spec} in {str(results.path)!r} (see 'samplebench runs')")
         out, solver, settings, extractor, mode_, ref = rows[0]
         settings = json.loads(settings or "{}")
-        if "folder" in settings:
-            run = _folder_run(Path(settings["folder"]), extractor, mode_, device, inception_weights)
-            run.ref = ref
-        elif out is not None:
-            run = _job_run(Path(out), f"{solver}:{settings['nfe']}")
-        else:
+        where = settings.get("folder") or out
+        if where is None:
             raise UsageError(f"run {spec} has no job folder or image folder to read its samples from")
-        if not (Path(settings["folder"]) if "folder" in settings else Path(out)).exists():
-            raise UsageError(f"run {spec}'s samples are gone ({settings.get('folder') or out})")
-        return run
+        if not Path(where).exists():
+            raise UsageError(f"run {spec}'s samples are gone ({where})")
+        if "folder" in settings:
+            run = _folder_run(Path(where), extractor, mode_, device, inception_weights)
+            run.ref = ref
+            return run
+        return _job_run(Path(where), f"{solver}:{settings['nfe']}")
     job, selector = path, None
     if not path.exists() and spec.count(":") >= 2:
         head, solver, nfe = spec.rsplit(":", 2)

@@ -169,6 +169,14 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def sample_file(out: Path, solver: str, nfe: int, shard: int) -> Path:
+    return out / "samples" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+
+
+def feature_file(out: Path, features: str, mode: str, solver: str, nfe: int, shard: int) -> Path:
+    return out / "features" / f"{features}-{mode}" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+
+
 class _Job:
     def __init__(self, config: EvalConfig, out: Path, device: str | None):
         self.config, self.out, self.device = config, out, device
@@ -176,11 +184,10 @@ class _Job:
         self._plans: dict[str, Any] = {}
 
     def sample_file(self, solver: str, nfe: int, shard: int) -> Path:
-        return self.out / "samples" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+        return sample_file(self.out, solver, nfe, shard)
 
     def feature_file(self, solver: str, nfe: int, shard: int) -> Path:
-        c = self.config
-        return self.out / "features" / f"{c.features}-{c.mode}" / f"{solver}-nfe{nfe}" / f"shard-{shard:05d}.npz"
+        return feature_file(self.out, self.config.features, self.config.mode, solver, nfe, shard)
 
     def model(self, name: str | None = None):
         from .models import load_model

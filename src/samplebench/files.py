@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_savez"]
+__all__ = ["atomic_write", "atomic_savez", "GRID_MARKER"]
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
@@ -23,3 +23,6 @@ def atomic_savez(path: str | Path, *, compressed: bool = False, **arrays) -> Non
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     atomic_write(path, buf.getvalue())
+
+
+GRID_MARKER = "samplebench-grid"  # the PNG text key of the labelled grid that ``sample`` writes beside its images

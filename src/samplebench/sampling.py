@@ -23,6 +23,7 @@ from .cascade import CascadeSpec, cascade_sample, plan_cascade, require_cascade
 from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
     parse_skipping
 from .errors import UsageError
+from .files import GRID_MARKER
 from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
 from .noise import SampleGenerators
@@ -366,7 +367,9 @@ def write_samples(out: Path, images: torch.Tensor, x: torch.Tensor, settings: di
         name = f"{i:05d}.png"
         _png(a).save(out / name, pnginfo=info)
         files.append(name)
-    _grid_image(pixels, labels, title).save(out / "grid.png")
+    marker = PngInfo()
+    marker.add_text(GRID_MARKER, title)  # so that scoring the folder leaves the grid out
+    _grid_image(pixels, labels, title).save(out / "grid.png", pnginfo=marker)
     if save_npz:
         np.savez(out / "samples.npz", images=images.numpy(), x=x.numpy(), **(arrays or {}))
     summary = {**settings, **extra, "images": files, "grid": "grid.png"}

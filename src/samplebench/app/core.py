@@ -366,8 +366,8 @@ def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
 
 # ---- results view --------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("id", "created", "model", "solver", "nfe", "num_samples", "fid", "kid", "inception_score",
-                 "extractor", "ref", "compute", "wall_time_s")
+TABLE_COLUMNS = ("id", "created", "model", "solver", "nfe", "num_samples", "seeds", "fid", "fid_low", "fid_high",
+                 "kid", "kid_low", "kid_high", "inception_score", "extractor", "ref", "compute", "wall_time_s")
 
 
 def query_runs(db: str | Path | None, **filters: Any) -> list[dict[str, Any]]:

@@ -320,7 +320,8 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=list(core.TABLE_COLUMNS), interactive=False, label="Runs")
     plot_note = gr.Markdown()
-    plot = gr.Image(label="FID vs NFE and vs time", type="filepath", format="png")
+    plot = gr.Image(label="FID vs NFE and vs time (bars: 95% intervals; one curve per solver and sample count)",
+                    type="filepath", format="png")
 
     with gr.Accordion("Start a small evaluation (digits features, FID and KID)", open=False):
         with gr.Row():
@@ -345,7 +346,8 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         folder = app.request_folder() / "job"
         rows = core.start_eval(model, solvers or [], nfes, num, folder, app.db, limits=limits,
                                device=app.pool.device, progress=True)
-        lines = [f"{r['solver']} NFE {r['nfe']}: FID {r['fid']:.3f}" for r in rows]
+        lines = [f"{r['solver']} NFE {r['nfe']}: FID {r['fid']:.3f} [{r['fid_low']:.3f}, {r['fid_high']:.3f}]"
+                 for r in rows]
         return f"Done ({num} samples per run): " + "; ".join(lines)
 
     filters = [f_model, f_solver, f_extractor]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["digits_features", "fid_from_features", "class_statistics"]
+__all__ = ["digits_features", "fid_from_features", "fid_interval_from_features", "class_statistics"]
 
 
 def digits_features(images: torch.Tensor | np.ndarray, extractor=None) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +22,15 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     from .scores import fid, statistics
 
     return fid(*statistics(a), *statistics(b))
+
+
+def fid_interval_from_features(a: np.ndarray, b: np.ndarray):
+    """FID of features ``a`` against the fixed statistics of ``b``, with its 95% interval (``intervals.Interval``)."""
+    from .intervals import fid_interval
+    from .scores import statistics
+
+    mu, sigma = statistics(b)
+    return fid_interval(a, mu, sigma, estimate=fid_from_features(a, b))
 
 
 def class_statistics(probs: np.ndarray, confidence: float = 0.9) -> dict[str, object]:

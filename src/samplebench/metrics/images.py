@@ -40,14 +40,18 @@ def _seed(im) -> int | None:
 
 def load_folder(folder: str | Path, *, with_seeds: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """uint8 [N, H, W, 3]; with ``with_seeds`` also the seeds from the PNGs' settings (None unless every image has
-    one and they are distinct)."""
+    one and they are distinct). The labelled grid that ``samplebench sample`` writes beside its images is left out."""
     from PIL import Image, UnidentifiedImageError
+
+    from ..files import GRID_MARKER
 
     files = list_images(folder)
     arrays, seeds, first = [], [], None
     for f in files:
         try:
             with Image.open(f) as im:
+                if GRID_MARKER in getattr(im, "text", {}):
+                    continue
                 a = np.array(im.convert("RGB"))
                 seeds.append(_seed(im))
         except (UnidentifiedImageError, OSError) as e:
