@@ -42,7 +42,8 @@ def main() -> None:
     plot = plot_runs(rows, DOC.parent / "eval-digits-grid.png")
     body = (f"## Digits: FID vs NFE for five solvers\n\n`{command}` on {machine()} ({wall:.0f} s for this run; "
             f"a resumed run only scores). {args.num} samples per cell, seeds 0..{args.num - 1}, digits-FID against "
-            f"`digits-train` (clean mode, the shipped classifier's features); each solver on its default time grid. "
+            f"`digits-train` (clean mode, the shipped classifier's features), with 95% intervals; each solver on its "
+            f"default time grid. "
             f"Best per NFE: " + ", ".join(f"{n}: {best[n]}" for n in NFES) + ".\n\n"
             + table(["solver"] + [f"NFE {n}" for n in NFES], body_rows)
             + "\n\nKID x 1000 / IS at NFE 10: "
