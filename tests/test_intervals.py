@@ -103,6 +103,13 @@ def test_kid_interval_covers_the_exact_mmd():
     assert 0.91 <= covered / reps <= 0.99
 
 
+def test_full_u_statistic_is_clean_fids_kid_on_one_whole_subset():
+    rng = np.random.default_rng(8)
+    x, y = _draw(rng, 300, 0.3), _draw(rng, 300, 0.0)
+    whole = scores.kid(x, y, num_subsets=1, max_subset_size=300)  # one subset holding every sample on both sides
+    assert I.kid_interval(x, y).estimate == pytest.approx(whole, rel=1e-9, abs=1e-12)
+
+
 def test_kid_interval_is_centred_on_clean_fids_estimate():
     rng = np.random.default_rng(3)
     x, y = _draw(rng, 400, 0.3), _draw(rng, 500, 0.0)
