@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, table, write_section  # noqa: E402
 
 from samplebench.compare import load_run  # noqa: E402
-from samplebench.evaluate import KID_SUBSET_SIZE, KID_SUBSETS, METRIC_SEED, EvalConfig, run_eval  # noqa: E402
+from samplebench.evaluate import EvalConfig, estimate, run_eval  # noqa: E402
 from samplebench.metrics import intervals as I  # noqa: E402
 from samplebench.metrics import scores  # noqa: E402
 from samplebench.metrics.extractors import get_extractor  # noqa: E402
@@ -72,8 +72,7 @@ def coverage(draws: int) -> list[list[str]]:
             if noise:
                 x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(r), dtype=x.dtype)
             f = scores.extract(x.clamp(-1, 1), extractor).feats
-            fid = scores.fid(*scores.statistics(f), ref.mu, ref.sigma)
-            kid = scores.kid(f, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE, seed=METRIC_SEED)
+            fid, kid = estimate("fid", f, ref), estimate("kid", f, ref)
             boot = I._resampled_fids(f, I.bootstrap_counts(2000, I.RESAMPLES, I.SEED), I._Ref(ref.mu, ref.sigma))
             low, high = I._centred(fid, boot, I.LEVEL)  # fid_interval's, from the same resamples
             interval = I.Interval(fid, max(low, 0.0), high, I.LEVEL, 2000, I.RESAMPLES, "centred")

@@ -124,7 +124,8 @@ def compare_runs(spec_a: str, spec_b: str, *, metric: str = "fid", ref: str | No
                  inception_weights: str | None = None, level: float | None = None,
                  resamples: int | None = None) -> tuple[Run, Run, object]:
     """(run A, run B, ``metrics.intervals.Difference`` of A - B) for two named runs."""
-    from .metrics import intervals, scores
+    from .evaluate import estimate
+    from .metrics import intervals
     from .metrics.extractors import get_extractor
     from .metrics.reference import get_reference
 
@@ -144,13 +145,7 @@ def compare_runs(spec_a: str, spec_b: str, *, metric: str = "fid", ref: str | No
     reference = get_reference(refs.pop(), get_extractor(a.extractor, a.mode, device, inception_weights))
     if metric == "kid" and reference.feats is None:
         raise UsageError(f"reference {reference.name!r} has no features (its _kid.npz file), so KID cannot be compared")
-    if metric == "fid":
-        estimates = tuple(scores.fid(*scores.statistics(r.feats), reference.mu, reference.sigma) for r in (a, b))
-    else:
-        from .evaluate import KID_SUBSET_SIZE, KID_SUBSETS, METRIC_SEED
-
-        estimates = tuple(scores.kid(r.feats, reference.feats, num_subsets=KID_SUBSETS,
-                                     max_subset_size=KID_SUBSET_SIZE, seed=METRIC_SEED) for r in (a, b))
+    estimates = tuple(estimate(metric, r.feats, reference) for r in (a, b))
     diff = intervals.compare(a.feats, b.feats, metric=metric, seeds_a=a.seeds, seeds_b=b.seeds, mu_ref=reference.mu,
                              sigma_ref=reference.sigma, ref_feats=reference.feats, estimates=estimates,
                              level=level or intervals.LEVEL, resamples=resamples or intervals.RESAMPLES)

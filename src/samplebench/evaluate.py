@@ -258,6 +258,15 @@ def _check_manifest(out: Path, config: EvalConfig) -> None:
     atomic_write(manifest, json.dumps({"settings": settings, "version": __version__}, indent=2))
 
 
+def estimate(metric: str, feats: np.ndarray, ref) -> float:
+    """The harness's FID (clean-fid's Fréchet distance) or KID (its seeded subset estimate) of ``feats``."""
+    from .metrics import scores
+
+    if metric == "fid":
+        return scores.fid(*scores.statistics(feats), ref.mu, ref.sigma)
+    return scores.kid(feats, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE, seed=METRIC_SEED)
+
+
 def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...],
             resamples: int = RESAMPLES) -> dict[str, float | None]:
     """FID, KID and IS of ``feats``, FID and KID with their 95% bootstrap intervals (``metrics.intervals``)."""
@@ -267,14 +276,13 @@ def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[st
                                     "kid_high": None, "inception_score": None, "inception_score_std": None,
                                     "interval_level": intervals.LEVEL, "interval_resamples": resamples}
     if "fid" in metrics:
-        row["fid"] = scores.fid(*scores.statistics(feats), ref.mu, ref.sigma)
+        row["fid"] = estimate("fid", feats, ref)
         iv = intervals.fid_interval(feats, ref.mu, ref.sigma, estimate=row["fid"], resamples=resamples)
         row["fid_low"], row["fid_high"] = iv.low, iv.high
     if "kid" in metrics:
         if ref.feats is None:
             raise UsageError(f"reference {ref.name!r} has no features (its _kid.npz file), so KID cannot be computed")
-        row["kid"] = scores.kid(feats, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE,
-                                seed=METRIC_SEED)
+        row["kid"] = estimate("kid", feats, ref)
         iv = intervals.kid_interval(feats, ref.feats, estimate=row["kid"], resamples=resamples)
         row["kid_low"], row["kid_high"] = iv.low, iv.high
     if "is" in metrics:
