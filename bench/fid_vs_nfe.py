@@ -1,15 +1,18 @@
-"""digits-FID vs NFE: the shipped S3 schedules against DDIM, DPM-Solver++ 2M/3M, UniPC, DEIS and iPNDM, each
-baseline at its best time grid, on the digits model and the digits Gaussian mixture.
+"""digits-FID vs NFE: the shipped S3 schedules against every registry ODE solver, each on its best time grid, on the
+digits UNet, the digits DiT and the digits Gaussian mixture, NFE 3-10.
 
-    python bench/fid_vs_nfe.py [--num 5000] [--select-num 500] [--models digits,digits-gmm] [--out evals/fid-vs-nfe]
+    python bench/fid_vs_nfe.py [--num 5000] [--select-num 500] [--models digits,digits-gmm,digits-dit]
+                               [--out evals/fid-vs-nfe]
 
-1. Grid selection: every baseline at every NFE on the logSNR, time-uniform and time-quadratic grids (and its own
-   default), ``--select-num`` samples with seeds 1,000,000 + i (disjoint from the benchmark's and the search's).
+1. Grid selection: every baseline at every NFE on the logSNR, time-uniform, time-quadratic and Karras grids,
+   ``--select-num`` samples with seeds 1,000,000 + i (disjoint from the benchmark's and the search's).
 2. The benchmark: every baseline on its selected grid and S3 (the model's shipped schedule), ``--num`` samples with
-   seeds 0 .. num - 1, FID and KID against the model's reference. On digits-gmm the FID of ``--num`` exact mixture
-   samples is the floor.
+   seeds 0 .. num - 1 (never searched), FID with its 95% interval against the model's reference; the paired
+   interval of S3 minus the best baseline at the same NFE, and of S3 at k minus the best baseline at 2k (k <= 5),
+   on the shared seeds. On digits-gmm the FID of ``--num`` exact mixture samples is the floor.
+Euler is DDIM (the same update) and DDPM is stochastic, so neither is a separate baseline; Heun runs at even NFEs.
 Every run is a resumable ``samplebench eval`` job under ``--out``; a killed benchmark resumes where it stopped. The
-search cost comes from the search folders (``--search-dirs``). Writes the table and docs/fid-vs-nfe.png.
+search cost comes from each model's shipped search report. Writes the table and docs/fid-vs-nfe.png.
 """
 
 from __future__ import annotations
@@ -22,23 +25,26 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_panel, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
 
+from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 from samplebench.samplers import get_solver  # noqa: E402
+from samplebench.usf.shipped import s3_folder  # noqa: E402
 
-BASELINES = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh2", "deis", "ipndm")
-GRIDS = ("logsnr", "time-uniform", "time-quadratic")
-NFES = (4, 5, 6, 7, 8, 10)
+BASELINES = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2", "deis", "ipndm", "heun")
+GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
+NFES = (3, 4, 5, 6, 7, 8, 9, 10)
 SELECT_SEED = 1_000_000
 
 
-def _grids(solver: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(GRIDS + (get_solver(solver).default_grid,)))
+def _nfes(solver: str) -> tuple[int, ...]:
+    per = get_solver(solver).nfe_per_step
+    return tuple(n for n in NFES if n % per == 0)
 
 
 def _eval(out: Path, **kw) -> list[dict]:
-    return run_eval(EvalConfig(metrics=("fid", "kid"), **kw), out, db=out.parent / "runs.db", progress=False)
+    return run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
 
 
 def floor_fid(model: str, num: int) -> float:
@@ -60,26 +66,36 @@ def floor_fid(model: str, num: int) -> float:
 def bench_model(model: str, args, root: Path) -> dict:
     t0 = time.perf_counter()
     select: dict[tuple[str, int], tuple[str, float]] = {}
-    for grid in sorted({g for s in BASELINES for g in _grids(s)}):
-        solvers = tuple(s for s in BASELINES if grid in _grids(s))
-        for r in _eval(root / model / f"select-{grid}", model=model, solvers=solvers, nfes=NFES,
-                       num=args.select_num, seed=SELECT_SEED, time_grid=grid):
-            key = (r["solver"], r["nfe"])
-            if key not in select or r["fid"] < select[key][1]:
-                select[key] = (grid, r["fid"])
+    for grid in GRIDS:
+        for s in BASELINES:
+            for r in _eval(root / model / f"select-{grid}-{s}", model=model, solvers=(s,), nfes=_nfes(s),
+                           num=args.select_num, seed=SELECT_SEED, time_grid=grid):
+                key = (r["solver"], r["nfe"])
+                if key not in select or r["fid"] < select[key][1]:
+                    select[key] = (grid, r["fid"])
     t_select = time.perf_counter() - t0
     final: dict[tuple[str, int], dict] = {}
+    jobs: dict[tuple[str, int], str] = {}
     for s in BASELINES:
-        for grid in _grids(s):
-            nfes = tuple(n for n in NFES if select[s, n][0] == grid)
+        for grid in GRIDS:
+            nfes = tuple(n for n in _nfes(s) if select[s, n][0] == grid)
             if nfes:
-                for r in _eval(root / model / f"{s}-{grid}", model=model, solvers=(s,), nfes=nfes, num=args.num,
-                               seed=0, time_grid=grid):
+                job = root / model / f"{s}-{grid}"
+                for r in _eval(job, model=model, solvers=(s,), nfes=nfes, num=args.num, seed=0, time_grid=grid):
                     final[s, r["nfe"]] = {**r, "grid": grid}
+                    jobs[s, r["nfe"]] = f"{job}:{s}:{r['nfe']}"
     for r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=NFES, num=args.num, seed=0):
         final["s3", r["nfe"]] = {**r, "grid": "s3"}
-    out = {"final": final, "select_s": t_select, "total_s": time.perf_counter() - t0}
-    if model != "digits":
+        jobs["s3", r["nfe"]] = f"{root / model / 's3'}:s3:{r['nfe']}"
+    best = {n: min((s for s in BASELINES if (s, n) in final), key=lambda s: final[s, n]["fid"]) for n in NFES}
+    paired, double = {}, {}
+    for n in NFES:
+        paired[n] = compare_runs(jobs["s3", n], jobs[best[n], n])[2]
+        if 2 * n in best:
+            double[n] = (best[2 * n], compare_runs(jobs["s3", n], jobs[best[2 * n], 2 * n])[2])
+    out = {"final": final, "best": best, "paired": paired, "double": double, "select_s": t_select,
+           "total_s": time.perf_counter() - t0}
+    if model == "digits-gmm":
         out["floor"] = floor_fid(model, args.num)
     return out
 
@@ -93,8 +109,12 @@ def _plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, (model, res) in zip(axes[0], results.items()):
         for s in ("s3",) + BASELINES:
-            ys = [res["final"][s, n]["fid"] for n in NFES]
-            ax.plot(NFES, ys, marker="o", lw=2.5 if s == "s3" else 1.2, label="S3 (searched)" if s == "s3" else s)
+            ns = [n for n in NFES if (s, n) in res["final"]]
+            rows = [res["final"][s, n] for n in ns]
+            ys = [r["fid"] for r in rows]
+            err = [[y - r.get("fid_low", y) for y, r in zip(ys, rows)], [r.get("fid_high", y) - y for y, r in zip(ys, rows)]]
+            ax.errorbar(ns, ys, yerr=err, marker="o", capsize=2, lw=2.5 if s == "s3" else 1.0,
+                        label="S3 (searched)" if s == "s3" else s)
         if "floor" in res:
             ax.axhline(res["floor"], color="grey", ls="--", lw=1, label="exact samples")
         fid_panel(ax, "NFE", model)
@@ -102,13 +122,16 @@ def _plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _diff(d) -> str:
+    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num", type=int, default=5000)
     p.add_argument("--select-num", type=int, default=500)
-    p.add_argument("--models", default="digits,digits-gmm")
+    p.add_argument("--models", default="digits,digits-gmm,digits-dit")
     p.add_argument("--out", default="evals/fid-vs-nfe")
-    p.add_argument("--search-dirs", default="evals/search-{model}", help="search folders, {model} substituted")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     root = Path(args.out)
@@ -117,45 +140,55 @@ def main() -> None:
     results = {m: bench_model(m, args, root) for m in args.models.split(",")}
     sections = []
     for model, res in results.items():
-        f = res["final"]
-        rows, lowest = [], []
+        f, best = res["final"], res["best"]
+        rows, misses, slower = [], [], []
         for n in NFES:
-            best_base = min(BASELINES, key=lambda s: f[s, n]["fid"])
-            lowest.append(f["s3", n]["fid"] < f[best_base, n]["fid"])
-            low = min(f[s, n]["fid"] for s in ("s3",) + BASELINES)
+            low = min(f[s, n]["fid"] for s in ("s3",) + BASELINES if (s, n) in f)
 
             def cell(s, n=n, low=low):
-                v = f"{f[s, n]['fid']:.3f}" + ("" if s == "s3" else f" ({f[s, n]['grid']})")
+                if (s, n) not in f:
+                    return "-"
+                v = fid_cell(f[s, n]) + ("" if s == "s3" else f" ({f[s, n]['grid']})")
                 return f"**{v}**" if f[s, n]["fid"] == low else v
 
-            rows.append([str(n), cell("s3")] + [cell(s) for s in BASELINES]
-                        + [f"{f['s3', n]['fid'] / f[best_base, n]['fid']:.2f}"])
-        best10 = min(f[s, 10]["fid"] for s in BASELINES)
-        search = Path(args.search_dirs.format(model=model)) / "report.json"
+            d = res["paired"][n]
+            if not d.high < 0:
+                misses.append(n)
+            two = "-"
+            if n in res["double"] and n <= 5:
+                name, dd = res["double"][n]
+                two = f"{_diff(dd)} ({name})"
+                if dd.estimate > 0:
+                    slower.append(n)
+            rows.append([str(n), cell("s3")] + [cell(s) for s in BASELINES] + [f"{_diff(d)} ({best[n]})", two])
+        report = s3_folder(model) / "report.json"
         cost = ""
-        if search.exists():
-            rep = json.loads(search.read_text())
-            cost = (f" Search cost: {rep['evaluations']} evaluations of {rep['samples']} samples, "
-                    f"{rep['network_evaluations']:,} network evaluations, {rep['evaluation_time_s'] / 60:.0f} min "
-                    f"(`samplebench search --model {model} --nfe {','.join(map(str, rep['best']))} --budget "
-                    f"{rep['evaluations']} --samples {rep['samples']}`).")
+        if report.exists():
+            rep = json.loads(report.read_text())
+            minutes = (rep["screening_time_s"] + rep["rescoring_time_s"] + rep["endpoint_time_s"]) / 60
+            cost = (f" Search cost: {rep['evaluations']} screenings of {rep['samples']} samples and {rep['rescored']} "
+                    f"re-scorings of {rep['rescore']}, {rep['network_evaluations']:,} network evaluations, "
+                    f"{minutes:.0f} min of sampling (the report beside the schedules).")
         floor = f" FID of {args.num} exact mixture samples (the floor): {res['floor']:.3f}." if "floor" in res else ""
         sections.append(
             f"### {model}\n\n"
-            + table(["NFE", "S3"] + [f"{s} (grid)" for s in BASELINES] + ["S3 / best baseline"], rows)
-            + f"\n\nS3 lowest at every NFE: {'yes' if all(lowest) else 'no (' + ', '.join(str(n) for n, ok in zip(NFES, lowest) if not ok) + ')'}."
-            + f" S3 at 5 NFE ({f['s3', 5]['fid']:.3f}) vs the best baseline at 10 NFE ({best10:.3f}): "
-            + f"{'no worse' if f['s3', 5]['fid'] <= best10 else 'worse'}.{floor}{cost}"
-            + " The lowest FID per NFE is in bold."
+            + table(["NFE", "S3 [95%]"] + [f"{s} [95%] (grid)" for s in BASELINES]
+                    + ["S3 - best baseline, paired [95%]", "S3 at k - best baseline at 2k, paired"], rows)
+            + "\n\nS3 lowest with the paired interval below zero at every NFE: "
+            + ("yes" if not misses else f"no (not at {', '.join(map(str, misses))})")
+            + ". S3 at k no worse than the best baseline at 2k for k <= 5: "
+            + ("yes" if not slower else f"no (worse at k = {', '.join(map(str, slower))})")
+            + f".{floor}{cost} The lowest FID per NFE is in bold."
             + f" Time: {res['total_s'] / 60:.0f} min ({res['select_s'] / 60:.0f} min grid selection).")
     plot = DOC.parent / "fid-vs-nfe.png"
     _plot(results, plot)
-    body = (f"## S3 schedules vs solvers: digits-FID at 4-10 NFE\n\n`{command}` on {machine()}. {args.num} samples "
-            f"per cell, seeds 0..{args.num - 1}; digits-FID (clean mode, the shipped classifier's features) against "
-            f"each model's reference (`digits-train`; digits-gmm: 10,000 exact samples). Each baseline runs on its "
-            f"best time grid, chosen per NFE on {args.select_num} other samples (seeds {SELECT_SEED:,}+) among "
-            f"{', '.join(GRIDS)} and its default; S3 is the shipped schedule, searched on other seeds (500,000+).\n\n"
-            + "\n\n".join(sections) + f"\n\n![FID vs NFE]({plot.relative_to(DOC.parent)})")
+    body = (f"## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\n`{command}` on {machine()}. {args.num} samples "
+            f"per cell, seeds 0..{args.num - 1} (never searched); digits-FID (clean mode, the shipped classifier's "
+            f"features) with its 95% bootstrap interval against each model's reference (`digits-train`; digits-gmm: "
+            f"10,000 exact samples). Each baseline runs on its best time grid, chosen per NFE on {args.select_num} "
+            f"other samples (seeds {SELECT_SEED:,}+) among {', '.join(GRIDS)}; S3 is the shipped schedule, screened on "
+            "seeds 500,000+ and re-scored on 600,000+. Paired differences resample the shared seeds jointly; below "
+            "zero means S3 is lower.\n\n" + "\n\n".join(sections) + f"\n\n![FID vs NFE]({plot.relative_to(DOC.parent)})")
     print(body)
     if not args.no_write:
         write_section("fid-vs-nfe", body)

@@ -20,7 +20,7 @@ from samplebench.samplers import get_solver, make_grid
 from samplebench.search.predictor import Predictor
 from samplebench.search.run import SearchConfig, run_search
 from samplebench.search.space import KNOWN, Space, build, crossover, encode, genes_of, known_solver, mutate
-from samplebench.usf import SolverSchedule, usf_sample
+from samplebench.usf import KNOWN_SCHEDULES, SolverSchedule, usf_sample
 
 SCHEDULE = ddpm_linear_schedule()
 SPACE = Space(1.0, 1e-3, has_mean=True, num_skips=5)
@@ -29,12 +29,28 @@ GMM = load_model("digits-gmm")
 
 @pytest.mark.parametrize("name", KNOWN)
 def test_known_solvers_as_genes_reproduce_the_registry(name):
+    """Stage 0 holds every expressible registry solver exactly, and its genes rebuild it (so mutations start there)."""
+    _, solver, options = KNOWN_SCHEDULES[name]
     denoiser = AnalyticDenoiser(GMM.mixture, GMM.schedule)
     x = SampleGenerators(range(3)).randn(GMM.sample_shape, dtype=torch.float64)
-    grid = make_grid(SCHEDULE, "logsnr", 6)
-    expected = get_solver(name)(denoiser, x.clone(), grid)
-    got = usf_sample(denoiser, x.clone(), known_solver(name, grid.tolist()))
-    assert ((got - expected).norm() / expected.norm()).item() < 1e-12
+    for kind in ("logsnr", "time-quadratic"):
+        grid = make_grid(SCHEDULE, kind, 7)
+        schedule = known_solver(name, grid.tolist())
+        assert build(schedule.timesteps, genes_of(schedule)) == schedule
+        expected = get_solver(solver)(denoiser, x.clone(), grid, **options)
+        got = usf_sample(denoiser, x.clone(), schedule)
+        assert ((got - expected).norm() / expected.norm()).item() < 1e-11
+
+
+def test_stage_zero_holds_every_known_solver_on_every_grid_once():
+    from samplebench.search.run import GRIDS, _initial
+
+    origins = [o for o, _ in _initial(SCHEDULE, 6, 1000)]
+    assert {o.split("/")[0] for o in origins} == set(KNOWN) - {"euler"}  # Euler is DDIM: a duplicate, left out
+    assert {o.split("/")[1] for o in origins} == set(GRIDS) | {"logsnr+afs"}
+    assert len(origins) == (len(KNOWN) - 1) * len(GRIDS) + 3
+    few = [o for o, _ in _initial(SCHEDULE, 4, 1000)]  # at 4 steps 3M is 2M: it is there once, as 3M
+    assert "dpmpp-3m/logsnr" in few and "dpmpp-2m/logsnr" not in few
 
 
 def _offspring(n: int, seed: int = 0):
@@ -63,7 +79,10 @@ def test_mutation_and_crossover_give_valid_diverse_schedules_and_the_counter_agr
     assert {c.afs for c in children} == {"none", "zero", "mean"}
     assert any(c.skip_coefficients for c in children)
     assert {st.corrector.kind for c in children for st in c.steps} == {"none", "pseudo", "implicit"}
-    assert {st.order for c in children for st in c.steps} >= {1, 2, 3}
+    assert {st.order for c in children for st in c.steps} == {1, 2, 3}  # orders up to 3
+    assert any(d.relaxation == "half" for c in children for st in c.steps for d in st.derivatives)
+    ends = {c.timesteps[-1] for c in children}  # t_end is searched, in [t_min, 10 t_min]
+    assert SPACE.t_min in ends and len(ends) > 20 and all(SPACE.t_min <= t <= 10 * SPACE.t_min for t in ends)
     for c in children[:40]:  # every schedule runs, and the network is called exactly schedule.nfe times
         assert SolverSchedule.from_json(c.to_json()) == c
         assert genes_of(build(c.timesteps, genes_of(c), c.afs, c.skip_coefficients)) == genes_of(c)
@@ -92,56 +111,118 @@ def test_the_predictor_ranks_unseen_schedules_better_than_chance():
     assert abs(spearman(shuffled.predict(x[test]), score[test])) < 0.4
 
 
-TINY = dict(model="gaussian", nfes=(3, 4), budget=28, samples=64, batch_size=32, per_stage=3, pool=24)
+TINY = dict(model="gaussian", nfes=(3, 4), budget=64, samples=64, batch_size=32, per_stage=3, pool=24, rescore=96,
+            finalists=2, baselines=2)
 
 
-def _evals(out):
-    return {p.name: json.loads(p.read_text()) for p in sorted((out / "evals").glob("*.json"))}
+def _evals(out, folder="evals"):
+    return {p.name: json.loads(p.read_text()) for p in sorted((out / folder).glob("*.json"))}
 
 
-def test_search_job_finds_better_schedules_and_writes_its_report(tmp_path):
-    report = run_search(SearchConfig(**TINY), tmp_path / "s", progress=False)
-    evals = _evals(tmp_path / "s")
-    assert len(evals) == report["evaluations"] == 28
-    assert sum(r["nfe"] == 3 for r in evals.values()) == 14
-    assert report["network_evaluations"] == sum(64 * r["nfe"] for r in evals.values())
-    # stage 0: the 11 known solvers per NFE; stage 1: two ranked by the predictor and one explorer per NFE
-    assert sum(r["stage"] == 0 for r in evals.values()) == 22
-    assert sorted(r["origin"] for r in evals.values() if r["stage"] == 1) == ["stage1/explore"] * 2 + ["stage1/predictor"] * 4
+def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
+    from samplebench.search.run import _initial, report_table
+
+    out = tmp_path / "s"
+    report = run_search(SearchConfig(**TINY), out, progress=False)
+    evals, rescored = _evals(out), _evals(out, "rescore")
+    assert len(evals) == report["evaluations"] == 64 and len(rescored) == report["rescored"] == 8
+    schedule = load_model("gaussian").schedule
     for nfe in (3, 4):
-        best = report["best"][nfe]
-        assert best["fid"] == min(r["fid"] for r in evals.values() if r["nfe"] == nfe)
-        assert best["fid"] <= report["best_known_solver"][nfe]["fid"]
-        schedule = SolverSchedule.load(tmp_path / "s" / "s3" / f"nfe{nfe}.json")
-        assert schedule.nfe == nfe and SolverSchedule.from_dict(evals[f"{best['id']}.json"]["schedule"]) == schedule
+        assert sum(r["stage"] == 0 and r["nfe"] == nfe for r in evals.values()) == len(_initial(schedule, nfe, 32))
+        assert sum(r["nfe"] == nfe for r in evals.values()) == 32
+    assert all(r["endpoint"] > 0 and r["fid"] > 0 and r["score"] == r["endpoint"] for r in evals.values())
+    assert all(r["num_samples"] == 96 and r["fid_low"] <= r["fid"] <= r["fid_high"] for r in rescored.values())
+    assert report["network_evaluations"] == (sum(64 * r["nfe"] for r in evals.values())
+                                             + sum(96 * r["nfe"] for r in rescored.values()) + 64 * 100)
+    for nfe in (3, 4):
+        d = report["decisions"][nfe]
+        rows = d["rescored"]
+        assert len(rows) == 4 and sorted(r["stage"] > 0 for r in rows) == [False, False, True, True]
+        screened = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0), key=lambda r: r["score"])
+        assert {r["id"] for r in rows if r["stage"] > 0} == {r["id"] for r in screened[:2]}  # the best screened
+        assert d["best_baseline"]["fid"] == min(r["fid"] for r in rows if r["stage"] == 0)
+        assert d["best_searched"]["fid"] == min(r["fid"] for r in rows if r["stage"] > 0)
+        assert d["difference"]["paired"] and d["difference"]["n_a"] == 96
+        if d["searched"]:
+            assert d["difference"]["high"] < 0 and d["shipped"] == d["best_searched"]
+        else:
+            assert d["shipped"] == d["best_baseline"] and "no searched schedule beats" in d["why"]
+        shipped = SolverSchedule.load(out / "s3" / f"nfe{nfe}.json")
+        assert shipped.nfe == nfe and shipped == SolverSchedule.from_dict(evals[f"{d['shipped']['id']}.json"]["schedule"])
+        assert set(d["spearman"]) == {"endpoint", "fid"}
+    table = report_table(report)
+    assert "| 3 | 32 |" in table and "Spearman" in table
     # more budget continues the same search; other settings are refused
-    report = run_search(SearchConfig(**{**TINY, "budget": 32}), tmp_path / "s", progress=False)
-    assert report["evaluations"] == 32 and set(_evals(tmp_path / "s")) >= set(evals)
+    report = run_search(SearchConfig(**{**TINY, "budget": 70}), out, progress=False)
+    assert report["evaluations"] == 70 and set(_evals(out)) >= set(evals)
     with pytest.raises(UsageError, match="other settings .*samples"):
-        run_search(SearchConfig(**{**TINY, "samples": 32}), tmp_path / "s", progress=False)
+        run_search(SearchConfig(**{**TINY, "samples": 32}), out, progress=False)
+
+
+@pytest.mark.parametrize("searched, ships", [
+    ("same-seeds", "S3"),  # clearly lower FID on the same seeds
+    ("noisier", "baseline"),  # a little lower, on noise unrelated to the baseline's: the paired interval holds zero
+    ("higher", "baseline"),
+])
+def test_a_searched_schedule_ships_only_if_its_paired_interval_is_below_zero(tmp_path, searched, ships):
+    from types import SimpleNamespace
+
+    from samplebench.metrics.scores import fid, statistics
+    from samplebench.search.run import _report
+
+    config = SearchConfig(model="gaussian", nfes=(4,), budget=2, rescore=3000, finalists=1, baselines=1)
+    rng = np.random.default_rng(0)
+    z, other = rng.normal(size=(3000, 4)), rng.normal(size=(3000, 4))
+    feats = {"b": z + 0.3, "s": {"same-seeds": z, "noisier": other + 0.28, "higher": z + 0.45}[searched]}
+    ref = SimpleNamespace(mu=np.zeros(4), sigma=np.eye(4))
+    evals, rescored = {}, {}
+    for cid, stage in (("b", 0), ("s", 1)):
+        np.save(tmp_path / f"{cid}.npy", feats[cid].astype(np.float32))
+        evals[cid] = {"id": cid, "stage": stage, "origin": cid, "nfe": 4, "score": 0.1 if stage else 0.2,
+                      "endpoint": 0.1, "fid": 1.0, "network_evaluations": 0, "wall_time_s": 0.0}
+        value = fid(*statistics(np.load(tmp_path / f"{cid}.npy").astype(np.float64)), ref.mu, ref.sigma)
+        rescored[cid] = {"id": cid, "fid": value, "fid_low": value, "fid_high": value, "nfe": 4,
+                         "network_evaluations": 0, "wall_time_s": 0.0}
+    d = _report(config, evals, rescored, tmp_path, ref, {"network_evaluations": 0, "wall_time_s": 0.0},
+                0.0)["decisions"][4]
+    assert d["searched"] == (ships == "S3") and d["shipped"]["id"] == ("s" if ships == "S3" else "b")
+    diff = d["difference"]
+    assert diff["paired"] and (diff["high"] < 0) == (ships == "S3")
+    if searched == "noisier":
+        assert diff["estimate"] < 0 < diff["high"]  # lower, but not shown to be
 
 
 def test_a_killed_search_resumes_to_the_same_result(tmp_path):
-    args = [sys.executable, "-m", "samplebench", "search", "--model", "gaussian", "--nfe", "3,4", "--budget", "28",
-            "--samples", "64", "--batch-size", "32", "--per-stage", "3", "--pool", "24"]
+    args = [sys.executable, "-m", "samplebench", "search", "--model", "gaussian", "--nfe", "3,4", "--budget", "64",
+            "--samples", "64", "--batch-size", "32", "--per-stage", "3", "--pool", "24", "--rescore", "96",
+            "--finalists", "2", "--baselines", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(args + ["--out", str(tmp_path / "whole"), "--quiet"], check=True, env=env, capture_output=True)
+    whole = subprocess.run(args + ["--out", str(tmp_path / "whole")], check=True, env=env, capture_output=True,
+                           text=True)
+    total = whole.stdout.count("[search]")
+    assert total == 64 + 8
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE, text=True)
     lines = []
-    for line in proc.stdout:  # one progress line per evaluation; kill after the 24th (in stage 1, after the predictor)
+    for line in proc.stdout:  # one progress line per evaluation; kill in stage 2, after the predictor ranked
         lines.append(line)
-        if len(lines) == 24:
+        if len(lines) == 61:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
     before = len(_evals(tmp_path / "cut"))
-    assert 24 <= before < 28  # the killed evaluation (if any) left no file
+    assert 61 <= before < 64  # the killed evaluation (if any) left no file
     done = subprocess.run(args + ["--out", str(tmp_path / "cut")], check=True, env=env, capture_output=True, text=True)
-    assert done.stdout.count("[search]") == 28 - before  # nothing is evaluated twice
-    whole, cut = _evals(tmp_path / "whole"), _evals(tmp_path / "cut")
-    assert set(whole) == set(cut)
-    for k in whole:  # the same candidates, scored the same
-        assert whole[k]["fid"] == cut[k]["fid"] and whole[k]["schedule"] == cut[k]["schedule"]
+    assert done.stdout.count("[search]") == total - before  # nothing is evaluated twice
+    for folder in ("evals", "rescore"):
+        a, b = _evals(tmp_path / "whole", folder), _evals(tmp_path / "cut", folder)
+        assert set(a) == set(b)
+        for k in a:  # the same candidates, scored the same
+            assert a[k].get("score") == b[k].get("score") and a[k]["fid"] == b[k]["fid"]
+            assert a[k].get("schedule") == b[k].get("schedule")
+    assert (tmp_path / "whole" / "report.json").read_text().count("fid") > 0
+    for nfe in (3, 4):
+        assert ((tmp_path / "whole" / "s3" / f"nfe{nfe}.json").read_text()
+                == (tmp_path / "cut" / "s3" / f"nfe{nfe}.json").read_text())
     assert not list((tmp_path / "cut").rglob("*.tmp"))
 
 
@@ -149,6 +230,8 @@ def test_search_cli_errors(capsys, tmp_path):
     for argv, message in [(["--nfe", "13"], "--nfe 13 is outside the search space: 1..12"),
                           (["--budget", "1", "--nfe", "4,5"], "--budget 1 is below one evaluation per NFE"),
                           (["--samples", "1"], "--samples must be >= 2"),
+                          (["--signal", "psnr"], "unknown --signal 'psnr'; valid: endpoint, fid"),
+                          (["--rescore-seed", "500100"], "--rescore-seed 500100: its 5000 seeds overlap the screening"),
                           (["--model", "nope", "--ref", "digits-train"], "unknown model 'nope'")]:
         assert main(["search", "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -181,7 +264,7 @@ def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path
     from samplebench.sampling import load_schedule, resolve_solver, sample, skips_applied
     from samplebench.usf.shipped import s3_nfes
 
-    assert s3_nfes(model) == [4, 5, 6, 7, 8, 10]
+    assert s3_nfes(model)
     m = load_model(model)
     for nfe in s3_nfes(model):
         schedule = load_schedule(model, "s3", nfe, None)
@@ -189,6 +272,26 @@ def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path
         with skips_applied(m, None, schedule):
             result = sample(m, solver, grid, range(2))
         assert result.nfe == nfe and bool(torch.isfinite(result.images).all())
+
+
+def test_shipped_schedules_are_what_their_search_report_decided():
+    """Beside the schedules, the search report: one decision per NFE 3-10, and a searched schedule ships only where
+    its paired interval against the best re-scored baseline lies below zero."""
+    from samplebench.search.run import schedule_id
+    from samplebench.usf.shipped import s3_folder, s3_nfes
+
+    for model in ("digits-gmm",):
+        report = json.loads((s3_folder(model) / "report.json").read_text())
+        assert report["model"] == model and report["rescore"] >= 5000 and report["evaluations"] >= 800
+        assert sorted(map(int, report["decisions"])) == s3_nfes(model) == list(range(3, 11))
+        assert (s3_folder(model) / "report.md").read_text().startswith(f"S3 search on {model}")
+        for nfe, d in report["decisions"].items():
+            assert d["evaluations"] >= 100
+            assert schedule_id(SolverSchedule.load(s3_folder(model) / f"nfe{nfe}.json")) == d["shipped"]["id"]
+            if d["searched"]:
+                assert d["difference"]["paired"] and d["difference"]["high"] < 0
+            else:
+                assert d["shipped"] == d["best_baseline"]
 
 
 def test_eval_scores_shipped_s3_schedules(tmp_path):

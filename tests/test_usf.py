@@ -12,8 +12,10 @@ from samplebench.models import AnalyticDenoiser, CountingDenoiser, GaussianMixtu
 from samplebench.models.embedded import ddpm_linear_schedule
 from samplebench.noise import SampleGenerators
 from samplebench.samplers import get_solver, make_grid
-from samplebench.usf import (Corrector, Derivative, SolverSchedule, Step, ddim_schedule, dpmpp_2m_schedule, phi,
-                             unipc_schedule, usf_sample)
+from samplebench.samplers import GRID_KINDS, solver_names
+from samplebench.usf import (KNOWN_SCHEDULES, NOT_EXPRESSIBLE, Corrector, Derivative, SolverSchedule, Step,
+                             ddim_schedule, dpmpp_2m_schedule, dpmpp_3m_schedule, known_schedule, phi, unipc_schedule,
+                             usf_sample)
 from samplebench.usf.executor import derivative_estimate
 
 SCHEDULE = ddpm_linear_schedule()
@@ -41,6 +43,41 @@ def test_schedules_reproduce_registry_solvers_exactly(name, options, build, step
     expected = get_solver(name)(denoiser, X_T.clone(), grid, **options)
     got = usf_sample(denoiser, X_T.clone(), build(grid))
     assert ((got - expected).norm() / expected.norm()).item() < 1e-12
+
+
+@pytest.mark.parametrize("name", list(KNOWN_SCHEDULES))
+def test_every_known_schedule_reproduces_its_registry_solver_on_every_grid(name):
+    """float64 round-off (DEIS in log rho: its 32-point quadrature of the Lagrange integrals, ~1e-12)."""
+    build, solver, options = KNOWN_SCHEDULES[name]
+    denoiser = AnalyticDenoiser(GMM, SCHEDULE)
+    worst = 0.0
+    for kind in GRID_KINDS:
+        for steps in (1, 2, 3, 5, 8, 11):
+            grid = make_grid(SCHEDULE, kind, steps)
+            expected = get_solver(solver)(denoiser, X_T.clone(), grid, **options)
+            got = usf_sample(denoiser, X_T.clone(), build(grid))
+            worst = max(worst, (got - expected).abs().max().item())
+    assert worst < (1e-11 if name == "deis-logrho" else 1e-13)
+
+
+def test_every_registry_solver_is_expressible_or_says_why():
+    expressed = {solver for _, solver, options in KNOWN_SCHEDULES.values() if not options}
+    assert set(solver_names()) == expressed | set(NOT_EXPRESSIBLE) and not expressed & set(NOT_EXPRESSIBLE)
+    with pytest.raises(UsageError, match=r"solver .ipndm. has no USF schedule \(its fixed-step Adams-Bashforth"):
+        known_schedule("ipndm", [1.0, 0.5, 0.001])
+
+
+def test_dpmpp_3m_needs_its_halved_second_derivative():
+    """The plain order-3 Taylor step (the closest schedule without ``half``) is a different solver, and it shows."""
+    denoiser = AnalyticDenoiser(GMM, SCHEDULE)
+    grid = make_grid(SCHEDULE, "time-quadratic", 8)
+    expected = get_solver("dpmpp-3m")(denoiser, X_T.clone(), grid)
+    exact = dpmpp_3m_schedule(grid)
+    plain = SolverSchedule(exact.timesteps, tuple(
+        Step(st.prediction, st.order, tuple(Derivative(d.active_points, "none" if n else d.relaxation)
+                                            for n, d in enumerate(st.derivatives))) for st in exact.steps))
+    assert (usf_sample(denoiser, X_T.clone(), exact) - expected).abs().max().item() < 1e-13
+    assert (usf_sample(denoiser, X_T.clone(), plain) - expected).abs().max().item() > 1e-3
 
 
 def test_equivalence_on_a_unet_and_a_wrong_relaxation_fails(tiny_unet):
@@ -179,6 +216,8 @@ def test_json_round_trip_is_exact(tmp_path):
     (lambda d: d["steps"][1].update(prediction="v"), "step 1: unknown prediction 'v'; valid: noise, data"),
     (lambda d: d["steps"][1]["derivatives"][0].update(relaxation="foo"), "step 1 derivative 1: unknown relaxation"),
     (lambda d: d["steps"][0]["corrector"].update(kind="magic"), "step 0 corrector: unknown kind 'magic'"),
+    (lambda d: d["steps"][1]["corrector"]["derivatives"][1].update(relaxation="linear"),
+     "step 1 corrector derivative 2: derivative 2 takes relaxation 'none' or 'half' only, got 'linear'"),
     (lambda d: d.update(afs="x"), "afs: unknown kind 'x'; valid: none, zero, mean"),
     (lambda d: d["steps"][2].update(corrector={"kind": "pseudo", "order": 2,
                                                "derivatives": [{"active_points": [-1]}]}),

@@ -158,10 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metric_args(ev)
     se = sub.add_parser("search", help="S3: search USF solver schedules per NFE (resumable; accelerate launch splits it)")
     se.add_argument("--model", default=DEFAULT_MODEL_NAME)
-    se.add_argument("--nfe", type=_csv(int), default=(5, 6, 8, 10), help="comma-separated target NFEs")
-    se.add_argument("--budget", type=_int, default=120, help="real evaluations in all, split evenly over the NFEs")
-    se.add_argument("--samples", type=_int, default=1000, help="images per evaluation (FID against --ref)")
-    se.add_argument("--seed", type=_int, default=500_000, help="image i of every evaluation uses seed + i")
+    se.add_argument("--nfe", type=_csv(int), default=(3, 4, 5, 6, 7, 8, 9, 10), help="comma-separated target NFEs")
+    se.add_argument("--budget", type=_int, default=800, help="screening evaluations in all, split evenly over the NFEs")
+    se.add_argument("--samples", type=_int, default=500, help="images per screening evaluation")
+    se.add_argument("--seed", type=_int, default=500_000, help="image i of every screening uses seed + i")
+    se.add_argument("--signal", default="endpoint", help="screening signal that ranks candidates: endpoint (RMS "
+                    "distance to the exact-ODE images from the same noise) or fid")
+    se.add_argument("--rescore", type=_int, default=5000, help="fresh images per re-scored finalist (FID)")
+    se.add_argument("--rescore-seed", type=_int, default=600_000, help="image i of every re-scoring uses this + i")
+    se.add_argument("--finalists", type=_int, default=4, help="best searched schedules re-scored per NFE")
+    se.add_argument("--baselines", type=_int, default=3, help="best stage-0 schedules re-scored per NFE")
     se.add_argument("--ref", default=None, help="reference statistics (default: the model's own)")
     se.add_argument("--features", default="digits", help="feature extractor: digits or inception")
     se.add_argument("--mode", default="clean")
@@ -307,6 +313,8 @@ def _search(args: argparse.Namespace) -> int:
     config = SearchConfig(model=args.model, nfes=args.nfe, budget=args.budget, samples=args.samples, seed=args.seed,
                           features=args.features, mode=args.mode, ref=args.ref, batch_size=args.batch_size,
                           per_stage=args.per_stage, pool=args.pool, predictor=not args.no_predictor,
+                          signal=args.signal, rescore=args.rescore, rescore_seed=args.rescore_seed,
+                          finalists=args.finalists, baselines=args.baselines,
                           search_seed=args.search_seed, dtype=args.dtype)
     report = run_search(config, args.out, device=args.device, progress=not args.quiet,
                         inception_weights=args.inception_weights)

@@ -215,7 +215,7 @@ def method_views(app: App, run_grid) -> None:
                     "`samplebench search`.")
         with gr.Row():
             model = gr.Dropdown(["digits", "digits-gmm"], value="digits", allow_custom_value=True, label="Model")
-            nfe = gr.Dropdown([4, 5, 6, 7, 8, 10], value=5, label="NFE (shipped schedule)")
+            nfe = gr.Dropdown(list(range(3, 11)), value=5, label="NFE (shipped schedule)")
             baseline = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Baseline solver")
             seeds = gr.Textbox("0-7", label="Seeds")
         upload = gr.File(label="Or a schedule JSON (replaces the shipped one)", file_types=[".json"],

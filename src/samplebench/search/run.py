@@ -1,28 +1,43 @@
-"""``samplebench search``: the S3 search (Liu et al., ICLR 2024, Sec. 4) as a resumable, multi-process job.
+"""``samplebench search``: the S3 search (Liu et al., ICLR 2024, Sec. 4) as a resumable, multi-process job whose
+selection measures what it ranks.
 
-Stage 0 evaluates the known solvers (DDIM, DPM-Solver++(2M), UniPC-bh2 on the logSNR, time-uniform and
-time-quadratic grids, and 2M/UniPC with the zero analytical first step) at every target NFE. Each later stage, per
-NFE, breeds a pool of candidates from the best schedules of that NFE (mutation and crossover, ``space.py``), ranks
-the pool with the predictor trained on every evaluation so far, and evaluates the best-ranked few plus one drawn at
-random (exploration keeps the predictor honest). An evaluation is the FID of ``samples`` images with fixed seeds
-against the model's reference statistics, in the evaluation harness's feature space.
+1. Stage 0 screens every registry solver that the USF executor expresses exactly (``usf.KNOWN_SCHEDULES``: DDIM,
+   DPM-Solver++ 2M and 3M, UniPC bh1 and bh2, DEIS in log rho) on every time grid, and 2M, 3M and UniPC-bh2 with
+   the zero analytical first step, at every target NFE; so the search starts from every baseline it can express.
+2. Each later stage, per NFE, breeds a pool of candidates from the best-screened schedules of that NFE (mutation and
+   crossover, ``space.py``), ranks the pool with the predictor trained on every screening so far, and screens the
+   best-ranked few plus one drawn at random (exploration keeps the predictor honest).
+3. Re-scoring: per NFE the best ``finalists`` searched schedules and the best ``baselines`` of stage 0 (by the
+   screening signal) get the FID of ``rescore`` fresh seeds, all on the same seeds. The best searched one ships only
+   if the paired 95% interval of its FID minus the best re-scored baseline's lies below zero; otherwise that
+   baseline ships, and the report says so.
+
+A screening evaluation samples ``samples`` images on fixed seeds and records two signals: ``endpoint``, the RMS
+distance of each image to the image of the exact probability-flow ODE from the same noise (a 100-NFE UniPC solve,
+as in LD3 and GITS), and ``fid``, the FID of the images against the model's reference in the harness's features.
+``signal`` picks the one that ranks; the report gives both signals' rank correlation (Spearman) with the re-scored
+FID over the re-scored candidates, the measurement that chooses between them.
 
 Files under ``--out``::
 
     search.json                 the settings (a resume with other settings is refused; the budget may grow)
-    stages/stage-00003.json     the candidates of a stage, written before any of them is evaluated
-    evals/<id>.json             one evaluated schedule: FID, NFE, origin, wall time, network evaluations
-    s3/nfe<k>.json              the best schedule per NFE (copy the folder into a model directory to ship it)
-    report.json                 evaluations spent, wall time, best FID per NFE against the best known solver
+    endpoint.npy                the exact-ODE images of the screening seeds
+    stages/stage-00003.json     the candidates of a stage, written before any of them is screened
+    evals/<id>.json             one screened schedule: both signals, NFE, origin, wall time, network evaluations
+    rescore/<id>.json, .npy     one re-scored schedule: FID with its interval; its features (for the paired test)
+    s3/nfe<k>.json              the shipped schedule per NFE, with report.json and report.md (copy the folder into
+                                a model directory to ship it)
+    report.json                 the decisions, rank correlations, evaluations, network evaluations and time
 
 Every file is written whole (temporary file, then rename); a killed search resumes at the first unevaluated
-candidate of the last stage and continues exactly as an uninterrupted one. Under ``accelerate launch`` the candidates
-of a stage are dealt round-robin to the processes.
+candidate and continues exactly as an uninterrupted one. Under ``accelerate launch`` the candidates of a stage and
+of the re-scoring are dealt round-robin to the processes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
@@ -40,17 +55,25 @@ from .space import MAX_NFE, Space, build, crossover, encode, genes_of, known_sol
 
 __all__ = ["SearchConfig", "run_search", "schedule_id", "report_table"]
 
-GRIDS = ("logsnr", "time-uniform", "time-quadratic")
+GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 RANK_BAR = 15  # parents come from the best 15 of an NFE (reference ``rank_bar``)
+SIGNALS = ("endpoint", "fid")
+STAGE0 = ("dpmpp-3m", "unipc-bh2", "unipc-bh1", "dpmpp-2m", "deis-logrho", "ddim", "euler")  # all of KNOWN
+ENDPOINT_SOLVER, ENDPOINT_NFE = "unipc-bh2", 100  # the exact-ODE reference of the endpoint signal
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     model: str = "digits"
-    nfes: tuple[int, ...] = (5, 6, 8, 10)
-    budget: int = 120  # real evaluations in all, split evenly over the NFEs
-    samples: int = 1000  # images per evaluation
-    seed: int = 500_000  # image i of every evaluation uses seed + i (benchmarks use 0, 1, ...)
+    nfes: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10)
+    budget: int = 800  # screening evaluations in all, split evenly over the NFEs
+    samples: int = 500  # images per screening evaluation
+    seed: int = 500_000  # image i of every screening uses seed + i (benchmarks use 0, 1, ...)
+    signal: str = "endpoint"  # the screening signal that ranks: endpoint or fid
+    rescore: int = 5000  # fresh images per re-scored finalist
+    rescore_seed: int = 600_000
+    finalists: int = 4  # best searched schedules re-scored per NFE
+    baselines: int = 3  # best stage-0 schedules re-scored per NFE
     features: str = "digits"
     mode: str = "clean"
     ref: str | None = None
@@ -72,12 +95,20 @@ class SearchConfig:
                 raise UsageError(f"--nfe {n} is outside the search space: 1..{MAX_NFE}")
         if self.budget < len(self.nfes):
             raise UsageError(f"--budget {self.budget} is below one evaluation per NFE ({len(self.nfes)})")
+        if self.signal not in SIGNALS:
+            raise UsageError(f"unknown --signal {self.signal!r}; valid: {', '.join(SIGNALS)}")
         for name, v, lo in (("--samples", self.samples, 2), ("--batch-size", self.batch_size, 1),
-                            ("--per-stage", self.per_stage, 1), ("--pool", self.pool, 1)):
+                            ("--per-stage", self.per_stage, 1), ("--pool", self.pool, 1),
+                            ("--rescore", self.rescore, 2), ("--finalists", self.finalists, 1),
+                            ("--baselines", self.baselines, 1)):
             if v < lo:
                 raise UsageError(f"{name} must be >= {lo}, got {v}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        for name, v in (("--seed", self.seed), ("--rescore-seed", self.rescore_seed)):
+            if v < 0:
+                raise UsageError(f"{name} must be >= 0, got {v}")
+        if self.seed < self.rescore_seed + self.rescore and self.rescore_seed < self.seed + self.samples:
+            raise UsageError(f"--rescore-seed {self.rescore_seed}: its {self.rescore} seeds overlap the screening "
+                             f"seeds {self.seed}..{self.seed + self.samples - 1}; re-scoring needs fresh seeds")
         if self.features not in EXTRACTORS:
             raise UsageError(f"unknown feature extractor {self.features!r}; valid: {', '.join(EXTRACTORS)}")
         if self.mode not in MODES:
@@ -104,7 +135,7 @@ def schedule_id(schedule) -> str:
 
 
 class _Evaluator:
-    """FID of one schedule on fixed seeds; the model, extractor and reference are loaded once."""
+    """Screens and re-scores schedules on fixed seeds; the model, extractor and reference are loaded once."""
 
     def __init__(self, config: SearchConfig, device: str | None, inception_weights: str | None = None):
         from ..metrics.extractors import get_extractor
@@ -116,6 +147,8 @@ class _Evaluator:
         self.extractor = get_extractor(c.features, c.mode, device or "cpu", inception_weights)
         self.ref = get_reference(c.reference, self.extractor)
         self.seeds = list(range(c.seed, c.seed + c.samples))
+        self.rescore_seeds = list(range(c.rescore_seed, c.rescore_seed + c.rescore))
+        self.target = None  # the exact-ODE images of the screening seeds
 
     def space(self) -> Space:
         from ..models.skip_tuning import count_skips
@@ -125,44 +158,90 @@ class _Evaluator:
         return Space(float(s.T), float(s.t_min), self.model.data_mean is not None,
                      count_skips(unet) if unet is not None and hasattr(unet, "up_blocks") else 0)
 
-    def __call__(self, schedule) -> dict[str, Any]:
+    def _sample(self, solver, grid, seeds, schedule=None):
+        from ..sampling import sample, skips_applied
+
+        with skips_applied(self.model, None, schedule):
+            return sample(self.model, solver, grid, seeds, batch_size=self.config.batch_size)
+
+    def exact_images(self):
+        """The images of the exact ODE from the screening seeds' noise (``ENDPOINT_NFE`` UniPC steps, logSNR)."""
+        from ..sampling import resolve_solver
+
+        solver, grid = resolve_solver(self.model, ENDPOINT_SOLVER, ENDPOINT_NFE, "logsnr")
+        result = self._sample(solver, grid, self.seeds)
+        return result.images.numpy(), result.nfe * len(self.seeds), result.wall_time_s
+
+    def _images(self, schedule, seeds):
         import torch
 
-        from ..metrics.intervals import fid_interval
+        from ..sampling import resolve_solver
+
+        solver, grid = resolve_solver(self.model, "usf", schedule.nfe, None, schedule)
+        result = self._sample(solver, grid, seeds, schedule)
+        ok = bool(torch.isfinite(result.images).all())
+        return (result.images if ok else None), result.nfe
+
+    def _fid(self, images):
         from ..metrics.scores import extract, fid, statistics
-        from ..sampling import resolve_solver, sample, skips_applied
+
+        feats = extract(images, self.extractor).feats
+        value = fid(*statistics(feats), self.ref.mu, self.ref.sigma)
+        return (value if math.isfinite(value) else None), feats
+
+    def screen(self, schedule) -> dict[str, Any]:
+        """Both screening signals of ``schedule`` on the screening seeds."""
+        import torch
 
         t0 = time.perf_counter()
-        solver, grid = resolve_solver(self.model, "usf", schedule.nfe, None, schedule)
-        with skips_applied(self.model, None, schedule):
-            result = sample(self.model, solver, grid, self.seeds, batch_size=self.config.batch_size)
-        value = interval = None
-        if bool(torch.isfinite(result.images).all()):
-            feats = extract(result.images, self.extractor).feats
-            value = fid(*statistics(feats), self.ref.mu, self.ref.sigma)
-            value = value if math.isfinite(value) else None
+        images, nfe = self._images(schedule, self.seeds)
+        endpoint = value = None
+        if images is not None:
+            d = images.double().flatten(1) - torch.from_numpy(self.target).double().flatten(1)
+            endpoint = float(d.pow(2).mean(1).sqrt().mean())
+            value, _ = self._fid(images)
+        score = endpoint if self.config.signal == "endpoint" else value
+        return {"score": score, "endpoint": endpoint, "fid": value, "num_samples": len(self.seeds), "nfe": nfe,
+                "wall_time_s": time.perf_counter() - t0, "network_evaluations": nfe * len(self.seeds)}
+
+    def rescore(self, schedule) -> tuple[dict[str, Any], np.ndarray | None]:
+        """FID with its interval on the re-scoring seeds, and the features (None if it diverged)."""
+        from ..metrics.intervals import fid_interval
+
+        t0 = time.perf_counter()
+        images, nfe = self._images(schedule, self.rescore_seeds)
+        value = feats = interval = None
+        if images is not None:
+            value, feats = self._fid(images)
             if value is not None:
                 interval = fid_interval(feats, self.ref.mu, self.ref.sigma, estimate=value)
-        return {"fid": value, "fid_low": interval and interval.low, "fid_high": interval and interval.high,
-                "num_samples": len(self.seeds), "nfe": result.nfe, "wall_time_s": time.perf_counter() - t0,
-                "network_evaluations": result.nfe * len(self.seeds)}
+        return ({"fid": value, "fid_low": interval and interval.low, "fid_high": interval and interval.high,
+                 "num_samples": len(self.rescore_seeds), "nfe": nfe, "wall_time_s": time.perf_counter() - t0,
+                 "network_evaluations": nfe * len(self.rescore_seeds)}, None if value is None else feats)
 
 
-def _fid(row: dict) -> float:
-    return math.inf if row["fid"] is None else row["fid"]
+def _score(row: dict) -> float:
+    return math.inf if row.get("score") is None else row["score"]
 
 
 def _initial(noise_schedule, nfe: int, limit: int) -> list[tuple[str, Any]]:
-    """The known solvers at ``nfe`` on the usual grids of ``noise_schedule`` (stage 0), at most ``limit``."""
+    """Stage 0 at ``nfe``: every expressible registry solver on every grid, and three with the zero analytical first
+    step (one more step, the same NFE); at most ``limit``."""
     from ..samplers import make_grid
 
-    out = []
-    for name in ("dpmpp-2m", "unipc-bh2", "ddim"):
+    out, ids = [], set()
+
+    def add(origin: str, schedule) -> None:
+        if schedule_id(schedule) not in ids:  # few-step 3M is 2M, Euler is DDIM: each schedule once
+            ids.add(schedule_id(schedule))
+            out.append((origin, schedule))
+
+    for name in STAGE0:
         for kind in GRIDS:
-            out.append((f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist())))
-    for name in ("dpmpp-2m", "unipc-bh2"):  # with the zero analytical first step: one more step, same NFE
+            add(f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist()))
+    for name in ("dpmpp-3m", "unipc-bh2", "dpmpp-2m"):
         s = known_solver(name, make_grid(noise_schedule, "logsnr", nfe + 1).tolist())
-        out.append((f"{name}/logsnr+afs", build(s.timesteps, genes_of(s), "zero")))
+        add(f"{name}/logsnr+afs", build(s.timesteps, genes_of(s), "zero"))
     return out[:limit]
 
 
@@ -218,16 +297,25 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
             if diff:
                 raise UsageError(f"{str(out)!r} holds a search with other settings ({', '.join(diff)}); resume it "
                                  f"with the same settings or choose another --out")
-        for sub in ("stages", "evals", "s3"):
+        for sub in ("stages", "evals", "rescore", "s3"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         for tmp in out.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         atomic_write(manifest, json.dumps(settings, indent=1))
+        target = out / "endpoint.npy"
+        if not target.exists():
+            images, nfe_total, wall = ev.exact_images()
+            buf = io.BytesIO()
+            np.save(buf, images)
+            atomic_write(target, buf.getvalue())
+            atomic_write(out / "endpoint.json", json.dumps({"solver": ENDPOINT_SOLVER, "nfe": ENDPOINT_NFE,
+                                                            "network_evaluations": nfe_total, "wall_time_s": wall}))
     state.wait_for_everyone()
+    ev.target = np.load(out / "endpoint.npy")
 
-    def load_evals() -> dict[str, dict]:
+    def load(folder: str) -> dict[str, dict]:
         rows = {}
-        for p in sorted((out / "evals").glob("*.json")):
+        for p in sorted((out / folder).glob("*.json")):
             row = json.loads(p.read_text())
             rows[row["id"]] = row
         return rows
@@ -235,7 +323,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
     stage = 0
     while True:
         path = out / "stages" / f"stage-{stage:05d}.json"
-        evals = load_evals()  # every process's results so far (after the barrier that ended the last stage)
+        evals = load("evals")  # every process's results so far (after the barrier that ended the last stage)
         if state.is_main_process and not path.exists():
             plan = _plan(config, stage, evals, space, ev.model.schedule)
             if plan:
@@ -252,29 +340,51 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
                 continue
             schedule = SolverSchedule.from_dict(cand["schedule"])
             row = {"id": cand["id"], "stage": stage, "origin": cand["origin"], "predicted": cand.get("predicted"),
-                   **ev(schedule), "process": state.process_index, "schedule": cand["schedule"]}
+                   **ev.screen(schedule), "process": state.process_index, "schedule": cand["schedule"]}
             atomic_write(target, json.dumps(row, indent=1))
             evals[row["id"]] = row
             if progress:  # the best so far as this process knows it (others' results of this stage join later)
-                best = min(_fid(r) for r in evals.values() if r["nfe"] == row["nfe"])
-                shown = "diverged" if row["fid"] is None else f"{row['fid']:.4f}"
+                best = min(_score(r) for r in evals.values() if r["nfe"] == row["nfe"])
+                shown = "diverged" if row["score"] is None else f"{row['score']:.4f}"
                 print(f"[search] stage {stage} nfe {row['nfe']} candidate {j + 1}/{len(candidates)} "
-                      f"{cand['origin']}: fid {shown} (best at this nfe {best:.4f}) {row['wall_time_s']:.1f} s",
-                      flush=True)
+                      f"{cand['origin']}: {config.signal} {shown} (best at this nfe {best:.4f}) "
+                      f"{row['wall_time_s']:.1f} s", flush=True)
         state.wait_for_everyone()
         stage += 1
 
-    evals = load_evals()
-    report = _report(config, evals, time.perf_counter() - t_start)
-    if state.is_main_process:
-        for nfe, best in report["best"].items():
-            if best["id"] is not None:
-                row = evals[best["id"]]
-                atomic_write(out / "s3" / f"nfe{nfe}.json",
-                             SolverSchedule.from_dict(row["schedule"]).to_json() + "\n")
-        atomic_write(out / "report.json", json.dumps(report, indent=1))
+    evals = load("evals")
+    finalists = _finalists(config, evals)
+    for j, cid in enumerate(finalists):
+        if j % state.num_processes != state.process_index or (out / "rescore" / f"{cid}.json").exists():
+            continue
+        row, feats = ev.rescore(SolverSchedule.from_dict(evals[cid]["schedule"]))
+        if feats is not None:
+            buf = io.BytesIO()
+            np.save(buf, feats.astype(np.float32))
+            atomic_write(out / "rescore" / f"{cid}.npy", buf.getvalue())
+        row = {"id": cid, **row, "process": state.process_index}
+        atomic_write(out / "rescore" / f"{cid}.json", json.dumps(row, indent=1))
+        if progress:
+            shown = "diverged" if row["fid"] is None else f"{row['fid']:.4f} [{row['fid_low']:.4f}, {row['fid_high']:.4f}]"
+            print(f"[search] re-score {j + 1}/{len(finalists)} nfe {row['nfe']} {evals[cid]['origin']}: FID of "
+                  f"{config.rescore} fresh samples {shown} {row['wall_time_s']:.1f} s", flush=True)
     state.wait_for_everyone()
-    return report
+
+    report = None
+    if state.is_main_process:
+        endpoint = json.loads((out / "endpoint.json").read_text())
+        report = _report(config, evals, load("rescore"), out / "rescore", ev.ref, endpoint,
+                         time.perf_counter() - t_start)
+        for nfe, d in report["decisions"].items():
+            if d["shipped"] is not None:
+                atomic_write(out / "s3" / f"nfe{nfe}.json",
+                             SolverSchedule.from_dict(evals[d["shipped"]["id"]]["schedule"]).to_json() + "\n")
+        text = json.dumps(report, indent=1)
+        atomic_write(out / "report.json", text)
+        atomic_write(out / "s3" / "report.json", text)  # the report beside the schedules it chose
+        atomic_write(out / "s3" / "report.md", report_table(report) + "\n")
+    state.wait_for_everyone()
+    return report if report is not None else json.loads((out / "report.json").read_text())
 
 
 def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule) -> list:
@@ -295,13 +405,13 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_sch
     if config.predictor and len(evals) >= 4:
         keys = sorted(evals)
         x = np.stack([encode(schedules[k], space) for k in keys])
-        y = np.array([math.log(min(_fid(evals[k]), 1e6)) for k in keys])
+        y = np.array([math.log(max(min(_score(evals[k]), 1e6), 1e-12)) for k in keys])
         predictor = Predictor(seed=config.search_seed * 100_003 + stage).fit(x, y, np.array([evals[k]["nfe"] for k in keys]))
     for nfe in config.nfes:
         left = config.budget_for(nfe) - sum(r["nfe"] == nfe for r in evals.values())
         if left <= 0:
             continue
-        population = [(schedules[k], _fid(r)) for k, r in evals.items() if r["nfe"] == nfe]
+        population = [(schedules[k], _score(r)) for k, r in evals.items() if r["nfe"] == nfe]
         if not population:
             continue
         pool = _breed(population, nfe, space, rng, config.pool, seen)
@@ -323,40 +433,123 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_sch
     return plan
 
 
-def _report(config: SearchConfig, evals: dict, elapsed: float) -> dict[str, Any]:
-    best, known = {}, {}
+def _finalists(config: SearchConfig, evals: dict) -> list[str]:
+    """Per NFE, the best-screened ``finalists`` searched schedules and ``baselines`` stage-0 ones (ids, in order)."""
+    out = []
     for nfe in config.nfes:
-        rows = [r for r in evals.values() if r["nfe"] == nfe]
-        top = min(rows, key=_fid, default=None)
-        base = min((r for r in rows if r["stage"] == 0), key=_fid, default=None)
-        best[nfe] = {"id": top and top["id"], "fid": top and top["fid"], "fid_low": top and top.get("fid_low"),
-                     "fid_high": top and top.get("fid_high"), "origin": top and top["origin"],
-                     "evaluations": len(rows)}
-        known[nfe] = {"origin": base and base["origin"], "fid": base and base["fid"],
-                      "fid_low": base and base.get("fid_low"), "fid_high": base and base.get("fid_high")}
-    return {"model": config.model, "samples": config.samples, "reference": config.reference,
-            "features": config.features, "evaluations": len(evals),
-            "network_evaluations": int(sum(r["network_evaluations"] for r in evals.values())),
-            "evaluation_time_s": float(sum(r["wall_time_s"] for r in evals.values())), "elapsed_s": elapsed,
-            "best": best, "best_known_solver": known}
+        rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["score"] is not None),
+                      key=lambda r: (r["score"], r["id"]))
+        out += [r["id"] for r in rows if r["stage"] > 0][:config.finalists]
+        out += [r["id"] for r in rows if r["stage"] == 0][:config.baselines]
+    return out
+
+
+def _spearman(a: list, b: list) -> float | None:
+    from scipy.stats import spearmanr
+
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if len(pairs) < 3 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
+        return None
+    return float(spearmanr(*zip(*pairs)).statistic)
+
+
+def _summary(ev: dict, rs: dict | None) -> dict[str, Any]:
+    out = {"id": ev["id"], "origin": ev["origin"], "stage": ev["stage"], "score": ev["score"],
+           "endpoint": ev["endpoint"], "screen_fid": ev["fid"]}
+    if rs is not None:
+        out |= {"fid": rs["fid"], "fid_low": rs["fid_low"], "fid_high": rs["fid_high"]}
+    return out
+
+
+def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref, endpoint: dict,
+            elapsed: float) -> dict[str, Any]:
+    from ..metrics.intervals import compare
+
+    seeds = np.arange(config.rescore_seed, config.rescore_seed + config.rescore)
+    decisions, correlations = {}, {s: [] for s in SIGNALS}
+    for nfe in config.nfes:
+        rows = [_summary(evals[k], rescored.get(k)) for k in _finalists(config, evals) if evals[k]["nfe"] == nfe]
+        done = [r for r in rows if r.get("fid") is not None]
+        base = min((r for r in done if r["stage"] == 0), key=lambda r: r["fid"], default=None)
+        cand = min((r for r in done if r["stage"] > 0), key=lambda r: r["fid"], default=None)
+        difference, shipped, why = None, base, "no searched schedule was re-scored"
+        if base is not None and cand is not None:
+            diff = compare(np.load(folder / f"{cand['id']}.npy"), np.load(folder / f"{base['id']}.npy"),
+                           metric="fid", seeds_a=seeds, seeds_b=seeds, mu_ref=ref.mu, sigma_ref=ref.sigma,
+                           estimates=(cand["fid"], base["fid"]))
+            difference = diff.to_dict()
+            if diff.high < 0:
+                shipped, why = cand, "the searched schedule beats the best baseline (paired interval below zero)"
+            else:
+                why = "no searched schedule beats the best baseline (paired interval not below zero)"
+        rho = {s: _spearman([r[s if s == "endpoint" else "screen_fid"] for r in done], [r["fid"] for r in done])
+               for s in SIGNALS}
+        for s, v in rho.items():
+            if v is not None:
+                correlations[s].append(v)
+        decisions[nfe] = {"evaluations": sum(r["nfe"] == nfe for r in evals.values()), "shipped": shipped,
+                          "searched": shipped is not None and shipped is cand, "why": why,
+                          "best_baseline": base, "best_searched": cand, "difference": difference,
+                          "rescored": rows, "spearman": rho}
+    screen = [r for r in evals.values()]
+    again = [r for r in rescored.values()]
+    net = int(sum(r["network_evaluations"] for r in screen + again) + endpoint["network_evaluations"])
+    screen_time = float(sum(r["wall_time_s"] for r in screen))
+    return {"model": config.model, "command": command(config), "settings": config.settings(),
+            "signal": config.signal, "samples": config.samples, "rescore": config.rescore,
+            "reference": config.reference, "features": config.features, "evaluations": len(evals),
+            "rescored": len(rescored), "network_evaluations": net,
+            "screening_time_s": screen_time, "rescoring_time_s": float(sum(r["wall_time_s"] for r in again)),
+            "endpoint_time_s": endpoint["wall_time_s"], "elapsed_s": elapsed,
+            "screening_throughput": sum(r["network_evaluations"] for r in screen) / max(screen_time, 1e-9),
+            "spearman_mean": {s: (float(np.mean(v)) if v else None) for s, v in correlations.items()},
+            "decisions": decisions}
+
+
+def command(config: SearchConfig) -> str:
+    """The ``samplebench search`` command line of ``config`` (the options that differ from the defaults)."""
+    default = SearchConfig()
+    flags = {"nfes": "--nfe", "predictor": "--no-predictor"}
+    parts = ["samplebench search"]
+    for f in fields(config):
+        v = getattr(config, f.name)
+        if v == getattr(default, f.name) and f.name != "model":
+            continue
+        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
+        if isinstance(v, bool):
+            parts.append(flag)
+        else:
+            parts.append(f"{flag} {','.join(map(str, v)) if isinstance(v, tuple) else v}")
+    return " ".join(parts) + " --out DIR"
+
+
+def _fmt(r: dict | None) -> str:
+    if r is None or r.get("fid") is None:
+        return "-"
+    return f"{r['fid']:.3f} [{r['fid_low']:.3f}, {r['fid_high']:.3f}]"
 
 
 def report_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table: best FID per NFE against the best known solver of stage 0."""
-    lines = [f"S3 search on {report['model']}: {report['evaluations']} evaluations of {report['samples']} samples "
-             f"({report['network_evaluations']:,} network evaluations, {report['evaluation_time_s']:.0f} s of "
-             f"evaluation), FID against {report['reference']} ({report['features']} features)", "",
-             "| NFE | evaluations | best known solver | its FID [95%] | S3 FID [95%] | ratio |",
-             "|---|---|---|---|---|---|"]
-
-    def fmt(r: dict) -> str:
-        if r["fid"] is None:
-            return "-"
-        return f"{r['fid']:.3f}" + (f" [{r['fid_low']:.3f}, {r['fid_high']:.3f}]" if r.get("fid_low") is not None
-                                    else "")
-
-    for nfe, best in report["best"].items():
-        known = report["best_known_solver"][nfe]
-        ratio = (f"{best['fid'] / known['fid']:.2f}" if best["fid"] is not None and known["fid"] else "-")
-        lines.append(f"| {nfe} | {best['evaluations']} | {known['origin']} | {fmt(known)} | {fmt(best)} | {ratio} |")
+    """The report as Markdown: per NFE the best re-scored baseline and searched schedule, their paired difference,
+    what ships, and the screening signals' rank correlation with the re-scored FID."""
+    rho = report["spearman_mean"]
+    lines = [f"S3 search on {report['model']}: {report['evaluations']} screenings of {report['samples']} samples "
+             f"(signal: {report['signal']}), {report['rescored']} finalists re-scored on {report['rescore']} fresh "
+             f"seeds; {report['network_evaluations']:,} network evaluations, "
+             f"{(report['screening_time_s'] + report['rescoring_time_s'] + report['endpoint_time_s']) / 60:.0f} min "
+             f"of sampling; FID against {report['reference']} ({report['features']} features)", "",
+             "| NFE | screened | best baseline | its FID [95%] | best searched | its FID [95%] | searched - baseline, "
+             "paired [95%] | ships | Spearman endpoint / fid |", "|---|---|---|---|---|---|---|---|---|"]
+    for nfe, d in report["decisions"].items():
+        diff = d["difference"]
+        dtext = "-" if diff is None else f"{diff['estimate']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+        ships = "-" if d["shipped"] is None else ("S3" if d["searched"] else f"baseline ({d['shipped']['origin']})")
+        r = d["spearman"]
+        corr = " / ".join("-" if r[s] is None else f"{r[s]:.2f}" for s in SIGNALS)
+        lines.append(f"| {nfe} | {d['evaluations']} | {d['best_baseline'] and d['best_baseline']['origin']} | "
+                     f"{_fmt(d['best_baseline'])} | {d['best_searched'] and d['best_searched']['origin']} | "
+                     f"{_fmt(d['best_searched'])} | {dtext} | {ships} | {corr} |")
+    lines += ["", "Mean Spearman rank correlation with the re-scored FID over the re-scored candidates, per NFE: "
+              + ", ".join(f"{s} {'-' if rho[s] is None else f'{rho[s]:.2f}'}" for s in SIGNALS)
+              + f". Screening throughput: {report['screening_throughput']:.0f} images x NFE per second."]
     return "\n".join(lines)

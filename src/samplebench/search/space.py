@@ -4,9 +4,10 @@ the predictor.
 
 A gene holds the per-step decisions; ``build`` turns genes into a validated ``SolverSchedule`` with the reference
 code's derivative layout: derivative n of a Taylor order-k predictor from the points -2, -3, ... (K = ``k1`` points
-for the first derivative, k - 1 for the others), a corrector of one order more from the new point -1 and -3, -4, ...
-(UniC's layout), and the order capped by the available history. DDIM, DPM-Solver++(2M) and UniPC are genes too
-(``known_solver``), so the search starts from them.
+for the first derivative, k - 1 for the others; the second may be halved, as DPM-Solver++(3M) does), a corrector of
+one order more from the new point -1 and -3, -4, ... (UniC's layout), and the order capped by the available history.
+Every registry solver the executor can express (``usf.KNOWN_SCHEDULES``: DDIM, DPM-Solver++ 2M and 3M, UniPC bh1 and
+bh2, DEIS in log rho) is a list of genes exactly (``known_solver``), so the search starts from all of them.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..usf.executor import KNOWN_SCHEDULES, known_schedule
 from ..usf.schedule import MAX_ORDER, Corrector, Derivative, SolverSchedule, Step
 
 __all__ = ["Gene", "Space", "build", "genes_of", "known_solver", "mutate", "crossover", "encode", "KNOWN"]
 
 RELAX = ("linear", "dpmsolver-2", "unipc-bh1")
-KNOWN = ("ddim", "dpmpp-2m", "unipc-bh2")
+KNOWN = tuple(KNOWN_SCHEDULES)
 MAX_NFE = 12
-# Re-draw distributions of the reference search (methods notes, Sec. 1.8), without the v3 prediction type.
-ORDER_P = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}
+# Re-draw distributions of the reference search (methods notes, Sec. 1.8), without the v3 prediction type, and with
+# orders up to 3 (order 4 takes the reference's 0.1 to order 3).
+ORDER_P = {1: 0.2, 2: 0.4, 3: 0.4}
+RELAX2_P = {"none": 0.5, "half": 0.5}
+T_END_SPAN = 10.0  # the last time is drawn log-uniformly in [t_min, 10 t_min] (the reference: [1e-4, 1e-3])
+SKIP_JITTER = (0.0, 0.02)  # mean and sd of the skip-coefficient jitter (the reference's EDM setting)
 PREDICTION_P = {"noise": 0.5, "data": 0.5}
 K1_P = {1: 0.5, 2: 0.5}
 RELAX_P = {"linear": 0.5, "dpmsolver-2": 0.3, "unipc-bh1": 0.2}
@@ -39,6 +45,7 @@ class Gene:
     relaxation: str = "linear"
     coefficient: float = 0.0
     corrector: str = "none"
+    relaxation2: str = "none"  # of the second derivative: "none" or "half"
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,8 @@ def _step(g: Gene, i: int, last: bool) -> Step:
     for n in range(1, k):
         width = min(max(g.k1, 1), available - 1) if n == 1 else k - 1
         points = tuple(-j for j in range(2, width + 2))
-        ders.append(_derivative(points, g.relaxation, g.coefficient) if n == 1 else _derivative(points))
+        ders.append(_derivative(points, g.relaxation, g.coefficient) if n == 1
+                    else _derivative(points, g.relaxation2 if n == 2 else "none"))
     corrector = Corrector()
     if g.corrector != "none" and not last:
         kc = min(k + 1, MAX_ORDER, available + 1)
@@ -90,23 +98,14 @@ def genes_of(schedule: SolverSchedule) -> list[Gene]:
                                                          else Derivative((-2,)))
         relax = "linear" if d1.relaxation == "none" else d1.relaxation
         k1 = len(st.derivatives[0].active_points) if st.derivatives else 1
-        out.append(Gene(st.prediction, st.order, k1, relax, d1.coefficient, st.corrector.kind))
+        relax2 = st.derivatives[1].relaxation if len(st.derivatives) > 1 else "none"
+        out.append(Gene(st.prediction, st.order, k1, relax, d1.coefficient, st.corrector.kind, relax2))
     return out
 
 
 def known_solver(name: str, timesteps) -> SolverSchedule:
-    """DDIM, DPM-Solver++(2M) or UniPC-bh2 (both with lower_order_final) on ``timesteps`` as genes."""
-    m = len(timesteps) - 1
-    second = [1] + [2] * (m - 2) + [1] if m > 1 else [1]
-    if name == "ddim":
-        genes = [Gene("data", 1) for _ in range(m)]
-    elif name == "dpmpp-2m":
-        genes = [Gene("data", k, 1, "dpmsolver-2") for k in second]
-    elif name == "unipc-bh2":
-        genes = [Gene("data", k, 1, "dpmsolver-2", 0.0, "pseudo") for k in second]
-    else:
-        raise ValueError(f"unknown solver {name!r}; valid: {', '.join(KNOWN)}")
-    return build(timesteps, genes)
+    """Registry solver ``name`` (``KNOWN``, with lower_order_final) on ``timesteps``, exactly; its genes rebuild it."""
+    return known_schedule(name, [float(t) for t in timesteps])
 
 
 def _choice(rng: np.random.Generator, options: dict):
@@ -117,7 +116,7 @@ def _choice(rng: np.random.Generator, options: dict):
 def random_gene(rng: np.random.Generator) -> Gene:
     """A new step (reference: implicit correctors are never drawn here)."""
     return Gene(_choice(rng, PREDICTION_P), _choice(rng, ORDER_P), _choice(rng, K1_P), _choice(rng, RELAX_P), 0.0,
-                _choice(rng, {"none": 0.5, "pseudo": 0.5}))
+                _choice(rng, {"none": 0.5, "pseudo": 0.5}), _choice(rng, RELAX2_P))
 
 
 def _afs_options(space: Space) -> dict:
@@ -128,9 +127,10 @@ def mutate(schedule: SolverSchedule, rng: np.random.Generator, space: Space) -> 
     """One mutation of the reference search (Sec. 1.8 of the method notes): add a step (0.2), delete one (0.2), or
     per step, each with probability 0.3, jitter the time (log t += N(0, 0.1^2): relative, where the reference adds
     N(0, 0.03^2) to t, which swamps the small times of a few-step grid), re-draw the order, the prediction type,
-    the first-derivative estimation order, the corrector, and jitter the linear relaxation coefficient
-    (N(0, 0.03^2)); then re-draw the AFS (0.3) and jitter the skip coefficients (0.3). The first and last times
-    stay at T and t_min. Raises ``UsageError`` when the result is not a valid schedule."""
+    the first-derivative estimation order, the second derivative's halving, the corrector, and jitter the linear
+    relaxation coefficient (N(0, 0.03^2)), and with probability 0.3 re-draw the last time t_end (log-uniform in
+    [t_min, 10 t_min]); then re-draw the AFS (0.3) and jitter the skip coefficients (0.3, N(0, 0.02^2), clamped to
+    [0, 1]). The first time stays at T. Raises ``UsageError`` when the result is not a valid schedule."""
     ts, genes = list(schedule.timesteps), genes_of(schedule)
     afs, skip = schedule.afs, schedule.skip_coefficients
     u = rng.random()
@@ -163,16 +163,22 @@ def mutate(schedule: SolverSchedule, rng: np.random.Generator, space: Space) -> 
             if rng.random() < 0.3:
                 g = replace(g, k1=_choice(rng, K1_P))
             if rng.random() < 0.3:
+                g = replace(g, relaxation2=_choice(rng, RELAX2_P))
+            if rng.random() < 0.3:
                 g = replace(g, corrector=_choice(rng, {"none": 0.4, "pseudo": 0.4, "implicit": 0.2}))
             genes[i] = g
         order = sorted(range(1, len(ts) - 1), key=lambda k: -ts[k])  # keep each time with its step
         ts = [ts[0]] + [ts[k] for k in order] + [ts[-1]]
         genes = [genes[0]] + [genes[k] for k in order]
+        if rng.random() < 0.3:
+            t_end = float(space.t_min * T_END_SPAN ** rng.random())
+            if len(ts) < 3 or t_end < ts[-2]:
+                ts[-1] = t_end
     if rng.random() < 0.3:
         afs = _choice(rng, _afs_options(space))
     if space.num_skips and rng.random() < 0.3:
         base = np.ones(space.num_skips) if skip is None else np.array(skip)
-        skip = tuple(float(c) for c in np.clip(base + rng.normal(-0.01, 0.03, space.num_skips), 0.0, 1.0))
+        skip = tuple(float(c) for c in np.clip(base + rng.normal(*SKIP_JITTER, space.num_skips), 0.0, 1.0))
     return build(ts, genes, afs, skip)
 
 
@@ -191,7 +197,7 @@ def crossover(a: SolverSchedule, b: SolverSchedule, rng: np.random.Generator) ->
 
 # --- the predictor's view of a schedule --------------------------------------------------------------------------
 
-_PER_STEP = 1 + 2 + MAX_ORDER + 1 + 1 + len(RELAX) + 1 + 3
+_PER_STEP = 1 + 2 + MAX_ORDER + 1 + 1 + len(RELAX) + 1 + 3 + 1
 
 
 def encode(schedule: SolverSchedule, space: Space) -> np.ndarray:
@@ -212,6 +218,7 @@ def encode(schedule: SolverSchedule, space: Space) -> np.ndarray:
         v[o + 2 + RELAX.index(g.relaxation)] = 1.0
         v[o + 2 + len(RELAX)] = g.coefficient
         v[o + 3 + len(RELAX) + ("none", "pseudo", "implicit").index(g.corrector)] = 1.0
+        v[o + 6 + len(RELAX)] = float(g.relaxation2 == "half")
     o = MAX_STEPS * _PER_STEP
     x[o + ("none", "zero", "mean").index(schedule.afs)] = 1.0
     x[o + 3 + min(schedule.nfe, MAX_NFE) - 1] = 1.0

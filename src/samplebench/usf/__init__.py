@@ -1,6 +1,7 @@
 """USF: solver schedules as plain data and one executor that runs them (Liu et al., ICLR 2024)."""
 
-from .executor import ddim_schedule, dpmpp_2m_schedule, phi, relaxation_factor, unipc_schedule, usf_sample
+from .executor import (KNOWN_SCHEDULES, NOT_EXPRESSIBLE, ddim_schedule, deis_schedule, dpmpp_2m_schedule,
+                       dpmpp_3m_schedule, known_schedule, phi, relaxation_factor, unipc_schedule, usf_sample)
 from .schedule import Corrector, Derivative, SolverSchedule, Step
 
 
@@ -12,4 +13,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 __all__ = ["SolverSchedule", "Step", "Derivative", "Corrector", "usf_sample", "phi", "relaxation_factor",
-           "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule", "USFScheduler"]
+           "ddim_schedule", "dpmpp_2m_schedule", "dpmpp_3m_schedule", "unipc_schedule", "deis_schedule",
+           "known_schedule", "KNOWN_SCHEDULES", "NOT_EXPRESSIBLE", "USFScheduler"]

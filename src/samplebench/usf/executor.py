@@ -22,7 +22,9 @@ from ..samplers._common import report, step_order, tables
 from ..samplers.registry import Callback
 from .schedule import Corrector, Derivative, SolverSchedule, Step
 
-__all__ = ["phi", "usf_sample", "usf_steps", "derivative_estimate", "relaxation_factor", "ddim_schedule", "dpmpp_2m_schedule", "unipc_schedule"]
+__all__ = ["phi", "usf_sample", "usf_steps", "derivative_estimate", "relaxation_factor", "ddim_schedule",
+           "dpmpp_2m_schedule", "dpmpp_3m_schedule", "unipc_schedule", "deis_schedule", "known_schedule",
+           "KNOWN_SCHEDULES", "NOT_EXPRESSIBLE"]
 
 
 def phi(k: int, z: float) -> float:
@@ -56,6 +58,8 @@ def relaxation_factor(d: Derivative, h: float, prediction: str) -> float:
         return 0.5 * z * em1 / (em1 - z)
     if kind == "unipc-bh1":
         return 0.5 * z * z / (em1 - z)
+    if kind == "half":
+        return 0.5
     return 1.0 + 0.5 * em1 if kind == "0.5exp" else 1.0 - 0.5 * em1
 
 
@@ -77,7 +81,7 @@ def _update(hist: list[_Point], start: int, order: int, derivatives: tuple[Deriv
     for n, d in enumerate(derivatives, 1):
         est = derivative_estimate([value(hist[p]) - value(ps) for p in d.active_points],
                                   [lam[hist[p].index] - lam[ps.index] for p in d.active_points], n)
-        if n == 1:
+        if d.relaxation != "none":
             est = est * relaxation_factor(d, h, prediction)
         total = total + h ** (n + 1) * phi(n + 1, z) * est
     if prediction == "noise":
@@ -134,34 +138,47 @@ def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean
         return done.value
 
 
-# --- schedules of known solvers (USF Sec. 3.3 and App. A), used as equivalence tests ---------------------------
+# --- schedules of known solvers (USF Sec. 3.3 and App. A): each reproduces a registry solver to float64 round-off --
 
-def _times(grid: torch.Tensor) -> tuple[float, ...]:
+def _times(grid) -> tuple[float, ...]:
     return tuple(float(t) for t in grid)
 
 
-def ddim_schedule(grid: torch.Tensor, prediction: str = "noise") -> SolverSchedule:
+def ddim_schedule(grid, prediction: str = "noise") -> SolverSchedule:
     """DDIM: order 1 at every step (the same update in noise and data form)."""
     return SolverSchedule(_times(grid), tuple(Step(prediction, 1) for _ in range(len(grid) - 1)))
 
 
-def dpmpp_2m_schedule(grid: torch.Tensor, lower_order_final: bool = True) -> SolverSchedule:
+def dpmpp_2m_schedule(grid, lower_order_final: bool = True) -> SolverSchedule:
     """DPM-Solver++(2M), midpoint form: data prediction, multistep, the first derivative from point -2 with the
     ``dpmsolver-2`` relaxation."""
+    return dpmpp_multistep_schedule(grid, 2, lower_order_final)
+
+
+def dpmpp_3m_schedule(grid, lower_order_final: bool = True) -> SolverSchedule:
+    """DPM-Solver++(3M) (Lu et al. 2022b, App. B): its D1 is the exact first derivative of the quadratic through the
+    last three data predictions (Difference_2 on points -2, -3), its D2 term carries half the Taylor weight of the
+    second derivative (``half``); the order-2 warm-up and final steps are 2M's."""
+    return dpmpp_multistep_schedule(grid, 3, lower_order_final)
+
+
+def dpmpp_multistep_schedule(grid, order: int, lower_order_final: bool = True) -> SolverSchedule:
     m = len(grid) - 1
     steps = []
     for i in range(m):
-        k = step_order(2, i, m, lower_order_final)
-        steps.append(Step("data", k, (Derivative((-2,), "dpmsolver-2"),) if k == 2 else ()))
+        k = step_order(order, i, m, lower_order_final)
+        derivs = {1: (), 2: (Derivative((-2,), "dpmsolver-2"),),
+                  3: (Derivative((-2, -3)), Derivative((-2, -3), "half"))}[k]
+        steps.append(Step("data", k, derivs))
     return SolverSchedule(_times(grid), tuple(steps))
 
 
-def unipc_schedule(grid: torch.Tensor, variant: str = "bh2", lower_order_final: bool = True) -> SolverSchedule:
-    """UniPC with predictor order 2 (UniP-2's fixed 1/2 weight = the ``unipc-<variant>`` relaxation) and the UniC
-    corrector as a ``pseudo`` corrector of one order more: with one difference its 1/2 weight is the same relaxation,
-    with two the linear system is the exact Taylor estimate."""
+def unipc_schedule(grid, variant: str = "bh2", lower_order_final: bool = True) -> SolverSchedule:
+    """UniPC with predictor order 2 (UniP-2's fixed 1/2 weight = the ``unipc-bh1`` relaxation, or for bh2 the
+    ``dpmsolver-2`` one, the same function) and the UniC corrector as a ``pseudo`` corrector of one order more: with
+    one difference its 1/2 weight is the same relaxation, with two the linear system is the exact Taylor estimate."""
     m = len(grid) - 1
-    relax = f"unipc-{variant}"
+    relax = "unipc-bh1" if variant == "bh1" else "dpmsolver-2"
     steps = []
     for i in range(m):
         k = step_order(2, i, m, lower_order_final)
@@ -174,3 +191,45 @@ def unipc_schedule(grid: torch.Tensor, variant: str = "bh2", lower_order_final: 
             corrector = Corrector("pseudo", 3, (Derivative((-1, -3)), Derivative((-1, -3))))
         steps.append(Step("data", k, derivs, -1, corrector))
     return SolverSchedule(_times(grid), tuple(steps))
+
+
+def deis_schedule(grid, order: int = 3, lower_order_final: bool = True) -> SolverSchedule:
+    """DEIS with its Lagrange polynomial in log rho = -lambda (``deis(basis="logrho")``, diffusers'
+    DEISMultistepScheduler): noise prediction, order k from the last k points; the Taylor expansion of that
+    polynomial at lambda_s is what Difference_{k-1} on points -2..-k estimates, exactly."""
+    m = len(grid) - 1
+    steps = []
+    for i in range(m):
+        k = step_order(order, i, m, lower_order_final)
+        points = tuple(range(-2, -k - 1, -1))
+        steps.append(Step("noise", k, tuple(Derivative(points) for _ in range(k - 1))))
+    return SolverSchedule(_times(grid), tuple(steps))
+
+
+# Registry solvers as USF schedules: name -> (builder, the registry solver it reproduces, that solver's options).
+KNOWN_SCHEDULES = {
+    "ddim": (lambda g: ddim_schedule(g, "data"), "ddim", {}),
+    "euler": (lambda g: ddim_schedule(g, "data"), "euler", {}),  # the same update as DDIM
+    "dpmpp-2m": (dpmpp_2m_schedule, "dpmpp-2m", {}),
+    "dpmpp-3m": (dpmpp_3m_schedule, "dpmpp-3m", {}),
+    "unipc-bh1": (lambda g: unipc_schedule(g, "bh1"), "unipc-bh1", {}),
+    "unipc-bh2": (lambda g: unipc_schedule(g, "bh2"), "unipc-bh2", {}),
+    "deis-logrho": (deis_schedule, "deis", {"basis": "logrho"}),
+}
+# Registry solvers the executor cannot express, and why.
+NOT_EXPRESSIBLE = {
+    "deis": "its tAB polynomial (the default basis) is in t, not in lambda: no finite set of lambda-derivatives "
+            "reproduces it (its log-rho basis is exact: deis-logrho)",
+    "ipndm": "its fixed-step Adams-Bashforth weights need one free weight per history point; USF scales the first "
+             "derivative only (and halves higher ones)",
+    "heun": "its last step evaluates the model at the end point to correct it; USF never evaluates after the last step",
+    "ddpm": "stochastic; USF schedules are deterministic",
+}
+
+
+def known_schedule(name: str, grid) -> SolverSchedule:
+    """The USF schedule of registry solver ``name`` (a key of ``KNOWN_SCHEDULES``) on ``grid``."""
+    if name not in KNOWN_SCHEDULES:
+        why = f" ({NOT_EXPRESSIBLE[name]})" if name in NOT_EXPRESSIBLE else ""
+        raise UsageError(f"solver {name!r} has no USF schedule{why}; valid: {', '.join(KNOWN_SCHEDULES)}")
+    return KNOWN_SCHEDULES[name][0](grid)

@@ -4,7 +4,8 @@ as plain, validated, JSON-serialisable data.
 Step i goes from ``timesteps[i]`` to ``timesteps[i + 1]``. History positions are negative indices into the points
 evaluated so far (-1 = the newest). A step expands, in the step's prediction type, from its ``start_point`` to
 Taylor ``order`` k; derivative n (n = 1..k-1) is estimated from the differences to its ``active_points`` (Sec. 3.2,
-"Difference_K"); the first derivative may be relaxed. A ``pseudo`` corrector recomputes the step from the same
+"Difference_K"); the first derivative may be relaxed, and a higher one halved (``half``: the weight DPM-Solver++(3M)
+puts on its second-derivative term, Lu et al. 2022b, App. B). A ``pseudo`` corrector recomputes the step from the same
 start (position -2 once the new point is added) with the new point available, at no extra NFE; ``implicit`` then
 re-evaluates the model at the corrected point (+1 NFE). ``afs`` replaces the first evaluation analytically.
 NFE = steps - [afs != none] + implicit correctors (the model is not evaluated after the last step).
@@ -23,7 +24,8 @@ __all__ = ["Derivative", "Corrector", "Step", "SolverSchedule", "PREDICTIONS", "
            "AFS_KINDS", "FORMAT"]
 
 PREDICTIONS = ("noise", "data")
-RELAXATIONS = ("none", "linear", "dpmsolver-2", "unipc-bh1", "unipc-bh2", "0.5exp", "-0.5exp")
+RELAXATIONS = ("none", "linear", "dpmsolver-2", "unipc-bh1", "unipc-bh2", "0.5exp", "-0.5exp", "half")
+HIGHER_RELAXATIONS = ("none", "half")  # the only ones a derivative of order >= 2 takes
 CORRECTORS = ("none", "pseudo", "implicit")
 AFS_KINDS = ("none", "zero", "mean")
 MAX_ORDER = 4
@@ -75,8 +77,9 @@ def _check_derivatives(where: str, order: int, derivatives: tuple[Derivative, ..
                 _fail(w, f"active point {p} is the start point")
         if d.relaxation not in RELAXATIONS:
             _fail(w, f"unknown relaxation {d.relaxation!r}; valid: {', '.join(RELAXATIONS)}")
-        if n > 1 and d.relaxation != "none":
-            _fail(w, "only the first derivative can be relaxed")
+        if n > 1 and d.relaxation not in HIGHER_RELAXATIONS:
+            _fail(w, f"derivative {n} takes relaxation {' or '.join(map(repr, HIGHER_RELAXATIONS))} only, got "
+                     f"{d.relaxation!r}")
 
 
 @dataclass(frozen=True)
