@@ -25,11 +25,15 @@ from samplebench.search.run import SearchConfig, _Evaluator  # noqa: E402
 from samplebench.usf import known_schedule  # noqa: E402
 
 
-def bench(model: str, nfe: int, num: int, repeats: int) -> dict:
-    config = SearchConfig(model=model, nfes=(nfe,), budget=1, samples=num, rescore=num, rescore_seed=10_000_000,
-                          batch_size=250)
+def evaluator(model: str, num: int) -> _Evaluator:
+    config = SearchConfig(model=model, budget=8, samples=num, rescore=num, rescore_seed=10_000_000, batch_size=250)
     ev = _Evaluator(config, None)
     ev.target = ev.exact_images()[0]
+    return ev
+
+
+def bench(ev: _Evaluator, nfe: int, repeats: int) -> dict:
+    config, num = ev.config, ev.config.samples
     solver, grid = resolve_solver(ev.model, "dpmpp-3m", nfe, "logsnr")
     schedule = known_schedule("dpmpp-3m", grid)
     times = {"sample": [], "screen": [], "rescore": []}
@@ -54,8 +58,9 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for model in args.models.split(","):
+        ev = evaluator(model, args.num)
         for nfe in map(int, args.nfes.split(",")):
-            r = bench(model, nfe, args.num, args.repeats)
+            r = bench(ev, nfe, args.repeats)
             rows.append([model, str(nfe), f"{r['sample']:,.0f}", f"{r['screen']:,.0f}",
                          f"{r['screen'] / r['sample']:.2f}", f"{r['rescore']:,.0f}",
                          f"{r['rescore'] / r['sample']:.2f}"])

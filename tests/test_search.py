@@ -297,8 +297,8 @@ def test_shipped_schedules_are_what_their_search_report_decided():
 def test_eval_scores_shipped_s3_schedules(tmp_path):
     from samplebench.evaluate import EvalConfig, run_eval
 
-    with pytest.raises(UsageError, match="no S3 schedule for model 'digits-gmm' at --nfe 9"):
-        EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(9,))
+    with pytest.raises(UsageError, match="no S3 schedule for model 'digits-gmm' at --nfe 12"):
+        EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(12,))
     rows = run_eval(EvalConfig(model="digits-gmm", solvers=("s3", "ddim"), nfes=(4,), num=200, metrics=("fid",)),
                     tmp_path / "job", db=tmp_path / "runs.db", progress=False)
     by = {r["solver"]: r for r in rows}
