@@ -125,7 +125,7 @@ def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
     out = tmp_path / "s"
     report = run_search(SearchConfig(**TINY), out, progress=False)
     evals, rescored = _evals(out), _evals(out, "rescore")
-    assert len(evals) == report["evaluations"] == 64 and len(rescored) == report["rescored"] == 8
+    assert len(evals) == report["evaluations"] == 64 and len(rescored) == report["rescored"] >= 8
     schedule = load_model("gaussian").schedule
     for nfe in (3, 4):
         assert sum(r["stage"] == 0 and r["nfe"] == nfe for r in evals.values()) == len(_initial(schedule, nfe, 32))
@@ -137,9 +137,11 @@ def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
     for nfe in (3, 4):
         d = report["decisions"][nfe]
         rows = d["rescored"]
-        assert len(rows) == 4 and sorted(r["stage"] > 0 for r in rows) == [False, False, True, True]
         screened = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0), key=lambda r: r["score"])
         assert {r["id"] for r in rows if r["stage"] > 0} == {r["id"] for r in screened[:2]}  # the best screened
+        stage0 = [r for r in evals.values() if r["nfe"] == nfe and r["stage"] == 0]
+        best_by = {r["id"] for key in ("endpoint", "fid") for r in sorted(stage0, key=lambda r: r[key])[:2]}
+        assert {r["id"] for r in rows if r["stage"] == 0} == best_by  # the best baselines by either signal
         assert d["best_baseline"]["fid"] == min(r["fid"] for r in rows if r["stage"] == 0)
         assert d["best_searched"]["fid"] == min(r["fid"] for r in rows if r["stage"] > 0)
         assert d["difference"]["paired"] and d["difference"]["n_a"] == 96
@@ -200,7 +202,7 @@ def test_a_killed_search_resumes_to_the_same_result(tmp_path):
     whole = subprocess.run(args + ["--out", str(tmp_path / "whole")], check=True, env=env, capture_output=True,
                            text=True)
     total = whole.stdout.count("[search]")
-    assert total == 64 + 8
+    assert total == 64 + len(_evals(tmp_path / "whole", "rescore"))
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:  # one progress line per evaluation; kill in stage 2, after the predictor ranked

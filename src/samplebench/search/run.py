@@ -7,8 +7,8 @@ selection measures what it ranks.
 2. Each later stage, per NFE, breeds a pool of candidates from the best-screened schedules of that NFE (mutation and
    crossover, ``space.py``), ranks the pool with the predictor trained on every screening so far, and screens the
    best-ranked few plus one drawn at random (exploration keeps the predictor honest).
-3. Re-scoring: per NFE the best ``finalists`` searched schedules and the best ``baselines`` of stage 0 (by the
-   screening signal) get the FID of ``rescore`` fresh seeds, all on the same seeds. The best searched one ships only
+3. Re-scoring: per NFE the best ``finalists`` searched schedules and the best ``baselines`` of stage 0 by each
+   screening signal get the FID of ``rescore`` fresh seeds, all on the same seeds. The best searched one ships only
    if the paired 95% interval of its FID minus the best re-scored baseline's lies below zero; otherwise that
    baseline ships, and the report says so.
 
@@ -20,7 +20,8 @@ FID over the re-scored candidates, the measurement that chooses between them.
 
 Files under ``--out``::
 
-    search.json                 the settings (a resume with other settings is refused; the budget may grow)
+    search.json                 the settings (a resume with other settings is refused; the budget may grow and the
+                                numbers of finalists and baselines may change)
     endpoint.npy                the exact-ODE images of the screening seeds
     stages/stage-00003.json     the candidates of a stage, written before any of them is screened
     evals/<id>.json             one screened schedule: both signals, NFE, origin, wall time, network evaluations
@@ -58,6 +59,7 @@ __all__ = ["SearchConfig", "run_search", "schedule_id", "report_table"]
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 RANK_BAR = 15  # parents come from the best 15 of an NFE (reference ``rank_bar``)
 SIGNALS = ("endpoint", "fid")
+ADJUSTABLE = ("budget", "finalists", "baselines")  # settings a resume may change (more screening, other re-scoring)
 STAGE0 = ("dpmpp-3m", "unipc-bh2", "unipc-bh1", "dpmpp-2m", "deis-logrho", "ddim", "euler")  # all of KNOWN
 ENDPOINT_SOLVER, ENDPOINT_NFE = "unipc-bh2", 100  # the exact-ODE reference of the endpoint signal
 
@@ -293,7 +295,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         settings = config.settings()
         if manifest.exists():
             old = json.loads(manifest.read_text())
-            diff = sorted(k for k in set(old) | set(settings) if k != "budget" and old.get(k) != settings.get(k))
+            diff = sorted(k for k in set(old) | set(settings) if k not in ADJUSTABLE and old.get(k) != settings.get(k))
             if diff:
                 raise UsageError(f"{str(out)!r} holds a search with other settings ({', '.join(diff)}); resume it "
                                  f"with the same settings or choose another --out")
@@ -355,7 +357,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
     evals = load("evals")
     finalists = _finalists(config, evals)
     for j, cid in enumerate(finalists):
-        if j % state.num_processes != state.process_index or (out / "rescore" / f"{cid}.json").exists():
+        if j % state.num_processes != state.process_index or _rescored(out / "rescore", cid):
             continue
         row, feats = ev.rescore(SolverSchedule.from_dict(evals[cid]["schedule"]))
         if feats is not None:
@@ -385,6 +387,13 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         atomic_write(out / "s3" / "report.md", report_table(report) + "\n")
     state.wait_for_everyone()
     return report if report is not None else json.loads((out / "report.json").read_text())
+
+
+def _rescored(folder: Path, cid: str) -> bool:
+    """Whether ``cid`` is re-scored: its row, and its features unless it diverged (a copied search folder may hold
+    the rows without the features; those are re-scored again, to the same values)."""
+    path = folder / f"{cid}.json"
+    return path.exists() and (json.loads(path.read_text())["fid"] is None or (folder / f"{cid}.npy").exists())
 
 
 def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule) -> list:
@@ -434,13 +443,18 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_sch
 
 
 def _finalists(config: SearchConfig, evals: dict) -> list[str]:
-    """Per NFE, the best-screened ``finalists`` searched schedules and ``baselines`` stage-0 ones (ids, in order)."""
+    """Per NFE, the best-screened ``finalists`` searched schedules, and the best ``baselines`` stage-0 ones by each
+    screening signal (the endpoint distance can rank a grid's baselines differently from FID; the shipped schedule
+    must beat the strongest)."""
     out = []
     for nfe in config.nfes:
         rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["score"] is not None),
                       key=lambda r: (r["score"], r["id"]))
         out += [r["id"] for r in rows if r["stage"] > 0][:config.finalists]
-        out += [r["id"] for r in rows if r["stage"] == 0][:config.baselines]
+        base = [r for r in rows if r["stage"] == 0]
+        for key in SIGNALS:
+            ranked = sorted((r for r in base if r[key] is not None), key=lambda r: (r[key], r["id"]))
+            out += [r["id"] for r in ranked[:config.baselines] if r["id"] not in out]
     return out
 
 
