@@ -48,7 +48,7 @@ def test_compare_cells_grid_and_errors():
         (([], "5"), "at least one solver"),
         ((["heun"], "5"), "heun.*exactly 5 NFE"),
         ((["nope"], "5"), "unknown solver 'nope'"),
-        ((["s3"], "9"), "no S3 schedule for model 'digits' at --nfe 9"),
+        ((["s3"], "12"), "no S3 schedule for model 'digits' at --nfe 12"),
     ]:
         with pytest.raises(UsageError, match=message):
             core.compare_cells("digits", *args, "0-3", limits=limits)
