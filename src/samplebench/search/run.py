@@ -481,8 +481,9 @@ def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref
 
     seeds = np.arange(config.rescore_seed, config.rescore_seed + config.rescore)
     decisions, correlations = {}, {s: [] for s in SIGNALS}
+    finalists = _finalists(config, evals)
     for nfe in config.nfes:
-        rows = [_summary(evals[k], rescored.get(k)) for k in _finalists(config, evals) if evals[k]["nfe"] == nfe]
+        rows = [_summary(evals[k], rescored.get(k)) for k in finalists if evals[k]["nfe"] == nfe]
         done = [r for r in rows if r.get("fid") is not None]
         base = min((r for r in done if r["stage"] == 0), key=lambda r: r["fid"], default=None)
         cand = min((r for r in done if r["stage"] > 0), key=lambda r: r["fid"], default=None)
@@ -505,8 +506,7 @@ def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref
                           "searched": shipped is not None and shipped is cand, "why": why,
                           "best_baseline": base, "best_searched": cand, "difference": difference,
                           "rescored": rows, "spearman": rho}
-    screen = [r for r in evals.values()]
-    again = [r for r in rescored.values()]
+    screen, again = list(evals.values()), list(rescored.values())
     net = int(sum(r["network_evaluations"] for r in screen + again) + endpoint["network_evaluations"])
     screen_time = float(sum(r["wall_time_s"] for r in screen))
     return {"model": config.model, "command": command(config), "settings": config.settings(),
