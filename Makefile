@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sample --solver dpmpp-2m --nfe 10 --num 64 --out samples/demo
+	$(VENV)/bin/sample --solver dpmpp-2m --nfe 10 --num 64 --out samples/demo --overwrite
 	@echo "images, grid.png and summary.json are in samples/demo"
 
 # The app's browser test drives Debian's chromium with Playwright (apt-get, as root or through sudo).

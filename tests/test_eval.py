@@ -105,17 +105,23 @@ def test_job_outputs_and_database(reference_job, tmp_path, capsys):
     assert len(ResultsDB(db).query()) == 4
 
 
+def _kill_job_after(out: Path, db: Path, features: int) -> None:
+    """Start the job in a subprocess and SIGKILL it once ``features`` feature shards exist."""
+    cmd = [str(BIN / "samplebench"), "eval", *JOB, "--out", str(out), "--db", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD_ENV)
+    deadline = time.time() + 300
+    while len(list((out / "features").rglob("shard-*.npz"))) < features:
+        assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_killed_job_resumes_to_the_same_files_and_numbers(reference_job, tmp_path):
     out, _ = reference_job
     resumed = tmp_path / "resumed"
-    cmd = [str(BIN / "samplebench"), "eval", *JOB, "--out", str(resumed), "--db", str(tmp_path / "r.db")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD_ENV)
-    deadline = time.time() + 120
-    while len(list((resumed / "features").rglob("shard-*.npz"))) < 5:
-        assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_job_after(resumed, tmp_path / "r.db", 5)
     before = {p: p.stat().st_mtime_ns for p in (resumed / "samples").rglob("shard-*.npz")}
     assert 5 <= len(before) < 24 and not (resumed / "results.json").exists()
     with one_thread():
@@ -124,6 +130,21 @@ def test_killed_job_resumes_to_the_same_files_and_numbers(reference_job, tmp_pat
     assert _same(_shards(resumed), _shards(out))
     assert _metrics(resumed) == _metrics(out)
     assert not list(resumed.rglob("*.tmp"))
+
+
+def test_a_kill_while_scoring_resumes_to_the_same_numbers(reference_job, tmp_path):
+    """Killed after the last feature shard, while the intervals are computed: the resumed job reports the numbers
+    of the uninterrupted one."""
+    out, _ = reference_job
+    resumed = tmp_path / "resumed"
+    _kill_job_after(resumed, tmp_path / "r.db", 24)
+    assert not (resumed / "results.json").exists()
+    with one_thread():
+        assert main(["eval", *JOB, "--out", str(resumed), "--db", str(tmp_path / "r.db")]) == 0
+    assert _metrics(resumed) == _metrics(out)
+    intervals = lambda o: [(r["fid_low"], r["fid_high"], r["kid_low"], r["kid_high"])  # noqa: E731
+                           for r in json.loads((o / "results.json").read_text())]
+    assert intervals(resumed) == intervals(out)
 
 
 def test_two_processes_give_the_same_samples_and_metrics(reference_job, tmp_path):

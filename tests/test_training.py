@@ -65,3 +65,39 @@ def test_bad_training_input(capsys, tmp_path):
     assert main(["train", "digits-unet", "--out", str(tmp_path / "x"), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_killed_digits_unet_recipe_resumes_to_byte_identical_weights(tmp_path):
+    """SIGKILL a few steps past a checkpoint of the real recipe, start it again: the saved pipeline's weights are the
+    bytes of an uninterrupted run (one thread everywhere: CPU kernels may round differently with more)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "digits-unet", "--steps", "12", "--checkpoint-every", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "samplebench", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few steps past the checkpoint at step 4
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model_index.json").exists()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--out", str(killed)]) == 0
+        assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (killed / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["losses"] == torch.load(
+        tmp_path / "straight" / "checkpoint.pt", weights_only=True)["losses"]

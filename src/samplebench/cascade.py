@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .checks import MAX_NFE
 from .errors import UsageError
 from .models import Conditioning, CountingDenoiser, DiffusionModel
 from .models.lowdiff import UPSAMPLE_MODES, upsample
@@ -78,6 +79,8 @@ class CascadeSpec:
             parsed.append(Stage(res, nfe, fields[2] if len(fields) == 3 else None))
         if len(parsed) < 2:
             raise UsageError(bad + " (at least two stages)")
+        if sum(s.nfe for s in parsed) > MAX_NFE:
+            raise UsageError(f"--cascade {stages!r} spends {sum(s.nfe for s in parsed)} NFE; at most {MAX_NFE}")
         if t_start is not None and not 0 < t_start <= 1:
             raise UsageError(f"--cascade-from must be a time in (0, 1], got {t_start}")
         if upsample is not None and upsample not in UPSAMPLE_MODES:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 
+from .checks import check_out_dir, check_out_file
 from .errors import UsageError
 
 
@@ -26,6 +29,17 @@ def _int(v: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {v!r}") from None
 
 
+def _float(v: str) -> float:
+    """A finite float (NaN and infinity are refused here; each option's range is checked by its config)."""
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {v!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"{v!r} is not a finite number")
+    return x
+
+
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL
 
@@ -36,7 +50,7 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="network evaluations per sample, exactly (default: 10, or the schedule's)")
     p.add_argument("--schedule", default=None,
                    help="a USF solver schedule JSON file (replaces --solver and --time-grid)")
-    p.add_argument("--skip-rho", type=float, default=None,
+    p.add_argument("--skip-rho", type=_float, default=None,
                    help="Skip-Tuning: scale the innermost UNet skip by this, linearly up to 1 at the outermost")
     p.add_argument("--exit-threshold", default=None,
                    help="DeeDiff early exit (models with uncertainty heads, e.g. digits-dit): leave the network once "
@@ -49,13 +63,15 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=_int, default=None,
                    help="images per network batch (default 64); for dts/dts-star rollouts per iteration (default 16)")
-    p.add_argument("--out", default="samples", help="output directory")
+    p.add_argument("--out", default="samples", help="output directory (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out: remove the files its summary.json lists, keep the rest")
     p.add_argument("--time-grid", default=None,
                    help="logsnr, time-uniform, time-quadratic, karras, or a comma-separated list of decreasing times "
                         "(default: the solver's own)")
     p.add_argument("--class-label", type=_int, default=None,
                    help="class for class-conditional models (default: seed mod num_classes per image)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-scale", type=_float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--prompt", default=None, help="text prompt for text-to-image models")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--device", default="cpu")
@@ -66,12 +82,12 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                              "default 50)")
     a.add_argument("--reward", default=None, help="class:K, even, odd, or module:function")
     a.add_argument("--budget", type=_int, default=None, help="network evaluations for the whole run")
-    a.add_argument("--lambda", dest="lam", type=float, default=1.0, help="inverse temperature of p(x) exp(lambda r(x))")
+    a.add_argument("--lambda", dest="lam", type=_float, default=1.0, help="inverse temperature of p(x) exp(lambda r(x))")
     a.add_argument("--branch-steps", type=_csv(int), default=None,
                    help="chain steps where the tree branches / particles resample (default: 5 evenly from 0)")
-    a.add_argument("--widen-c", type=float, default=2.0, help="progressive widening: at most C N^alpha children")
-    a.add_argument("--widen-alpha", type=float, default=0.8)
-    a.add_argument("--c-uct", type=float, default=1.0, help="DTS* exploration constant")
+    a.add_argument("--widen-c", type=_float, default=2.0, help="progressive widening: at most C N^alpha children")
+    a.add_argument("--widen-alpha", type=_float, default=0.8)
+    a.add_argument("--c-uct", type=_float, default=1.0, help="DTS* exploration constant")
     a.add_argument("--potential", default="diff", help="FK steering potential: diff or max")
 
 
@@ -79,12 +95,12 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("low-resolution cascade (LowDiff; training-free with --cascade-from)")
     g.add_argument("--cascade", default=None,
                    help="stages RES:NFE[:SOLVER] at rising resolutions, e.g. 8:6,16:4; the NFE is their sum")
-    g.add_argument("--cascade-from", type=float, default=None,
+    g.add_argument("--cascade-from", type=_float, default=None,
                    help="time t* in (0, 1] where each later stage starts from the renoised upsampled sample "
                         "(default for cascade models: their own, digits-lowdiff 0.3, else T = 1; required for "
                         "other models, e.g. 0.5)")
     g.add_argument("--cascade-up", default=None, help="upsampling: bilinear (default), nearest, bicubic")
-    g.add_argument("--cascade-noise", type=float, default=None,
+    g.add_argument("--cascade-noise", type=_float, default=None,
                    help="cascade models: noise augmentation time of the condition (default: the model's)")
     g.add_argument("--cascade-model", default=None,
                    help="the model of the lower-resolution stages (default: the same model)")
@@ -145,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shard-size", type=_int, default=250, help="samples per shard (and per sampling batch)")
     ev.add_argument("--time-grid", default=None)
     ev.add_argument("--class-label", type=_int, default=None)
-    ev.add_argument("--guidance-scale", type=float, default=1.0)
+    ev.add_argument("--guidance-scale", type=_float, default=1.0)
     ev.add_argument("--prompt", default=None)
     ev.add_argument("--device", default=None, help="default: accelerate's device for this process")
     ev.add_argument("--dtype", default="float32")
@@ -197,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--ref", default=None, help="the reference (default: the runs' own)")
     cmp_.add_argument("--features", default="digits", help="for image folders: digits or inception")
     cmp_.add_argument("--mode", default="clean", help="for image folders: the clean-fid mode")
-    cmp_.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    cmp_.add_argument("--level", type=_float, default=0.95, help="interval level (default 0.95)")
     cmp_.add_argument("--resamples", type=_int, default=1000, help="bootstrap resamples (default 1000)")
     cmp_.add_argument("--inception-weights", default=None)
     cmp_.add_argument("--device", default="cpu")
@@ -218,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--db", default=None, help="results database (default: ~/.cache/samplebench/runs.db)")
     app.add_argument("--concurrency", type=_int, default=2, help="sampling requests run at once; others queue")
     app.add_argument("--device", default="cpu")
+    app.add_argument("--models", type=_csv(str), default=(),
+                     help="comma-separated pipeline folders or hub ids the app offers beside the embedded models")
+    app.add_argument("--allow-any-model", action="store_true",
+                     help="let requests name any hub id or server folder (a remote user could then load any "
+                          "pipeline folder readable on the server, and make it download from the hub)")
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
@@ -226,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_int, default=0)
     train.add_argument("--device", default="cpu")
     train.add_argument("--steps", type=_int, default=None, help="optimiser steps (default: the recipe's)")
+    train.add_argument("--checkpoint-every", type=_int, default=None,
+                       help="optimiser steps between checkpoints (default: the recipe's; the weights do not change)")
     return parser
 
 
@@ -242,11 +265,12 @@ def _align(args: argparse.Namespace) -> int:
     config = AlignConfig(method=args.solver, reward=args.reward, budget=args.budget, num=args.num,
                          nfe=args.nfe if args.nfe is not None else 50, model=args.model, seed=args.seed, lam=args.lam,
                          branch_steps=args.branch_steps, widen_c=args.widen_c, widen_alpha=args.widen_alpha,
-                         c_uct=args.c_uct, potential=args.potential, batch_size=args.batch_size or 16,
+                         c_uct=args.c_uct, potential=args.potential,
+                         batch_size=16 if args.batch_size is None else args.batch_size,
                          class_label=args.class_label, guidance_scale=args.guidance_scale, prompt=args.prompt,
                          negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                          save_npz=args.save_npz)
-    summary = run_align(config, args.out, progress=not args.quiet)
+    summary = run_align(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(json.dumps({k: summary[k] for k in ("model", "solver", "reward", "nfe", "reward_mean", "reward_calls",
                                               "wall_time_s")} | {"out": args.out}))
     return 0
@@ -262,12 +286,13 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--reward and --budget apply to --solver {', '.join(METHODS)}, not {args.solver!r}")
     nfe = args.nfe if args.nfe is not None or args.schedule is not None or args.cascade is not None else 10
     config = SampleConfig(model=args.model, solver=args.solver, nfe=nfe, num=args.num, seed=args.seed,
-                          batch_size=args.batch_size or 64, time_grid=args.time_grid, class_label=args.class_label,
+                          batch_size=64 if args.batch_size is None else args.batch_size, time_grid=args.time_grid,
+                          class_label=args.class_label,
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                           save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho,
                           exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
-    summary = run_sample(config, args.out, progress=not args.quiet)
+    summary = run_sample(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     compute = summary["compute"] or {}
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}
                      | {k: compute[k] for k in ("block_fraction", "flop_fraction", "full_resolution_nfe_equivalent")
@@ -289,6 +314,7 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UsageError("--out is required (the job folder), or give --folder to score images")
+    check_out_dir(args.out)
     nfes = args.nfe or ((10,) if args.cascade is None else ())
     config = EvalConfig(model=args.model, solvers=args.solver, nfes=nfes, num=args.num, seed=args.seed,
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
@@ -310,6 +336,7 @@ _SHOWN = ("model", "solver", "nfe", "num_samples", "seeds", "fid", "fid_low", "f
 def _search(args: argparse.Namespace) -> int:
     from .search.run import SearchConfig, report_table, run_search
 
+    check_out_dir(args.out)
     config = SearchConfig(model=args.model, nfes=args.nfe, budget=args.budget, samples=args.samples, seed=args.seed,
                           features=args.features, mode=args.mode, ref=args.ref, batch_size=args.batch_size,
                           per_stage=args.per_stage, pool=args.pool, predictor=not args.no_predictor,
@@ -329,6 +356,8 @@ def _filters(args: argparse.Namespace) -> dict:
 def _runs(args: argparse.Namespace) -> int:
     from .results import ResultsDB, write_csv
 
+    if args.csv:
+        check_out_file(args.csv, "--csv")
     rows = ResultsDB(args.db).query(**_filters(args))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"{'id':>4}  {'model':12.12}  {'solver':10}  {'nfe':>3}  {'N':>6}  {'seeds':11.11}  "
@@ -349,6 +378,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from .results import ResultsDB, plot_runs
 
+    check_out_file(args.out)
     rows = ResultsDB(args.db).query(**_filters(args))
     print(plot_runs(rows, args.out, args.metric))
     return 0
@@ -430,20 +460,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "app":
             from .app import serve
 
-            serve(host=args.host, port=args.port, db=args.db, concurrency=args.concurrency, device=args.device)
+            serve(host=args.host, port=args.port, db=args.db, concurrency=args.concurrency, device=args.device,
+                  models=args.models, any_model=args.allow_any_model)
             return 0
         if args.command == "train":
             from .train import train
 
-            print(json.dumps(train(args.recipe, args.out, seed=args.seed, device=args.device, steps=args.steps)))
+            check_out_dir(args.out)
+            print(json.dumps(train(args.recipe, args.out, seed=args.seed, device=args.device, steps=args.steps,
+                                   checkpoint_every=args.checkpoint_every)))
             return 0
         return _models()
     except UsageError as e:
-        print(f"samplebench: error: {e}", file=sys.stderr)
+        print(f"samplebench: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("samplebench: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("samplebench: error: out of memory; use a smaller --num, --batch-size or --nfe", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug or a failing system, not bad input: one line unless asked for the trace
+        if os.environ.get("SAMPLEBENCH_TRACEBACK"):
+            raise
+        print(f"samplebench: internal error: {type(e).__name__}: {_one_line(e)} (SAMPLEBENCH_TRACEBACK=1 shows "
+              "where)", file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def sample_main(argv: Sequence[str] | None = None) -> int:

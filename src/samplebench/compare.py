@@ -131,6 +131,9 @@ def compare_runs(spec_a: str, spec_b: str, *, metric: str = "fid", ref: str | No
 
     if metric not in ("fid", "kid"):
         raise UsageError(f"unknown metric {metric!r} to compare; valid: fid, kid")
+    level = intervals.LEVEL if level is None else level
+    resamples = intervals.RESAMPLES if resamples is None else resamples
+    intervals.check(level, resamples)
     a, b = (load_run(s, db=db, features=features, mode=mode, device=device, inception_weights=inception_weights)
             for s in (spec_a, spec_b))
     if (a.extractor, a.mode) != (b.extractor, b.mode):
@@ -148,5 +151,5 @@ def compare_runs(spec_a: str, spec_b: str, *, metric: str = "fid", ref: str | No
     estimates = tuple(estimate(metric, r.feats, reference) for r in (a, b))
     diff = intervals.compare(a.feats, b.feats, metric=metric, seeds_a=a.seeds, seeds_b=b.seeds, mu_ref=reference.mu,
                              sigma_ref=reference.sigma, ref_feats=reference.feats, estimates=estimates,
-                             level=level or intervals.LEVEL, resamples=resamples or intervals.RESAMPLES)
+                             level=level, resamples=resamples)
     return a, b, diff

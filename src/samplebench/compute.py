@@ -12,6 +12,7 @@ the full model's, estimated FLOPs (``torch.utils.flop_counter`` on one row, per 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +143,7 @@ class ExitThreshold:
     def parse(cls, text: str | float) -> ExitThreshold:
         """``0.9`` or ``0.95@0.5,0.9`` (threshold@t_max pieces, the last without @ covering up to t = 1)."""
         if isinstance(text, (int, float)):
-            return cls(((1.0, float(text)),))
+            text = repr(float(text))
         pieces, bad = [], f"--exit-threshold {text!r} is not valid; give a number like 0.9, or pieces like 0.95@0.5,0.9"
         parts = [p.strip() for p in str(text).split(",")]
         for k, part in enumerate(parts):
@@ -152,6 +153,8 @@ class ExitThreshold:
                 t = float(t_max) if t_max else 1.0
             except ValueError:
                 raise UsageError(bad) from None
+            if not math.isfinite(thr):
+                raise UsageError(bad + " (thresholds are finite: above 1 never exits, below 0 exits at once)")
             if (not t_max) != (k == len(parts) - 1) or not 0 < t <= 1 or (pieces and t <= pieces[-1][0]):
                 raise UsageError(bad + " (t_max rising in (0, 1], the last piece without @)")
             pieces.append((t, thr))
@@ -187,7 +190,7 @@ def parse_cache(text: str) -> CacheSpec:
             if spec.interval < 1 or spec.branch < 1:
                 raise ValueError
             return spec
-        if kind == "fbcache" and len(args) == 1 and float(args[0]) > 0:
+        if kind == "fbcache" and len(args) == 1 and 0 < float(args[0]) < math.inf:
             return CacheSpec("fbcache", threshold=float(args[0]))
     except ValueError:
         pass

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .checks import MAX_EVAL_SAMPLES, MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
 from .errors import UsageError
 from .files import atomic_savez, atomic_write
 from .results import format_seeds
@@ -82,11 +83,14 @@ class EvalConfig:
         from .samplers import get_solver
         from .sampling import check_solver_nfe
 
-        for name, v in (("--num", self.num), ("--shard-size", self.shard_size)):
-            if v < 1:
-                raise UsageError(f"{name} must be >= 1, got {v}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        check_count("--num", self.num, 1, MAX_EVAL_SAMPLES)
+        check_count("--shard-size", self.shard_size, 1, MAX_SAMPLES)
+        check_seeds(self.seed, self.num)
+        for n in self.nfes:
+            check_count("--nfe", n, 1, MAX_NFE)
+        check_float("--guidance-scale", self.guidance_scale, 0)
+        if self.class_label is not None:
+            check_count("--class-label", self.class_label, 0, 2**31 - 1)
         cascade = self.cascade_spec()
         if cascade is not None:
             from .sampling import check_cascade_options
@@ -243,11 +247,48 @@ class _Job:
         atomic_savez(path, **arrays)
 
 
+def _damaged(path: Path, reason: str, recover: str) -> UsageError:
+    return UsageError(f"{str(path)!r} is damaged ({reason}); {recover}")
+
+
+def _check_shards(job: _Job) -> None:
+    """Read every shard a resume would use (its arrays, their CRCs, its seeds); a damaged one is named with how to
+    recover. Shards appear whole (``files.atomic_write``), so damage comes from outside: a copy cut short, a disk."""
+    c = job.config
+    redo = "delete it and run the job again to redo that shard (the others are kept)"
+    for s in c.solvers:
+        for n in c.nfes:
+            for j in range(c.num_shards):
+                lo, hi = j * c.shard_size, min(c.num, (j + 1) * c.shard_size)
+                for path, keys in ((job.sample_file(s, n, j), ("images", "seeds", "nfe", "wall_time_s")),
+                                   (job.feature_file(s, n, j), ("feats",))):
+                    if not path.exists():
+                        continue
+                    try:
+                        with np.load(path) as z:
+                            arrays = {k: z[k] for k in keys}
+                            if "logits" in z.files:
+                                z["logits"]
+                    except Exception as e:  # zipfile, zlib, pickle and format errors alike
+                        raise _damaged(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}", redo) from None
+                    rows = len(arrays["images"] if "images" in arrays else arrays["feats"])
+                    if rows != hi - lo or ("seeds" in arrays and not np.array_equal(
+                            arrays["seeds"], np.arange(c.seed + lo, c.seed + hi))):
+                        raise _damaged(path, f"it holds {rows} samples, not seeds {c.seed + lo}..{c.seed + hi - 1}",
+                                       redo)
+
+
 def _check_manifest(out: Path, config: EvalConfig) -> None:
     manifest = out / "job.json"
     settings = config.settings()
     if manifest.exists():
-        old = json.loads(manifest.read_text()).get("settings", {})
+        try:
+            old = json.loads(manifest.read_text())["settings"]
+            if not isinstance(old, dict):
+                raise TypeError("settings is not an object")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise _damaged(manifest, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}",
+                           "restore it, or remove the folder to start the job over") from None
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             k = diff[0]
@@ -323,13 +364,15 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     # everything that can fail on bad input fails here, before any sample is drawn
     extractor = get_extractor(c.features, c.mode, dev, inception_weights)
     ref = get_reference(c.reference, extractor) if state.is_main_process else None
-    results_db = ResultsDB(db) if state.is_main_process else None
+    if state.is_main_process:
+        ResultsDB.check(db)  # opened when the rows are ready: a failing job leaves no new database behind
     job = _Job(c, out, dev)
     require_cascade(job.model(), c.cascade_spec())
     if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
         for s in c.solvers:
             job.plan(s)
     if state.is_main_process:
+        _check_shards(job)  # a damaged file is named before anything is written
         _check_manifest(out, c)
         for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below
             stale.unlink()
@@ -356,6 +399,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         return []
 
     rows = []
+    results_db = ResultsDB(db)
     for s in c.solvers:
         for n in c.nfes:
             t0 = time.perf_counter()
@@ -411,7 +455,7 @@ def eval_folder(folder: str | Path, *, ref: str, features: str = "digits", mode:
     images, seeds = load_folder(folder, with_seeds=True)
     extractor = get_extractor(features, mode, device, inception_weights)
     reference = get_reference(ref, extractor)
-    results_db = ResultsDB(db)
+    ResultsDB.check(db)
     t0 = time.perf_counter()
     f = extract(images, extractor, logits="is" in metrics)
     row = {"model": str(Path(folder).resolve()), "solver": None, "time_grid": None, "nfe": None, "seed": None,
@@ -423,6 +467,7 @@ def eval_folder(folder: str | Path, *, ref: str, features: str = "digits", mode:
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     row["run_key"] = _key("folder", row["model"], hashlib.sha256(images.tobytes()).hexdigest(), features, mode,
                           reference.sha256, list(metrics))
+    results_db = ResultsDB(db)
     results_db.add(row)
     results_db.close()
     return row

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .cache import cache_dir
+from .checks import check_out_file
 from .errors import UsageError
 
 __all__ = ["ResultsDB", "default_db", "COLUMNS", "write_csv", "plot_runs", "format_seeds", "parse_seeds"]
@@ -61,14 +63,30 @@ def default_db() -> Path:
     return cache_dir() / "runs.db"
 
 
+LOCK_WAIT_S = 10.0  # how long a write waits for another process's lock on the database
+
+
+def _db_error(path: Path, e: sqlite3.DatabaseError) -> UsageError:
+    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        return UsageError(f"--db {str(path)!r} is locked by another process (waited {LOCK_WAIT_S:g} s); try again "
+                          "when it is done, or give another --db")
+    if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+        return UsageError(f"--db {str(path)!r} is read-only; give a writable file")
+    return UsageError(f"--db {str(path)!r} is not a samplebench results database ({e})")
+
+
 class ResultsDB:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path or default_db()).expanduser()
         if self.path.is_dir():
             raise UsageError(f"--db {str(self.path)!r} is a folder; give a file path")
+        if not self.path.exists():
+            check_out_file(self.path, "--db")
+        elif not os.access(self.path, os.R_OK):
+            raise UsageError(f"--db {str(self.path)!r} is not readable")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60)
+            self.conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
             cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
             have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
@@ -77,16 +95,39 @@ class ResultsDB:
                     self.conn.execute(f"ALTER TABLE runs ADD COLUMN {k} {v.replace(' UNIQUE NOT NULL', '')}")
             self.conn.commit()
         except sqlite3.DatabaseError as e:
-            raise UsageError(f"--db {str(self.path)!r} is not a samplebench results database ({e})") from None
+            raise _db_error(self.path, e) from None
+
+    @staticmethod
+    def check(path: str | Path | None = None) -> Path:
+        """The database path, checked without creating anything: an existing file must be a results database
+        (or an empty file), a new one must be creatable."""
+        p = Path(path or default_db()).expanduser()
+        if p.is_dir():
+            raise UsageError(f"--db {str(p)!r} is a folder; give a file path")
+        if not p.exists():
+            check_out_file(p, "--db")
+            return p
+        try:
+            conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            raise _db_error(p, e) from None
+        return p
 
     def add(self, row: dict[str, Any]) -> None:
         """Insert ``row``, replacing an earlier row with the same ``run_key``."""
         values = {k: (json.dumps(row.get(k), sort_keys=True) if k in ("versions", "settings") else row.get(k))
                   for k in COLUMNS}
         names = ", ".join(values)
-        self.conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(values))})",
-                          list(values.values()))
-        self.conn.commit()
+        try:
+            self.conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(values))})",
+                              list(values.values()))
+            self.conn.commit()
+        except sqlite3.DatabaseError as e:
+            raise _db_error(self.path, e) from None
 
     def query(self, **filters: Any) -> list[dict[str, Any]]:
         """Rows matching every given filter (``None`` = any), oldest first."""
@@ -98,7 +139,10 @@ class ResultsDB:
                 where.append(f"{k} = ?")
                 args.append(v)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        cur = self.conn.execute(sql, args)
+        try:
+            cur = self.conn.execute(sql, args)
+        except sqlite3.DatabaseError as e:
+            raise _db_error(self.path, e) from None
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checks import MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
 from .cascade import CascadeSpec, cascade_sample, plan_cascade, require_cascade
 from .compute import CacheSpec, ComputeMeter, ExitThreshold, check_skipping, metered_denoiser, network_profile, \
     parse_skipping
 from .errors import UsageError
-from .files import GRID_MARKER
+from .files import GRID_MARKER, earlier_run
 from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionModel, load_model
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
 from .noise import SampleGenerators
@@ -61,19 +62,19 @@ class SampleConfig:
     cascade_model: str | None = None  # the lower stages' model
 
     def __post_init__(self) -> None:
-        if self.num < 1:
-            raise UsageError(f"--num must be >= 1, got {self.num}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
-        if self.skip_rho is not None and self.skip_rho < 0:
-            raise UsageError(f"--skip-rho must be >= 0, got {self.skip_rho}")
+        check_count("--num", self.num, 1, MAX_SAMPLES)  # held in memory; ``eval`` writes larger runs in shards
+        check_count("--batch-size", self.batch_size, 1)
+        check_seeds(self.seed, self.num)
+        if self.class_label is not None:
+            check_count("--class-label", self.class_label, 0, 2**31 - 1)
+        check_float("--guidance-scale", self.guidance_scale, 0)
+        if self.skip_rho is not None:
+            check_float("--skip-rho", self.skip_rho, 0)
         cascade = self.cascade_spec()
         if self.nfe is None and self.schedule is None and cascade is None:
             raise UsageError("--nfe is required without --schedule")
-        if self.nfe is not None and self.nfe < 1:
-            raise UsageError(f"--nfe must be >= 1, got {self.nfe}")
+        if self.nfe is not None:
+            check_count("--nfe", self.nfe, 1, MAX_NFE)
         parse_skipping(self.exit_threshold, self.cache)
         if cascade is not None:
             check_cascade_options(cascade, self.nfe, self.schedule, self.solver, self.exit_threshold, self.cache)
@@ -117,6 +118,7 @@ def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: 
     return make_grid(model.schedule, spec, steps)
 
 
+GRID_IMAGES = 256  # images shown in grid.png (every image has its own PNG)
 S3 = "s3"  # the solver name that means "the model's shipped S3 schedule for this NFE"
 
 
@@ -277,11 +279,11 @@ def check_solver_nfe(model: str, solver: str, nfe: int) -> None:
 
 
 def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, model: DiffusionModel | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               on_progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """The ``sample`` command. Every input is validated before anything is printed or written (files are
     written only after sampling succeeded); returns the JSON summary. ``model``: ``config.model`` already loaded;
     ``on_progress(steps done, steps in all)`` after every solver step (an exception it raises stops the run with
-    nothing written)."""
+    nothing written). A non-empty ``out`` is refused unless ``overwrite`` (``files.earlier_run``)."""
     from tqdm import tqdm
 
     cascade = config.cascade_spec()
@@ -293,8 +295,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
     if config.time_grid is not None:
         parse_grid(config.time_grid)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    stale = earlier_run(out, overwrite)
     t_load = time.perf_counter()
     model = model or load_model(config.model, device=config.device, dtype=config.dtype)
     low_model = (load_model(cascade.low_model, device=config.device, dtype=config.dtype)
@@ -348,16 +349,19 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
              "wall_time_s": result.wall_time_s, "load_time_s": load_time, "compute": result.compute}
     return write_samples(out, result.images, result.x, settings, extra, per_image=[{"seed": s} for s in seeds],
                          labels=[f"seed {s}" for s in seeds], title=f"{config.model} | {label} | NFE {result.nfe}",
-                         save_npz=config.save_npz, arrays={"seeds": np.array(seeds)})
+                         save_npz=config.save_npz, replaces=stale, arrays={"seeds": np.array(seeds)})
 
 
 def write_samples(out: Path, images: torch.Tensor, x: torch.Tensor, settings: dict[str, Any], extra: dict[str, Any],
                   *, per_image: list[dict[str, Any]], labels: list[str], title: str, save_npz: bool = False,
-                  arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """One PNG per image (``settings`` and its ``per_image`` entry in a text chunk), a labelled grid, optionally
-    the raw arrays, and summary.json = settings + extra + file names; returns the summary."""
+                  arrays: dict[str, np.ndarray] | None = None, replaces: Sequence[Path] = ()) -> dict[str, Any]:
+    """One PNG per image (``settings`` and its ``per_image`` entry in a text chunk), a labelled grid of the first
+    ``GRID_IMAGES``, optionally the raw arrays, and summary.json = settings + extra + file names; returns the
+    summary. ``replaces``: an earlier run's files (``files.earlier_run``), removed first."""
     from PIL.PngImagePlugin import PngInfo
 
+    for stale in replaces:
+        stale.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images)
     files = []
@@ -369,7 +373,7 @@ def write_samples(out: Path, images: torch.Tensor, x: torch.Tensor, settings: di
         files.append(name)
     marker = PngInfo()
     marker.add_text(GRID_MARKER, title)  # so that scoring the folder leaves the grid out
-    _grid_image(pixels, labels, title).save(out / "grid.png", pnginfo=marker)
+    _grid_image(pixels[:GRID_IMAGES], labels[:GRID_IMAGES], title).save(out / "grid.png", pnginfo=marker)
     if save_npz:
         np.savez(out / "samples.npz", images=images.numpy(), x=x.numpy(), **(arrays or {}))
     summary = {**settings, **extra, "images": files, "grid": "grid.png"}

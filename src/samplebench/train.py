@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_out_dir
 from .errors import UsageError
 
 __all__ = ["RECIPES", "train"]
@@ -85,13 +86,17 @@ def _train_loop(out: Path, net: torch.nn.Module, loss_fn: Callable[[torch.Genera
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        losses, step = state["losses"], state["step"]
+        state = read_checkpoint(ckpt)
+        try:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{str(ckpt)!r} is a checkpoint of another network ({type(e).__name__}); delete it to "
+                             f"train {desc} from the start, or give another --out") from None
+        losses, step = list(state["losses"]), int(state["step"])
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step")
     net.train()
     while step < steps:
@@ -115,6 +120,23 @@ def _train_loop(out: Path, net: torch.nn.Module, loss_fn: Callable[[torch.Genera
     return ema.eval(), losses
 
 
+CHECKPOINT_KEYS = ("net", "ema", "opt", "sched", "gen", "losses", "step")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint, read as data only (``weights_only``: no code in a pickle runs); a file that is not
+    one is named with how to recover."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+            raise ValueError("not a samplebench training checkpoint")
+    except Exception as e:  # pickle, zip and format errors alike
+        raise UsageError(f"{str(path)!r} is not a readable training checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:100]}); delete it to train from the start, or give another "
+                         "--out") from None
+    return state
+
+
 def digits_unet(seed: int = 0):
     """The digits UNet2DModel: 1x16x16, channels (32, 64, 64), self-attention at 4x4, about 1.1 M parameters."""
     from diffusers import UNet2DModel
@@ -127,7 +149,7 @@ def digits_unet(seed: int = 0):
 
 
 def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
-                      batch_size: int = 128, lr: float = 2e-3) -> dict:
+                      batch_size: int = 128, lr: float = 2e-3, checkpoint_every: int | None = None) -> dict:
     """Unconditional eps-prediction DDPM (Ho et al. 2020, Alg. 1) on the 16x16 digits training split;
     linear betas, 1000 training steps. The EMA weights are saved as a diffusers DDPMPipeline."""
     from diffusers import DDPMPipeline, DDPMScheduler
@@ -149,7 +171,7 @@ def train_digits_unet(out: Path, seed: int = 0, device: str = "cpu", steps: int 
         return torch.nn.functional.mse_loss(net(x_t, t.to(device)).sample, eps)
 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
-                              checkpoint_every=500, seed=seed, desc="digits-unet")
+                              checkpoint_every=checkpoint_every or 500, seed=seed, desc="digits-unet")
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
     _save_data_mean(out, data)
     card = {"recipe": "digits-unet",
@@ -176,7 +198,8 @@ def digits_lowdiff_unet(seed: int = 0):
 
 def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
                          batch_size: int = 128, lr: float = 2e-3, max_condition_level: int = 300,
-                         condition_noise: float = 0.1, t_start: float = 0.3) -> dict:
+                         condition_noise: float = 0.1, t_start: float = 0.3,
+                         checkpoint_every: int | None = None) -> dict:
     """LowDiff's unified model (``models/lowdiff.py``) for the cascade 8x8 -> 16x16 on the digits: every step
     trains an unconditional 8x8 batch and a 16x16 batch conditioned on the bilinearly upsampled 8x8 image, noised
     to a level drawn uniformly from 0..``max_condition_level`` - 1 (network time), each with the eps-prediction
@@ -219,7 +242,7 @@ def train_digits_lowdiff(out: Path, seed: int = 0, device: str = "cpu", steps: i
         return loss8 + loss16
 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
-                              checkpoint_every=500, seed=seed, desc="digits-lowdiff")
+                              checkpoint_every=checkpoint_every or 500, seed=seed, desc="digits-lowdiff")
     DDPMPipeline(unet=ema.cpu(), scheduler=scheduler).save_pretrained(out)
     (out / "cascade.json").write_text(json.dumps({"resolutions": [8, 16], "condition_noise": condition_noise,
                                                   "upsample": "bilinear", "t_start": t_start}, indent=2))
@@ -258,7 +281,8 @@ class _DeeDiffNet(torch.nn.Module):
 
 
 def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
-                     batch_size: int = 128, lr: float = 1e-3, label_dropout: float = 0.1) -> dict:
+                     batch_size: int = 128, lr: float = 1e-3, label_dropout: float = 0.1,
+                     checkpoint_every: int | None = None) -> dict:
     """Class-conditional eps-prediction DiT on the 16x16 digits with DeeDiff's uncertainty heads, trained from
     scratch on L_simple + L_u + L_UAL (``models/deediff.py``); labels are replaced by the null class with
     probability ``label_dropout`` for classifier-free guidance. Saved as ``transformer/``, ``uem/``, ``scheduler/``."""
@@ -290,7 +314,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
         return losses["total"]
 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=200, ema_decay=0.999,
-                              checkpoint_every=250, seed=seed, desc="digits-dit")
+                              checkpoint_every=checkpoint_every or 250, seed=seed, desc="digits-dit")
     ema = ema.cpu()
     ema.dit.save_pretrained(out / "transformer")
     ema.heads.save_pretrained(out / "uem")
@@ -309,7 +333,7 @@ def train_digits_dit(out: Path, seed: int = 0, device: str = "cpu", steps: int |
 
 
 def train_digits_classifier(out: Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
-                            batch_size: int = 128, lr: float = 2e-3) -> dict:
+                            batch_size: int = 128, lr: float = 2e-3, checkpoint_every: int | None = None) -> dict:
     """The digits classifier (``models/classifier.py``), trained on the 16x16 training split with random
     shifts of up to one pixel and light Gaussian noise; held-out accuracy in the model card."""
     from .data import load_digits
@@ -330,7 +354,7 @@ def train_digits_classifier(out: Path, seed: int = 0, device: str = "cpu", steps
         return torch.nn.functional.cross_entropy(net(xb.to(device)), y[idx].to(device))
 
     ema, losses = _train_loop(out, net, loss_fn, steps=steps, lr=lr, warmup=100, ema_decay=0.99,
-                              checkpoint_every=500, seed=seed, desc="digits-classifier")
+                              checkpoint_every=checkpoint_every or 500, seed=seed, desc="digits-classifier")
     ema = ema.cpu()
     with torch.no_grad():
         accuracy = float((ema(x_test).argmax(1) == y_test).float().mean())
@@ -352,7 +376,10 @@ RECIPES: dict[str, Callable[..., dict]] = {"digits-unet": train_digits_unet,
                                            "digits-gmm": train_digits_gmm}
 
 
-def train(recipe: str, out: str | Path, seed: int = 0, device: str = "cpu", steps: int | None = None) -> dict:
+def train(recipe: str, out: str | Path, seed: int = 0, device: str = "cpu", steps: int | None = None,
+          checkpoint_every: int | None = None) -> dict:
+    """Train ``recipe`` into ``out``, resuming its checkpoint there (``checkpoint_every``: steps between
+    checkpoints, default the recipe's; it changes no weight)."""
     if recipe not in RECIPES:
         raise UsageError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     if steps is not None and steps < 1:
@@ -360,8 +387,11 @@ def train(recipe: str, out: str | Path, seed: int = 0, device: str = "cpu", step
     from .models import parse_device
 
     parse_device(device)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    out = check_out_dir(out)
+    if (out / "checkpoint.pt").exists():
+        read_checkpoint(out / "checkpoint.pt")  # a bad one is refused before anything is written
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     out.mkdir(parents=True, exist_ok=True)
-    return RECIPES[recipe](out, seed=seed, device=device, steps=steps)
+    extra = {} if checkpoint_every is None or recipe == "digits-gmm" else {"checkpoint_every": checkpoint_every}
+    return RECIPES[recipe](out, seed=seed, device=device, steps=steps, **extra)

@@ -59,13 +59,34 @@ def get_reward(spec: str) -> Reward:
     module, _, name = spec.partition(":")
     if not module or not name:
         raise UsageError(f"unknown reward {spec!r}; valid: {', '.join(REWARD_NAMES)}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UsageError(f"reward {spec!r} cannot be loaded ({e}); valid: {', '.join(REWARD_NAMES)}") from None
+    if not all(part.isidentifier() for part in module.split(".")) or not name.isidentifier():
+        raise UsageError(f"reward {spec!r}: give an absolute module path and a function, e.g. mypkg.rewards:sharpness "
+                         f"(relative modules are not supported); or one of {', '.join(REWARD_NAMES)}")
+    fn = _import_function(spec, module, name)
     if not callable(fn):
         raise UsageError(f"reward {spec!r} is not callable")
     return fn
+
+
+def _import_function(spec: str, module: str, name: str):
+    """``module:name``, importable from the working folder too (as ``python -m`` would find it)."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"reward {spec!r} cannot be loaded ({e}); valid: {', '.join(REWARD_NAMES)}, or "
+                         "module:function importable from the working folder or PYTHONPATH") from None
+    except Exception as e:  # the user's module failed while importing
+        raise UsageError(f"reward {spec!r}: importing {module!r} failed ({type(e).__name__}: {e})") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
 
 
 class CountedReward:

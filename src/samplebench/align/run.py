@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import MAX_BUDGET, MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, Conditioning, DiffusionModel
 from .chain import AlignResult, Chain, default_branch_steps
@@ -57,19 +58,16 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown alignment method {self.method!r}; valid: {', '.join(METHODS)}")
-        for name in ("budget", "num", "nfe", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
-        if not self.lam >= 0:
-            raise UsageError(f"--lambda must be >= 0, got {self.lam}")
-        if not self.widen_c > 0:
-            raise UsageError(f"--widen-c must be > 0, got {self.widen_c}")
-        if not 0 < self.widen_alpha <= 1:
-            raise UsageError(f"--widen-alpha must be in (0, 1], got {self.widen_alpha}")
-        if not self.c_uct >= 0:
-            raise UsageError(f"--c-uct must be >= 0, got {self.c_uct}")
+        for name, hi in (("budget", MAX_BUDGET), ("num", MAX_SAMPLES), ("nfe", MAX_NFE), ("batch_size", None)):
+            check_count(f"--{name.replace('_', '-')}", getattr(self, name), 1, hi)
+        check_seeds(self.seed, self.num)
+        check_float("--lambda", self.lam, 0)
+        check_float("--widen-c", self.widen_c, 0, lo_open=True)
+        check_float("--widen-alpha", self.widen_alpha, 0, 1, lo_open=True)
+        check_float("--c-uct", self.c_uct, 0)
+        check_float("--guidance-scale", self.guidance_scale, 0)
+        if self.class_label is not None:
+            check_count("--class-label", self.class_label, 0, 2**31 - 1)
         if self.potential not in POTENTIALS:
             raise UsageError(f"unknown --potential {self.potential!r}; valid: {', '.join(POTENTIALS)}")
         steps = self.branches
@@ -104,19 +102,19 @@ def align_sample(model: DiffusionModel, reward: Reward, config: AlignConfig, *, 
 
 
 def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, model: DiffusionModel | None = None,
-              on_progress=None) -> dict[str, Any]:
+              on_progress=None, overwrite: bool = False) -> dict[str, Any]:
     """The ``sample`` command for an alignment method: validates, samples, then writes images and summary.json.
     ``model``: ``config.model`` already loaded; ``on_progress(evaluations)`` as the budget is spent."""
     from tqdm import tqdm
 
     from .. import __version__
     from ..models import load_model
+    from ..files import earlier_run
     from ..sampling import write_samples
 
     reward = get_reward(config.reward)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    stale = earlier_run(out, overwrite)
     t_load = time.perf_counter()
     model = model or load_model(config.model, device=config.device, dtype=config.dtype)
     load_time = time.perf_counter() - t_load
@@ -152,4 +150,4 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, mo
                          per_image=[{"index": i, "seed": config.seed, "reward": r} for i, r in enumerate(rewards)],
                          labels=[f"r {r:.3f}" for r in rewards],
                          title=f"{config.model} | {config.method} {config.reward} | {result.nfe} NFE",
-                         save_npz=config.save_npz, arrays={"rewards": np.array(rewards)})
+                         save_npz=config.save_npz, replaces=stale, arrays={"rewards": np.array(rewards)})

@@ -22,23 +22,62 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import MAX_SEED, check_count, check_float, check_seeds
 from ..errors import UsageError
 from ..models import DEFAULT_MODEL, load_model
+from ..models.embedded import EMBEDDED
 
-__all__ = ["Limits", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
+__all__ = ["Limits", "check_model", "read_upload", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
            "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "tile", "zip_folder",
            "grid_html", "query_runs", "results_table", "start_eval"]
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for (the app is meant to be shared)."""
+    """What one request may ask for (the app is meant to be shared). Every value of a request is checked against
+    these before anything runs, whichever way it arrives (the page, or its API called directly)."""
 
     images: int = 16  # seeds per cell
     cells: int = 16  # solvers x NFEs
-    nfe: int = 250  # per sample
+    nfe: int = 250  # per sample, also for an uploaded schedule and a cascade's total
     budget: int = 50_000  # tree search: network evaluations per request
     eval_samples: int = 2000  # an evaluation job started from the app, per (solver, NFE)
+    guidance: float = 15.0  # classifier-free guidance scale
+    prompt_chars: int = 1000
+    upload_bytes: int = 64 * 1024  # an uploaded schedule file
+    models: tuple[str, ...] | None = tuple(EMBEDDED)  # what a request may load; None: anything (operator's choice)
+
+
+def check_model(name: Any, limits: Limits) -> str:
+    """``name`` if the app offers it. Every other name gets the same refusal, whether or not it names a folder or
+    a hub id, so a request learns nothing about the server's files."""
+    name = DEFAULT_MODEL if name in (None, "") else name
+    if not isinstance(name, str) or (limits.models is not None and name not in limits.models):
+        raise UsageError(f"that model is not offered here; valid: {', '.join(limits.models or ())}")
+    return name
+
+
+def read_upload(path: Any, upload_root: str | Path | None, limits: Limits) -> str:
+    """The text of a file that Gradio received as an upload (inside ``upload_root``), at most
+    ``limits.upload_bytes``. Any other path gets the same refusal, and no error quotes the file."""
+    refused = UsageError("the schedule must be a JSON file uploaded through this page")
+    if upload_root is None or not isinstance(path, (str, Path)):
+        raise refused
+    try:
+        root = Path(upload_root).resolve(strict=True)
+        file = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        raise refused from None
+    if root not in file.parents or not file.is_file():
+        raise refused
+    if file.stat().st_size > limits.upload_bytes:
+        raise UsageError(f"the uploaded schedule is over {limits.upload_bytes // 1024} KiB; a schedule is a small "
+                         "JSON file")
+    try:
+        return file.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise UsageError("the uploaded file is not a text file; a schedule is JSON, as 'samplebench search' "
+                         "writes") from None
 
 
 class Cancelled(Exception):
@@ -47,11 +86,13 @@ class Cancelled(Exception):
 
 def parse_seeds(text: str, limit: int) -> tuple[int, int]:
     """'0-7' or '3' -> (first seed, count); image i of every cell uses seed first + i."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
+    m = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", str(text)[:100])
     if m is None:
-        raise UsageError(f"seeds {text!r} are not valid; give a seed or a range, e.g. 0-7")
+        raise UsageError(f"seeds {str(text)[:40]!r} are not valid; give a seed or a range, e.g. 0-7")
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) is not None else lo
+    if hi > MAX_SEED:
+        raise UsageError(f"seed {hi} is above the largest seed 2**64 - 1 = {MAX_SEED}")
     if hi < lo:
         raise UsageError(f"seeds {text!r}: the range runs backwards")
     if hi - lo + 1 > limit:
@@ -61,13 +102,16 @@ def parse_seeds(text: str, limit: int) -> tuple[int, int]:
 
 def _count(name: str, value: Any, limit: int, unit: str = "") -> int:
     """``value`` as a whole number in 1..limit, else a one-line error naming it."""
-    if value is None or not 1 <= int(value) <= limit:
-        raise UsageError(f"{name} {value} must be from 1 to {limit}{unit}")
-    return int(value)
+    try:
+        return check_count(name, value, 1, limit)
+    except UsageError:
+        raise UsageError(f"{name} {str(value)[:40]} must be a whole number from 1 to {limit}{unit}") from None
 
 
 def _solver_grid(solvers: Sequence[str], nfes: Sequence[int], limits: Limits) -> list[str]:
     """The distinct ``solvers``, checked: at least one, and at most ``limits.cells`` (solver, NFE) cells."""
+    if isinstance(solvers, str) or not all(isinstance(s, str) for s in solvers):
+        raise UsageError("solvers must be a list of solver names")
     solvers = list(dict.fromkeys(solvers))
     if not solvers:
         raise UsageError("pick at least one solver")
@@ -80,9 +124,9 @@ def _solver_grid(solvers: Sequence[str], nfes: Sequence[int], limits: Limits) ->
 def parse_nfes(text: str, limit: int) -> tuple[int, ...]:
     """'5, 10, 20' -> NFEs, each in 1..limit."""
     nfes = []
-    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
-        if not part.isdigit() or not 1 <= int(part) <= limit:
-            raise UsageError(f"NFE {part!r} is not valid; give whole numbers from 1 to {limit}, e.g. 5,10")
+    for part in [p.strip() for p in str(text)[:200].split(",") if p.strip()]:
+        if not (part.isascii() and part.isdigit()) or len(part) > 6 or not 1 <= int(part) <= limit:
+            raise UsageError(f"NFE {part[:20]!r} is not valid; give whole numbers from 1 to {limit}, e.g. 5,10")
         nfes.append(int(part))
     if not nfes:
         raise UsageError("give at least one NFE, e.g. 5,10")
@@ -127,9 +171,17 @@ class CellResult:
         return text
 
 
-def _conditioning(model: str, class_label: int | None, prompt: str | None, guidance: float) -> dict[str, Any]:
-    return {"model": model or DEFAULT_MODEL, "class_label": class_label, "prompt": prompt or None,
-            "guidance_scale": float(guidance)}
+def _conditioning(model: str, class_label: Any, prompt: str | None, guidance: Any,
+                  limits: Limits) -> dict[str, Any]:
+    """The request's model and conditioning, checked."""
+    if class_label not in (None, "", "auto"):
+        class_label = check_count("class label", class_label, 0, 2**31 - 1)
+    else:
+        class_label = None
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > limits.prompt_chars):
+        raise UsageError(f"the prompt must be text of at most {limits.prompt_chars} characters")
+    return {"model": check_model(model, limits), "class_label": class_label, "prompt": prompt or None,
+            "guidance_scale": check_float("guidance scale", guidance, 0, limits.guidance)}
 
 
 def compare_cells(model: str, solvers: Sequence[str], nfes: str | Sequence[int], seeds: str, *,
@@ -138,10 +190,11 @@ def compare_cells(model: str, solvers: Sequence[str], nfes: str | Sequence[int],
     """Rows = solvers, columns = NFEs, the same seeds in every cell; all checked before anything runs."""
     from ..sampling import check_solver_nfe
 
-    nfes = parse_nfes(nfes, limits.nfe) if isinstance(nfes, str) else tuple(nfes)
+    nfes = (parse_nfes(nfes, limits.nfe) if isinstance(nfes, str) else
+            tuple(dict.fromkeys(_count("NFE", n, limits.nfe) for n in nfes)))
     seeds = parse_seeds(seeds, limits.images)
     solvers = _solver_grid(solvers, nfes, limits)
-    common = _conditioning(model, class_label, prompt, guidance)
+    common = _conditioning(model, class_label, prompt, guidance, limits)
     cells = []
     for s in solvers:
         for n in nfes:
@@ -157,19 +210,27 @@ def _sample_config(common: dict[str, Any], seeds: tuple[int, int], **kwargs):
 
 
 def s3_cells(model: str, nfe: int, seeds: str, baseline: str, schedule_file: str | None = None,
-             limits: Limits = Limits()) -> list[Cell]:
-    """The shipped (or an uploaded) S3 schedule next to a baseline solver at the same NFE."""
+             limits: Limits = Limits(), upload_root: str | Path | None = None) -> list[Cell]:
+    """The shipped (or an uploaded) S3 schedule next to a baseline solver at the same NFE. An uploaded
+    ``schedule_file`` must lie in ``upload_root`` (``read_upload``)."""
     from ..sampling import check_solver_nfe
     from ..usf import SolverSchedule
 
     seeds = parse_seeds(seeds, limits.images)
-    common = _conditioning(model, None, None, 1.0)
+    common = _conditioning(model, None, None, 1.0, limits)
     if schedule_file:
-        nfe = SolverSchedule.load(schedule_file).nfe
+        text = read_upload(schedule_file, upload_root, limits)
+        try:
+            nfe = SolverSchedule.from_json(text).nfe
+        except UsageError:
+            raise UsageError("the uploaded file is not a valid solver schedule; upload a schedule JSON that "
+                             "'samplebench search' wrote (OUT/s3/nfe<K>.json)") from None
+        if nfe > limits.nfe:
+            raise UsageError(f"the uploaded schedule spends {nfe} NFE; at most {limits.nfe} here")
         s3 = Cell("schedule", f"NFE {nfe}", _sample_config(common, seeds, solver="usf", nfe=nfe,
                                                              schedule=str(schedule_file)))
     else:
-        nfe = int(nfe)
+        nfe = _count("NFE", nfe, limits.nfe)
         check_solver_nfe(common["model"], "s3", nfe)
         s3 = Cell("s3", f"NFE {nfe}", _sample_config(common, seeds, solver="s3", nfe=nfe))
     check_solver_nfe(common["model"], baseline, nfe)
@@ -177,6 +238,7 @@ def s3_cells(model: str, nfe: int, seeds: str, baseline: str, schedule_file: str
 
 
 ALIGN_REWARDS = re.compile(r"class:\d|even|odd")  # no module:function from a shared app
+ALIGN_METHODS = ("dts", "dts-star", "best-of-n", "fk")
 
 
 def align_cells(method: str, reward: str, budget: int, num: int, nfe: int, lam: float, *, model: str = "digits",
@@ -184,12 +246,15 @@ def align_cells(method: str, reward: str, budget: int, num: int, nfe: int, lam: 
     """One tree-search (or baseline) run: ``num`` samples of p(x) exp(lambda r(x)) for ``budget`` NFE."""
     from ..align import AlignConfig
 
-    if not ALIGN_REWARDS.fullmatch(reward or ""):
-        raise UsageError(f"reward {reward!r} is not offered here; valid: class:0 .. class:9, even, odd")
+    if not isinstance(reward, str) or not ALIGN_REWARDS.fullmatch(reward):
+        raise UsageError(f"reward {str(reward)[:40]!r} is not offered here; valid: class:0 .. class:9, even, odd")
+    if method not in ALIGN_METHODS:
+        raise UsageError(f"method {str(method)[:40]!r} is not valid; valid: {', '.join(ALIGN_METHODS)}")
     config = AlignConfig(method=method, reward=reward, budget=_count("budget", budget, limits.budget,
                                                                      " network evaluations"),
                          num=_count("samples", num, limits.images), nfe=_count("chain NFE", nfe, limits.nfe),
-                         lam=float(lam), model=model, seed=int(seed))
+                         lam=check_float("lambda", lam, 0, 1000), model=check_model(model, limits),
+                         seed=check_seeds(seed, 1, "seed"))
     return [Cell(method, reward, config)]
 
 
@@ -201,7 +266,7 @@ def skipping_cells(model: str, solver: str, nfe: int, seeds: str, *, exit_thresh
 
     nfe = _count("NFE", nfe, limits.nfe)
     seeds = parse_seeds(seeds, limits.images)
-    common = _conditioning(model, class_label, None, 1.0)
+    common = _conditioning(model, class_label, None, 1.0, limits)
     check_solver_nfe(common["model"], solver, nfe)
     label = f"exit {exit_threshold}" if exit_threshold else cache
     if not label:
@@ -218,18 +283,20 @@ def cascade_cells(model: str, stages: str, cascade_from: float | None, seeds: st
     from ..sampling import check_solver_nfe
 
     seeds = parse_seeds(seeds, limits.images)
-    if not (stages or "").strip():
+    if not isinstance(stages, str) or not stages.strip() or len(stages) > 200:
         raise UsageError("give cascade stages, e.g. 8:20,16:2")
+    if cascade_from is not None:
+        cascade_from = check_float("t*", cascade_from, 0, 1, lo_open=True)
     spec = CascadeSpec.parse(stages, cascade_from, None, None, None)
     if spec.nfe > limits.nfe:
         raise UsageError(f"the cascade spends {spec.nfe} NFE; at most {limits.nfe}")
-    check_solver_nfe(single_model, solver, spec.nfe)
+    common, single = _conditioning(model, None, None, 1.0, limits), _conditioning(single_model, None, None, 1.0,
+                                                                                   limits)
+    check_solver_nfe(single["model"], solver, spec.nfe)
     return [Cell(f"cascade {spec.label()}", f"NFE {spec.nfe}",
-                 _sample_config(_conditioning(model, None, None, 1.0), seeds, solver=solver, nfe=None,
-                                cascade=stages, cascade_from=cascade_from)),
-            Cell(f"{single_model} single resolution", f"NFE {spec.nfe}",
-                 _sample_config(_conditioning(single_model, None, None, 1.0), seeds, solver=solver,
-                                nfe=spec.nfe))]
+                 _sample_config(common, seeds, solver=solver, nfe=None, cascade=stages, cascade_from=cascade_from)),
+            Cell(f"{single['model']} single resolution", f"NFE {spec.nfe}",
+                 _sample_config(single, seeds, solver=solver, nfe=spec.nfe))]
 
 
 class ModelPool:
@@ -395,6 +462,7 @@ def start_eval(model: str, solvers: Sequence[str], nfes: str, num: int, folder: 
     num = _count("samples", num, limits.eval_samples)
     nfe_list = parse_nfes(nfes, limits.nfe)
     solvers = _solver_grid(solvers, nfe_list, limits)
+    model = check_model(model, limits)
     config = EvalConfig(model=model, solvers=tuple(solvers), nfes=nfe_list, num=num, metrics=("fid", "kid"),
                         shard_size=min(250, num))
     return run_eval(config, folder, device=device, db=db, progress=progress)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio import utils as gradio_utils
 
 from ..errors import UsageError
 from ..models.embedded import DEFAULT_MODEL, EMBEDDED
@@ -35,6 +36,7 @@ CSS = """
 
 SOLVERS = [*solver_names(), "s3"]
 GRID_COMPUTING = "Running…"
+INTERNAL_ERROR = "the request failed on the server; its log has the details"
 
 
 class App:
@@ -43,10 +45,16 @@ class App:
     def __init__(self, db: str | None = None, limits: core.Limits = core.Limits(), device: str = "cpu",
                  keep_s: float = 3600):
         self.db, self.limits, self.keep_s = db, limits, keep_s
+        self.any_model = limits.models is None
+        self.models = list(EMBEDDED) if limits.models is None else list(limits.models)
         self.pool = core.ModelPool(device=device)
         self.scratch = Path(tempfile.mkdtemp(prefix="samplebench-app-"))
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+
+    def offered(self, *preferred: str) -> list[str]:
+        """The models of a view's dropdown: the embedded ones it suits (``preferred``), then the operator's."""
+        return [m for m in preferred if m in self.models] + [m for m in self.models if m not in EMBEDDED]
 
     def request_folder(self) -> Path:
         """A fresh folder for one request; folders older than ``keep_s`` are removed."""
@@ -83,8 +91,8 @@ def guarded(fn):
             return e
         if isinstance(e, UsageError):
             return gr.Error(_message(e), print_exception=False)
-        log.exception("callback %s failed", fn.__name__)
-        return gr.Error(f"{type(e).__name__}: {_message(e)}", print_exception=False)
+        log.exception("callback %s failed", fn.__name__)  # the details stay in the operator's log
+        return gr.Error(INTERNAL_ERROR, print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -106,13 +114,18 @@ def guarded(fn):
     return call
 
 
-def _class_label(value: Any) -> int | None:
-    return None if value in (None, "", "auto") else int(value)
+def _text(value: Any, name: str, limit: int = 200) -> str:
+    """A text field's value as sent, checked (a request may bypass the page)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise UsageError(f"{name} must be text of at most {limit} characters")
+    return value
 
 
 def build(app: App) -> gr.Blocks:
     limits = app.limits
-    models = list(EMBEDDED)
+    models = app.models
 
     def run_grid(cells: list[core.Cell], request: gr.Request | None, progress: gr.Progress):
         """Yields (grid html, status, zip or None, results) as the cells finish."""
@@ -150,8 +163,9 @@ def build(app: App) -> gr.Blocks:
         gr.Markdown("# samplebench\nSample from diffusion models with fast solvers; compare them on the same seeds.")
         with gr.Tab("Compare", id="compare"):
             with gr.Row():
-                model = gr.Dropdown(models, value=DEFAULT_MODEL, allow_custom_value=True, label="Model",
-                                    info="embedded, a diffusers hub id, or a local pipeline folder")
+                model = gr.Dropdown(models, value=DEFAULT_MODEL, allow_custom_value=app.any_model, label="Model",
+                                    info="the models this app offers" + (
+                                        "; or a diffusers hub id or a server folder" if app.any_model else ""))
                 nfes = gr.Textbox("5,10", label="NFEs", info=f"comma-separated, 1 to {limits.nfe}")
                 seeds = gr.Textbox("0-7", label="Seeds", info=f"a range, at most {limits.images} images")
             solvers = gr.CheckboxGroup(SOLVERS, value=["ddim", "dpmpp-2m"], label="Solvers",
@@ -178,8 +192,8 @@ def build(app: App) -> gr.Blocks:
             @guarded
             def compare(model, solvers, nfes, seeds, class_label, guidance, prompt, request: gr.Request,
                         progress=gr.Progress()):
-                cells = core.compare_cells(model, solvers or [], nfes, seeds, class_label=_class_label(class_label),
-                                           prompt=prompt, guidance=guidance, limits=limits)
+                cells = core.compare_cells(model, solvers or [], _text(nfes, "NFEs"), _text(seeds, "seeds"),
+                                           class_label=class_label, prompt=prompt, guidance=guidance, limits=limits)
                 yield from run_grid(cells, request, progress)
 
             event = run.click(compare, [model, solvers, nfes, seeds, class_label, guidance, prompt],
@@ -214,7 +228,8 @@ def method_views(app: App, run_grid) -> None:
                     "solver at the same NFE. Use the model's shipped schedule or upload one from "
                     "`samplebench search`.")
         with gr.Row():
-            model = gr.Dropdown(["digits", "digits-gmm"], value="digits", allow_custom_value=True, label="Model")
+            model = gr.Dropdown(app.offered("digits", "digits-gmm", "digits-dit"), value="digits",
+                                allow_custom_value=app.any_model, label="Model")
             nfe = gr.Dropdown(list(range(3, 11)), value=5, label="NFE (shipped schedule)")
             baseline = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Baseline solver")
             seeds = gr.Textbox("0-7", label="Seeds")
@@ -225,7 +240,9 @@ def method_views(app: App, run_grid) -> None:
 
         @guarded
         def s3(model, nfe, baseline, seeds, upload, request: gr.Request, progress=gr.Progress()):
-            yield from run_grid(core.s3_cells(model, nfe, seeds, baseline, upload, limits=limits), request, progress)
+            cells = core.s3_cells(model, nfe, _text(seeds, "seeds"), baseline, upload, limits=limits,
+                                  upload_root=gradio_utils.get_upload_folder())
+            yield from run_grid(cells, request, progress)
 
         go.click(s3, [model, nfe, baseline, seeds, upload], list(outputs), concurrency_id="sampling")
 
@@ -258,7 +275,8 @@ def method_views(app: App, run_grid) -> None:
                     "(`deepcache:N`, `digits`); `fbcache:THRESHOLD` is diffusers' FirstBlockCache for transformers. "
                     "Shown next to the full network on the same seeds.")
         with gr.Row():
-            model = gr.Dropdown(["digits-dit", "digits"], value="digits-dit", allow_custom_value=True, label="Model")
+            model = gr.Dropdown(app.offered("digits-dit", "digits"), value="digits-dit",
+                                allow_custom_value=app.any_model, label="Model")
             solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
             nfe = gr.Number(10, precision=0, label="NFE")
             seeds = gr.Textbox("0-7", label="Seeds")
@@ -270,8 +288,9 @@ def method_views(app: App, run_grid) -> None:
 
         @guarded
         def skipping(model, solver, nfe, seeds, threshold, cache, request: gr.Request, progress=gr.Progress()):
-            cells = core.skipping_cells(model, solver, nfe, seeds, exit_threshold=threshold.strip() or None,
-                                        cache=cache.strip() or None, limits=limits)
+            cells = core.skipping_cells(model, solver, nfe, _text(seeds, "seeds"),
+                                        exit_threshold=_text(threshold, "exit threshold").strip() or None,
+                                        cache=_text(cache, "cache").strip() or None, limits=limits)
             yield from run_grid(cells, request, progress)
 
         go.click(skipping, [model, solver, nfe, seeds, threshold, cache], list(outputs), concurrency_id="sampling")
@@ -280,8 +299,8 @@ def method_views(app: App, run_grid) -> None:
         gr.Markdown("**LowDiff cascade**: most steps at low resolution, a few at full resolution from the upsampled "
                     "sample (`digits-lowdiff`), next to the single-resolution model at the same total NFE.")
         with gr.Row():
-            model = gr.Dropdown(["digits-lowdiff", "digits"], value="digits-lowdiff", allow_custom_value=True,
-                                label="Model")
+            model = gr.Dropdown(app.offered("digits-lowdiff", "digits"), value="digits-lowdiff",
+                                allow_custom_value=app.any_model, label="Model")
             stages = gr.Textbox("8:20,16:2", label="Stages", info="RES:NFE[:SOLVER] at rising resolutions")
             start = gr.Textbox("", label="t* of later stages", info="empty = the model's own")
             solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
@@ -291,9 +310,11 @@ def method_views(app: App, run_grid) -> None:
 
         @guarded
         def cascade(model, stages, start, solver, seeds, request: gr.Request, progress=gr.Progress()):
+            start = _text(start, "t*")
             t_star = _float(start, "t*") if start.strip() else None
-            yield from run_grid(core.cascade_cells(model, stages, t_star, seeds, solver, limits=limits), request,
-                                progress)
+            cells = core.cascade_cells(model, _text(stages, "stages"), t_star, _text(seeds, "seeds"), solver,
+                                       limits=limits)
+            yield from run_grid(cells, request, progress)
 
         go.click(cascade, [model, stages, start, solver, seeds], list(outputs), concurrency_id="sampling")
 
@@ -325,7 +346,8 @@ def results_view(app: App, demo: gr.Blocks) -> None:
 
     with gr.Accordion("Start a small evaluation (digits features, FID and KID)", open=False):
         with gr.Row():
-            e_model = gr.Dropdown(["digits", "digits-gmm", "digits-dit"], value="digits", label="Model")
+            e_model = gr.Dropdown(app.offered("digits", "digits-gmm", "digits-dit"), value="digits",
+                                  allow_custom_value=app.any_model, label="Model")
             e_solvers = gr.CheckboxGroup(SOLVERS, value=["dpmpp-2m"], label="Solvers")
             e_nfes = gr.Textbox("5,10", label="NFEs")
             e_num = gr.Slider(50, limits.eval_samples, value=250, step=50, label="Samples per run")
@@ -334,7 +356,8 @@ def results_view(app: App, demo: gr.Blocks) -> None:
 
     @guarded
     def show(model, solver, extractor):
-        rows = core.query_runs(app.db, model=model, solver=solver, extractor=extractor)
+        rows = core.query_runs(app.db, model=_text(model, "model", 500), solver=_text(solver, "solver"),
+                               extractor=_text(extractor, "features"))
         data = [[_cell(r[k]) for k in core.TABLE_COLUMNS] for r in core.results_table(rows)]
         try:
             return data, "", str(plot_runs(rows, app.request_folder() / "fid.png"))
@@ -344,7 +367,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
     @guarded
     def evaluate(model, solvers, nfes, num, progress=gr.Progress(track_tqdm=True)):
         folder = app.request_folder() / "job"
-        rows = core.start_eval(model, solvers or [], nfes, num, folder, app.db, limits=limits,
+        rows = core.start_eval(model, solvers or [], _text(nfes, "NFEs"), num, folder, app.db, limits=limits,
                                device=app.pool.device, progress=True)
         lines = [f"{r['solver']} NFE {r['nfe']}: FID {r['fid']:.3f} [{r['fid_low']:.3f}, {r['fid_high']:.3f}]"
                  for r in rows]

@@ -73,17 +73,28 @@ def load_npz_images(path: str | Path) -> np.ndarray:
     [N, C, H, W] in [-1, 1] (as ``sample --save-npz`` writes it)."""
     from .scores import as_uint8
 
+    bad = f"{str(path)!r} is not an .npz of images"
     try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{str(path)!r} is not a readable .npz ({e})") from None
-    keys = list(data.keys())
-    if "images" in keys:
-        a = data["images"]
-    elif len(keys) == 1:
-        a = data[keys[0]]
-    else:
-        raise UsageError(f"{str(path)!r} holds {', '.join(keys)}; name the image array 'images'")
+        with np.load(path) as data:
+            keys = list(data.keys())
+            if "images" in keys:
+                a = data["images"]
+            elif len(keys) == 1:
+                a = data[keys[0]]
+            else:
+                raise UsageError(f"{str(path)!r} holds {', '.join(keys) or 'no arrays'}; name the image array "
+                                 "'images'")
+    except UsageError:
+        raise
+    except Exception as e:  # not a zip, a truncated one, an .npy, pickled objects
+        raise UsageError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    channels_first = a.ndim == 4 and a.shape[1] in (1, 3)
+    if (a.ndim != 4 or len(a) < 1 or not (channels_first or a.shape[-1] in (1, 3))
+            or not (a.dtype == np.uint8 or np.issubdtype(a.dtype, np.floating))):
+        raise UsageError(f"{bad}: its array is {a.dtype} {list(a.shape)}; give uint8 [N, H, W, C] or [N, C, H, W], "
+                         "or float [N, C, H, W] in [-1, 1], with C = 1 or 3")
+    if a.dtype != np.uint8 and not np.isfinite(a).all():
+        raise UsageError(f"{bad}: its float images hold NaN or infinity")
     if a.ndim == 4 and a.dtype == np.uint8 and a.shape[1] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(0, 2, 3, 1)
     if a.dtype != np.uint8:

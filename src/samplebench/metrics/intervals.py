@@ -93,12 +93,18 @@ class Difference:
                 f"({self.level:.0%}, {how}, {self.resamples} resamples): {verdict}")
 
 
+MAX_RESAMPLES = 20_000
+
+
 def check(level: float, resamples: int) -> None:
-    """A one-line error for a level outside (0, 1) or fewer than 10 resamples."""
+    """A one-line error for a level outside (0, 1), or fewer than 10 or more than ``MAX_RESAMPLES`` resamples."""
     if not 0 < level < 1:
         raise UsageError(f"the interval level must be in (0, 1), got {level}")
     if resamples < 10:
         raise UsageError(f"--resamples must be at least 10 (the bootstrap of each interval), got {resamples}")
+    if resamples > MAX_RESAMPLES:
+        raise UsageError(f"--resamples must be <= {MAX_RESAMPLES} (each resample is a row of sample counts in "
+                         f"memory), got {resamples}")
 
 
 def bootstrap_counts(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:

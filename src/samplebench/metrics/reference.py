@@ -115,10 +115,14 @@ def _check_dim(ref: Reference, extractor: Extractor, origin: str) -> Reference:
 
 def _load(stem_path: Path, name: str, extractor: Extractor, origin: str) -> Reference:
     try:
-        stats = np.load(stem_path)
-        mu, sigma = stats["mu"], stats["sigma"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"{str(stem_path)!r} is not a statistics file with 'mu' and 'sigma' ({e})") from None
+        with np.load(stem_path) as stats:
+            mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all()
+                                                                     and np.isfinite(sigma).all()):
+            raise ValueError(f"mu {list(mu.shape)} and sigma {list(sigma.shape)} are not finite statistics")
+    except Exception as e:
+        raise UsageError(f"{str(stem_path)!r} is not a statistics file with 'mu' and 'sigma' "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     kid_file = stem_path.with_name(stem_path.stem + "_kid.npz")
     info_file = stem_path.with_name(stem_path.stem + "_info.json")
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
@@ -134,8 +138,12 @@ def get_reference(spec: str, extractor: Extractor, *, name: str | None = None, r
     (under ``name`` when given)."""
     path = Path(spec)
     if spec.endswith(".npz") and path.is_file():
-        with np.load(path) as z:
-            is_stats = "mu" in z.files and "sigma" in z.files
+        try:
+            with np.load(path) as z:
+                is_stats = "mu" in z.files and "sigma" in z.files
+        except Exception as e:  # not a zip, truncated, an .npy
+            raise UsageError(f"{spec!r} is not a readable .npz of images or of statistics (mu, sigma) "
+                             f"({type(e).__name__})") from None
         if is_stats:
             return _load(path, path.stem, extractor, repr(spec))
     builtin = spec in BUILTIN_REFERENCES

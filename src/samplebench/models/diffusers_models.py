@@ -171,6 +171,37 @@ def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dty
                          prediction_type=scheduler.config.prediction_type)
 
 
+HUB_TIMEOUT_S = 5.0
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache holds ``name``'s model_index.json (then no network is needed to start)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "model_index.json"), str)
+    except Exception:  # an id huggingface_hub refuses: the load below says why
+        return False
+
+
+def _check_hub_reachable(name: str) -> None:
+    """One request with a short timeout, so that an offline machine fails at once instead of after retries."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{name}", method="HEAD"),
+                               timeout=HUB_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # the hub answered (an unknown or gated id is reported by the load itself)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise UsageError(f"cannot reach the Hugging Face hub ({endpoint}) to fetch {name!r}: {reason}; give an "
+                         "embedded model (see 'samplebench models'), a local pipeline folder, or a hub id already "
+                         "in the cache") from None
+
+
 def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
                         local_files_only: bool | None = None) -> DiffusionModel:
     """Load a diffusers pipeline by hub id or local directory and wrap it. ``local_files_only`` defaults to
@@ -181,8 +212,11 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
 
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not local_files_only and not Path(name).is_dir() and not _in_hub_cache(name):
+        _check_hub_reachable(name)
     try:
-        index = DiffusionPipeline.load_config(name, local_files_only=local_files_only)
+        with _quiet_diffusers():
+            index = DiffusionPipeline.load_config(name, local_files_only=local_files_only)
     except Exception as e:  # diffusers raises EnvironmentError / OSError / ValueError variants
         raise UsageError(f"{name!r} is not a diffusers pipeline (no readable model_index.json: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import MAX_EVAL_SAMPLES, check_count, check_seeds
 from ..errors import UsageError
 from ..files import atomic_write
 from ..usf import SolverSchedule
@@ -105,9 +106,12 @@ class SearchConfig:
                             ("--baselines", self.baselines, 1)):
             if v < lo:
                 raise UsageError(f"{name} must be >= {lo}, got {v}")
-        for name, v in (("--seed", self.seed), ("--rescore-seed", self.rescore_seed)):
-            if v < 0:
-                raise UsageError(f"{name} must be >= 0, got {v}")
+        check_count("--budget", self.budget, 1, 1_000_000)
+        for name, v, hi in (("--samples", self.samples, MAX_EVAL_SAMPLES), ("--rescore", self.rescore,
+                            MAX_EVAL_SAMPLES), ("--pool", self.pool, 1_000_000)):
+            check_count(name, v, 1, hi)
+        check_seeds(self.seed, self.samples)
+        check_seeds(self.rescore_seed, self.rescore, "--rescore-seed")
         if self.seed < self.rescore_seed + self.rescore and self.rescore_seed < self.seed + self.samples:
             raise UsageError(f"--rescore-seed {self.rescore_seed}: its {self.rescore} seeds overlap the screening "
                              f"seeds {self.seed}..{self.seed + self.samples - 1}; re-scoring needs fresh seeds")
@@ -293,6 +297,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {str(out)!r} exists and is not a directory")
         settings = config.settings()
+        _check_state(out)  # a damaged file is named before anything is written
         if manifest.exists():
             old = json.loads(manifest.read_text())
             diff = sorted(k for k in set(old) | set(settings) if k not in ADJUSTABLE and old.get(k) != settings.get(k))
@@ -387,6 +392,50 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         atomic_write(out / "s3" / "report.md", report_table(report) + "\n")
     state.wait_for_everyone()
     return report if report is not None else json.loads((out / "report.json").read_text())
+
+
+def _check_state(out: Path) -> None:
+    """Read every state file a resume would read; a damaged one is named with how to recover. Files appear whole
+    (``files.atomic_write``), so damage comes from outside (a copy cut short, an edit)."""
+    def damaged(path: Path, e: Exception, recover: str) -> UsageError:
+        return UsageError(f"{str(path)!r} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                          f"{recover}")
+
+    def read(path: Path, keys: tuple[str, ...], recover: str) -> None:
+        try:
+            d = json.loads(path.read_text())
+            if not isinstance(d, dict):
+                raise TypeError("not a JSON object")
+            for k in keys:
+                d[k]
+        except Exception as e:
+            raise damaged(path, e, recover) from None
+
+    if not out.is_dir():
+        return
+    redo = "delete it and resume: that part of the search is redone"
+    if (out / "search.json").exists():
+        read(out / "search.json", ("nfes", "samples", "seed"), "restore it, or remove the folder to start over")
+    recompute = "delete endpoint.npy and endpoint.json and resume: they are recomputed"
+    if (out / "endpoint.json").exists():
+        read(out / "endpoint.json", ("network_evaluations", "wall_time_s"), recompute)
+    if (out / "endpoint.npy").exists():
+        try:
+            np.load(out / "endpoint.npy")
+        except Exception as e:
+            raise damaged(out / "endpoint.npy", e, recompute) from None
+    for path in sorted((out / "stages").glob("*.json")) if (out / "stages").is_dir() else ():
+        read(path, ("candidates",), redo)
+    for path in sorted((out / "evals").glob("*.json")) if (out / "evals").is_dir() else ():
+        read(path, ("id", "nfe", "stage", "score", "schedule", "network_evaluations", "wall_time_s"), redo)
+    for path in sorted((out / "rescore").glob("*")) if (out / "rescore").is_dir() else ():
+        if path.suffix == ".json":
+            read(path, ("id", "fid", "nfe", "network_evaluations", "wall_time_s"), redo)
+        elif path.suffix == ".npy":
+            try:
+                np.load(path)
+            except Exception as e:
+                raise damaged(path, e, redo) from None
 
 
 def _rescored(folder: Path, cid: str) -> bool:

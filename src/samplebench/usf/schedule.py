@@ -14,6 +14,7 @@ NFE = steps - [afs != none] + implicit correctors (the model is not evaluated af
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ class Step:
     corrector: Corrector = field(default_factory=Corrector)
 
 
+MAX_FILE_BYTES = 1 << 20  # a schedule file of more is refused unread
+
+
 def _fail(where: str, message: str) -> None:
     raise UsageError(f"invalid solver schedule: {where}: {message}")
 
@@ -75,6 +79,8 @@ def _check_derivatives(where: str, order: int, derivatives: tuple[Derivative, ..
                 _fail(w, f"active point {p} is not in the history (positions -1..-{available})")
             if p == start:
                 _fail(w, f"active point {p} is the start point")
+        if not math.isfinite(d.coefficient):
+            _fail(w, f"coefficient {d.coefficient} is not finite")
         if d.relaxation not in RELAXATIONS:
             _fail(w, f"unknown relaxation {d.relaxation!r}; valid: {', '.join(RELAXATIONS)}")
         if n > 1 and d.relaxation not in HIGHER_RELAXATIONS:
@@ -95,6 +101,9 @@ class SolverSchedule:
         ts = self.timesteps
         if len(ts) < 2 or len(self.steps) != len(ts) - 1:
             _fail("timesteps", f"{len(ts)} timesteps need {max(len(ts) - 1, 1)} steps, got {len(self.steps)}")
+        for i, t in enumerate(ts):
+            if not math.isfinite(t):
+                _fail(f"timesteps[{i}]", f"{t} is not a finite time")
         for i in range(len(ts) - 1):
             if not ts[i + 1] < ts[i]:
                 _fail(f"timesteps[{i + 1}]", f"{ts[i + 1]} is not below timesteps[{i}] = {ts[i]}")
@@ -102,7 +111,7 @@ class SolverSchedule:
             _fail(f"timesteps[{len(ts) - 1}]", f"the last time must be > 0, got {ts[-1]}")
         if self.afs not in AFS_KINDS:
             _fail("afs", f"unknown kind {self.afs!r}; valid: {', '.join(AFS_KINDS)}")
-        if self.skip_coefficients is not None and not all(c >= 0 for c in self.skip_coefficients):
+        if self.skip_coefficients is not None and not all(0 <= c < math.inf for c in self.skip_coefficients):
             _fail("skip_coefficients", f"must be >= 0, got {list(self.skip_coefficients)}")
         last = len(self.steps) - 1
         for i, st in enumerate(self.steps):
@@ -180,6 +189,8 @@ class SolverSchedule:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             _fail("file", f"not JSON ({e})")
+        except RecursionError:
+            _fail("file", "nested too deeply to be a schedule")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
@@ -188,8 +199,18 @@ class SolverSchedule:
     def load(cls, path: str | Path) -> "SolverSchedule":
         p = Path(path)
         if not p.is_file():
-            raise UsageError(f"solver schedule {str(p)!r} does not exist")
-        return cls.from_json(p.read_text())
+            raise UsageError(f"solver schedule {str(p)!r} " + ("is not a file" if p.exists() else "does not exist"))
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise UsageError(f"solver schedule {str(p)!r} is {p.stat().st_size} bytes; a schedule is JSON of at most "
+                             f"{MAX_FILE_BYTES} bytes")
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"solver schedule {str(p)!r} is not a text file (a USF schedule is JSON, as "
+                             "'samplebench search' writes)") from None
+        except OSError as e:
+            raise UsageError(f"solver schedule {str(p)!r} cannot be read ({e.strerror})") from None
+        return cls.from_json(text)
 
 
 def _lists(v: Any) -> Any:
