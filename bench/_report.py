@@ -48,3 +48,26 @@ def fid_panel(ax, xlabel: str, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+
+
+BASELINES = DOC.parent / "baselines.json"  # per model and NFE, the strongest full-network setting (fid_vs_nfe.py)
+
+
+def write_baselines(model: str, entries: dict[int, dict]) -> None:
+    """Record ``model``'s strongest setting per NFE (other models' entries are kept)."""
+    import json
+
+    data = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    data[model] = {str(n): e for n, e in sorted(entries.items())}
+    BASELINES.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def strongest(model: str, max_nfe: int) -> dict | None:
+    """The strongest full-network setting of ``model`` at ``max_nfe`` NFE or fewer (any registry solver on its best
+    grid, and S3), as ``bench/fid_vs_nfe.py`` measured it on 5,000 samples: {"solver", "grid", "nfe", "fid", ...};
+    None if that model was not measured there."""
+    import json
+
+    data = json.loads(BASELINES.read_text()).get(model, {}) if BASELINES.exists() else {}
+    cheap = [e for n, e in data.items() if int(n) <= max_nfe]
+    return min(cheap, key=lambda e: e["fid"]) if cheap else None

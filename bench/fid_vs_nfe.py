@@ -12,7 +12,9 @@ digits UNet, the digits DiT and the digits Gaussian mixture, NFE 3-10.
    on the shared seeds. On digits-gmm the FID of ``--num`` exact mixture samples is the floor.
 Euler is DDIM (the same update) and DDPM is stochastic, so neither is a separate baseline; Heun runs at even NFEs.
 Every run is a resumable ``samplebench eval`` job under ``--out``; a killed benchmark resumes where it stopped. The
-search cost comes from each model's shipped search report. Writes the table and docs/fid-vs-nfe.png.
+search cost comes from each model's shipped search report. Writes the table, docs/fid-vs-nfe.png, and per model and
+NFE the strongest setting (lowest FID: a baseline on its grid, or S3) to docs/baselines.json, which the cascade and
+compute-skipping benchmarks match against.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
+from _report import DOC, fid_cell, fid_panel, machine, table, write_baselines, write_section  # noqa: E402
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -93,8 +95,15 @@ def bench_model(model: str, args, root: Path) -> dict:
         paired[n] = compare_runs(jobs["s3", n], jobs[best[n], n])[2]
         if 2 * n in best:
             double[n] = (best[2 * n], compare_runs(jobs["s3", n], jobs[best[2 * n], 2 * n])[2])
+    strongest = {}
+    for n in NFES:
+        s = min((s for s in ("s3",) + BASELINES if (s, n) in final), key=lambda s: final[s, n]["fid"])
+        r = final[s, n]
+        strongest[n] = {"solver": s, "grid": r["grid"], "nfe": n, "fid": r["fid"], "fid_low": r["fid_low"],
+                        "fid_high": r["fid_high"], "num_samples": r["num_samples"], "seeds": r["seeds"],
+                        "best_registry_solver": best[n], "best_registry_grid": final[best[n], n]["grid"]}
     out = {"final": final, "best": best, "paired": paired, "double": double, "select_s": t_select,
-           "total_s": time.perf_counter() - t0}
+           "total_s": time.perf_counter() - t0, "strongest": strongest}
     if model == "digits-gmm":
         out["floor"] = floor_fid(model, args.num)
     return out
@@ -204,6 +213,8 @@ def main() -> None:
     print(body)
     if not args.no_write:
         write_section("fid-vs-nfe", body)
+        for model, res in results.items():  # what the cascade and compute-skipping benches match against
+            write_baselines(model, res["strongest"])
 
 
 if __name__ == "__main__":

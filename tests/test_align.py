@@ -142,6 +142,26 @@ def test_widening_bound_nfe_and_free_draws():
     assert len(set(star.x.flatten().tolist())) == 10  # DTS* draws distinct leaves
 
 
+def test_dts_star_draws_follow_what_is_left_undrawn():
+    """Node A holds one perfect leaf and one bad one, B three good ones. A wins the first draw; once its perfect leaf
+    is taken, A's value over what is left is the bad leaf's, so B's good leaves come next. Descending by the values
+    of the whole tree (which never change) would draw A's bad leaf second."""
+    from samplebench.align.tree import Tree, _backup, _soft
+
+    lam = 10.0
+    tree = Tree(terminal_level=2)
+    state = torch.zeros(1)
+    a, b = tree.add(0, state), tree.add(0, state)
+    leaves = [(a, 0.0), (a, -20.0), (b, -0.5), (b, -0.5), (b, -0.5)]
+    for parent, reward in leaves:
+        tree.value[tree.add(parent, state)] = reward
+    _backup(tree, [n for n in range(len(tree)) if tree.level[n] == 2], lam, _soft)
+    assert tree.value[a] > tree.value[b]  # A leads: log(mean(1, e^-200)) / 10 = -0.069 vs -0.5
+    drawn = [tree.value[n] for n in draw(tree, 5, lam=lam, star=True, rng=np.random.default_rng(0))]
+    assert drawn == [0.0, -0.5, -0.5, -0.5, -20.0]
+    assert [tree.value[n] for n in draw(tree, 7, lam=lam, star=True, rng=np.random.default_rng(0))][5:] == [0.0, -0.5]
+
+
 def test_dts_star_searches_for_high_rewards(base_samples):
     a = dts(chain(), budget=400 * STEPS, num=8, star=True, lam=4.0, seed=0)
     b = dts(chain(), budget=400 * STEPS, num=8, lam=4.0, seed=0)

@@ -6,6 +6,7 @@ import math
 import sqlite3
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,6 +202,48 @@ def test_deepcache_runs_the_deep_branch_once_every_interval(digits, monkeypatch,
     shallow = 2 * branch
     assert c["blocks_evaluated"] == 2 * (full * 7 + (nfe * batches - full) * shallow)
     assert all("forward" not in vars(b) for b in [*unet.down_blocks, unet.mid_block, *unet.up_blocks])
+
+
+def test_deepcache_schedules():
+    from samplebench.models.deepcache import cache_steps
+
+    assert cache_steps(10, 3) == [0, 3, 6, 9] and cache_steps(4, 1) == [0, 1, 2, 3]
+    quad = cache_steps(100, 5, "quad")
+    assert len(quad) == 20 == len(set(quad)) and quad[0] == 0 and quad[-1] < 100 and quad == sorted(quad)
+    gaps = np.diff(quad)
+    middle = [g for a, g in zip(quad, gaps) if 35 <= a < 65]
+    assert max(middle) < min(gaps[0], gaps[-1])  # crowded around the middle step, sparse at both ends
+    for steps, n in ((10, 3), (7, 2), (50, 5), (25, 4), (100, 10)):
+        q = cache_steps(steps, n, "quad")
+        assert len(q) == -(-steps // n) == len(set(q)) and q[0] == 0 and q[-1] < steps
+    assert parse_cache("deepcache:5:2:quad").label() == "deepcache:5:2:quad"
+
+
+@pytest.mark.parametrize("solver, nfe, spec", [("heun", 10, "deepcache:2"), ("heun", 12, "deepcache:4"),
+                                               ("ddim", 20, "deepcache:4:1:quad")])
+def test_deepcache_refreshes_at_solver_steps_not_calls(digits, monkeypatch, solver, nfe, spec):
+    """Heun's second call of a step reuses that step's cache: the full passes are the first calls of the scheduled
+    steps (counting calls instead would refresh in the middle of a step)."""
+    from samplebench.models.deepcache import cache_steps
+
+    s, c = get_solver(solver), parse_cache(spec)
+    steps = s.steps_for_nfe(nfe)
+    full = len(cache_steps(steps, c.interval, c.schedule))
+    assert full < -(-nfe // c.interval) or c.schedule == "quad"  # fewer than one per N calls
+    calls = []
+    mid = type(digits.pipe.unet.mid_block)
+    forward = mid.forward  # a retrieve step replaces the deep blocks' forward on the instance
+
+    def counted(self, *args, **kwargs):
+        calls.append("full")
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(mid, "forward", counted)
+    result = sample(digits, s, solver_grid(digits, s, nfe), range(2), batch_size=2, cache=c,
+                    on_step=lambda info: calls.append("step"))
+    assert result.nfe == nfe and result.compute["full_forwards"] == full * 2, (steps, result.compute)
+    assert result.compute["full_forwards"] + result.compute["partial_forwards"] == nfe * 2
+    refreshed = [calls[:k].count("step") for k, e in enumerate(calls) if e == "full"]
+    assert refreshed == cache_steps(steps, c.interval, c.schedule)  # at the scheduled steps, once each
 
 
 def test_deepcache_retrieve_at_the_cached_input_equals_the_full_pass_and_uses_only_shallow_skips(digits):

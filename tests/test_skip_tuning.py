@@ -86,3 +86,29 @@ def test_sample_with_skip_rho(tmp_path, capsys):
     assert main(["sample", *args, "--model", "digits-gmm", "--skip-rho", "0.9", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "needs a UNet2DModel-style network" in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_eval_with_skip_rho_draws_the_images_sample_draws(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from samplebench.cli import main
+
+    job = tmp_path / "job"
+    assert main(["eval", "--solver", "ddim", "--nfe", "3", "--num", "4", "--shard-size", "4", "--metrics", "fid",
+                 "--resamples", "10", "--skip-rho", "0.8", "--quiet", "--out", str(job), "--db",
+                 str(tmp_path / "r.db")]) == 0
+    row = json.loads((job / "results.json").read_text())[0]
+    assert row["compute"] == "skip-rho:0.8" and json.loads((job / "job.json").read_text())["settings"]["skip_rho"] == 0.8
+    assert main(["sample", "--solver", "ddim", "--nfe", "3", "--num", "4", "--skip-rho", "0.8", "--quiet", "--out",
+                 str(tmp_path / "s")]) == 0
+    with np.load(job / "samples" / "ddim-nfe3" / "shard-00000.npz") as z:
+        shard = z["images"]
+    pngs = np.stack([np.asarray(Image.open(tmp_path / "s" / f"{i:05d}.png"))[..., None] for i in range(4)])
+    assert np.array_equal(shard, pngs)
+    capsys.readouterr()
+    assert main(["eval", "--model", "digits-dit", "--skip-rho", "0.9", "--quiet", "--out", str(tmp_path / "j2"),
+                 "--db", str(tmp_path / "r.db")]) == 2
+    assert "needs a UNet2DModel-style network" in capsys.readouterr().err and not (tmp_path / "j2").exists()

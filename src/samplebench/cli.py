@@ -56,8 +56,9 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="DeeDiff early exit (models with uncertainty heads, e.g. digits-dit): leave the network once "
                         "the mean confidence exceeds this; or per time, e.g. 0.95@0.5,0.9")
     p.add_argument("--cache", default=None,
-                   help="training-free compute skipping: deepcache:N[:BRANCH] (UNet2DModel; a full step every N "
-                        "calls) or fbcache:THRESHOLD (transformers; diffusers' FirstBlockCache)")
+                   help="training-free compute skipping: deepcache:N[:BRANCH][:quad] (UNet2DModel; a full step every "
+                        "N solver steps, or as many crowded mid-trajectory with quad) or fbcache:THRESHOLD "
+                        "(transformers; diffusers' FirstBlockCache)")
     _add_cascade_args(p)
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="default: accelerate's device for this process")
     ev.add_argument("--dtype", default="float32")
     ev.add_argument("--exit-threshold", default=None, help="DeeDiff early exit (as for sample)")
-    ev.add_argument("--cache", default=None, help="deepcache:N[:BRANCH] or fbcache:THRESHOLD (as for sample)")
+    ev.add_argument("--cache", default=None, help="deepcache:N[:BRANCH][:quad] or fbcache:THRESHOLD (as for sample)")
+    ev.add_argument("--skip-rho", type=_float, default=None, help="Skip-Tuning (as for sample)")
     _add_cascade_args(ev)
     ev.add_argument("--quiet", action="store_true")
     ev.add_argument("--resamples", type=_int, default=1000,
@@ -320,7 +322,8 @@ def _eval(args: argparse.Namespace) -> int:
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
                         shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
                         guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
-                        exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
+                        exit_threshold=args.exit_threshold, cache=args.cache, skip_rho=args.skip_rho,
+                        **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet, resamples=args.resamples)
     for row in rows:

@@ -173,20 +173,27 @@ class CacheSpec:
     interval: int = 1
     branch: int = 1
     threshold: float = 0.0
+    schedule: str = "uniform"  # DeepCache: "uniform" (1:N) or "quad" (non-uniform 1:N, ``models.deepcache``)
 
     def label(self) -> str:
-        return (f"deepcache:{self.interval}:{self.branch}" if self.kind == "deepcache"
-                else f"fbcache:{self.threshold:g}")
+        if self.kind == "deepcache":
+            return f"deepcache:{self.interval}:{self.branch}" + (":quad" if self.schedule == "quad" else "")
+        return f"fbcache:{self.threshold:g}"
 
 
 def parse_cache(text: str) -> CacheSpec:
-    """``deepcache:N`` / ``deepcache:N:m`` or ``fbcache:THR``."""
-    bad = (f"--cache {text!r} is not valid; valid: deepcache:N or deepcache:N:BRANCH (N >= 1 full step every N "
-           "calls, BRANCH >= 1), fbcache:THRESHOLD (> 0)")
+    """``deepcache:N[:BRANCH][:quad]`` or ``fbcache:THR``."""
+    bad = (f"--cache {text!r} is not valid; valid: deepcache:N[:BRANCH][:quad] (a full step every N solver steps, "
+           "N >= 1, BRANCH >= 1; quad: the same count crowded around the middle of the trajectory), "
+           "fbcache:THRESHOLD (> 0)")
     kind, *args = text.split(":")
     try:
+        if kind == "deepcache" and args and args[-1] == "quad":
+            schedule, args = "quad", args[:-1]
+        else:
+            schedule = "uniform"
         if kind == "deepcache" and 1 <= len(args) <= 2:
-            spec = CacheSpec("deepcache", int(args[0]), int(args[1]) if len(args) == 2 else 1)
+            spec = CacheSpec("deepcache", int(args[0]), int(args[1]) if len(args) == 2 else 1, schedule=schedule)
             if spec.interval < 1 or spec.branch < 1:
                 raise ValueError
             return spec
@@ -213,6 +220,11 @@ class _Metered:
         self.schedule = inner.schedule
         self.nfe_per_call = getattr(inner, "nfe_per_call", 1)
         self.call = 0
+        self.step = 0  # solver steps completed (``step_done``)
+
+    def step_done(self) -> None:
+        """The solver finished a step (its step callback)."""
+        self.step += 1
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
         t_rows = as_time(t, x)
@@ -263,17 +275,29 @@ class _EarlyExit(_Metered):
 
 
 class _DeepCache(_Metered):
-    """DeepCache on a UNet2DModel: a full step every ``interval`` calls, retrieve steps in between."""
+    """DeepCache on a UNet2DModel: the first call of every scheduled solver step (``models.deepcache.cache_steps``)
+    runs the full UNet and refreshes the cache; every other call, a 2-NFE solver's second call included, runs the
+    shallow path on it."""
 
-    def __init__(self, inner, meter, unet, spec: CacheSpec):
-        from .models.deepcache import DeepCacheUNet
+    def __init__(self, inner, meter, unet, spec: CacheSpec, steps: int | None = None):
+        from .models.deepcache import DeepCacheUNet, cache_steps
 
         super().__init__(inner, meter)
-        self.cache, self.interval = DeepCacheUNet(unet, spec.branch), spec.interval
+        self.cache = DeepCacheUNet(unet, spec.branch)
+        if spec.schedule != "uniform" and steps is None:
+            raise ValueError("a non-uniform DeepCache schedule needs the number of solver steps")
+        self.full_steps = (set(cache_steps(steps, spec.interval, spec.schedule)) if steps is not None else None)
+        self.interval, self.refreshed = spec.interval, -1
+
+    def _refresh(self) -> bool:
+        scheduled = (self.step % self.interval == 0 if self.full_steps is None else self.step in self.full_steps)
+        return scheduled and self.refreshed != self.step
 
     @contextlib.contextmanager
     def _active(self, x, t):
-        full = self.call % self.interval == 0 or not self.cache.can_retrieve(x)
+        full = self._refresh() or not self.cache.can_retrieve(x)
+        if full:
+            self.refreshed = self.step
         runs = self.cache.retrieve_runs
         with self.cache.full() if full else self.cache.retrieve():
             yield lambda call, tm: self.meter.record_blocks(call, tm, x.shape[0], [True] * len(runs) if full else runs)
@@ -340,15 +364,17 @@ def check_skipping(model: DiffusionModel, exit_threshold: ExitThreshold | None, 
 
 
 def metered_denoiser(model: DiffusionModel, denoiser: Denoiser, meter: ComputeMeter,
-                     exit_threshold: ExitThreshold | None = None, cache: CacheSpec | None = None) -> _Metered:
+                     exit_threshold: ExitThreshold | None = None, cache: CacheSpec | None = None,
+                     steps: int | None = None) -> _Metered:
     """Wrap one batch's denoiser with the chosen compute skipping (or none) recording into ``meter``; call
-    ``close()`` on it at the end of the batch."""
+    ``step_done()`` after every solver step of a run of ``steps`` steps, and ``close()`` at the end of the
+    batch."""
     check_skipping(model, exit_threshold, cache)
     kind, net = _network(model)
     if exit_threshold is not None:
         return _EarlyExit(denoiser, meter, net, model.pipe.uem, exit_threshold)
     if cache is not None and cache.kind == "deepcache":
-        return _DeepCache(denoiser, meter, net, cache)
+        return _DeepCache(denoiser, meter, net, cache, steps)
     if cache is not None:
         return _FirstBlockCache(denoiser, meter, net, cache)
     return _Metered(denoiser, meter)

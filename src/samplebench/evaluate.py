@@ -77,6 +77,7 @@ class EvalConfig:
     cascade_up: str | None = None
     cascade_noise: float | None = None
     cascade_model: str | None = None
+    skip_rho: float | None = None  # Skip-Tuning (``models.skip_tuning``), as ``sample --skip-rho``
 
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
@@ -89,6 +90,10 @@ class EvalConfig:
         for n in self.nfes:
             check_count("--nfe", n, 1, MAX_NFE)
         check_float("--guidance-scale", self.guidance_scale, 0)
+        if self.skip_rho is not None:
+            check_float("--skip-rho", self.skip_rho, 0)
+            if self.cascade is not None:
+                raise UsageError("--skip-rho does not combine with --cascade")
         if self.class_label is not None:
             check_count("--class-label", self.class_label, 0, 2**31 - 1)
         cascade = self.cascade_spec()
@@ -145,6 +150,8 @@ class EvalConfig:
     def compute_label(self) -> str | None:
         if self.cascade is not None:
             return f"cascade:{self.cascade_spec().label()}"
+        if self.skip_rho is not None:
+            return f"skip-rho:{self.skip_rho:g}"
         return f"exit:{self.exit_threshold}" if self.exit_threshold is not None else self.cache
 
     def settings(self) -> dict[str, Any]:
@@ -152,7 +159,7 @@ class EvalConfig:
         keys)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         optional = ("exit_threshold", "cache", "cascade", "cascade_from", "cascade_up", "cascade_noise",
-                    "cascade_model")
+                    "cascade_model", "skip_rho")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
                 if not (k in optional and v is None)}
 
@@ -226,7 +233,7 @@ class _Job:
         else:
             schedule = load_schedule(c.model, solver_name, nfe, None)
             solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
-            with skips_applied(model, None, schedule):
+            with skips_applied(model, c.skip_rho, schedule):
                 result = sample(model, solver, grid, seeds, **common, **c.skipping())
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +375,10 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         ResultsDB.check(db)  # opened when the rows are ready: a failing job leaves no new database behind
     job = _Job(c, out, dev)
     require_cascade(job.model(), c.cascade_spec())
+    if c.skip_rho is not None:
+        from .sampling import _skip_coefficients
+
+        _skip_coefficients(job.model(), c.skip_rho, None)  # a model without UNet skips fails here
     if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
         for s in c.solvers:
             job.plan(s)

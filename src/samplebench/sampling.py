@@ -217,11 +217,13 @@ def sample(model: DiffusionModel, solver: SolverSpec, grid: torch.Tensor, seeds:
         labels = default_labels(model, batch, class_label)
         cond = Conditioning(labels, prompt, negative_prompt, guidance_scale)
         inner = model.denoiser(cond, len(batch))
-        metered = metered_denoiser(model, inner, meter, exit_threshold, cache) if meter is not None else None
+        metered = (metered_denoiser(model, inner, meter, exit_threshold, cache, steps=len(grid) - 1)
+                   if meter is not None else None)
         denoiser = CountingDenoiser(metered or inner)
         x = gens.randn(model.sample_shape, device=model.device) * model.schedule.prior_std()
+        callback = on_step if metered is None else _stepping(metered, on_step)
         try:
-            x = solver(denoiser, x, grid, generator=gens, callback=on_step, **solver_options)
+            x = solver(denoiser, x, grid, generator=gens, callback=callback, **solver_options)
         finally:
             if metered is not None:
                 metered.close()
@@ -232,6 +234,15 @@ def sample(model: DiffusionModel, solver: SolverSpec, grid: torch.Tensor, seeds:
         nfe = denoiser.nfe
     return SampleResult(torch.cat(images), torch.cat(finals), seeds, int(nfe), time.perf_counter() - start,
                         meter.summary() if meter is not None else None)
+
+
+def _stepping(metered, on_step):
+    """The solver's step callback: tell the metered denoiser a step ended, then ``on_step``."""
+    def step(info: StepInfo) -> None:
+        metered.step_done()
+        if on_step is not None:
+            on_step(info)
+    return step
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -207,7 +207,10 @@ def _backup(tree: Tree, leaves: list[int], lam: float, backup) -> None:
 
 def draw(tree: Tree, num: int, *, lam: float, star: bool, rng: np.random.Generator) -> list[int]:
     """Alg. 2: ``num`` leaves by descent from the root, with no network call. DTS draws a child with probability
-    proportional to exp(lambda v); DTS* takes the child of highest v among those with leaves not yet drawn."""
+    proportional to exp(lambda v). DTS* descends greedily on the soft value of what is still undrawn: after each
+    drawn leaf, the values along its path are backed up again over the children that keep undrawn leaves, so a
+    node whose good leaf is taken falls behind siblings elsewhere (the paper takes a single argmax path; drawing
+    many distinct leaves this way is our extension). Once every leaf is drawn, all are available again."""
     if not star:
         out = []
         for _ in range(num):
@@ -217,16 +220,20 @@ def draw(tree: Tree, num: int, *, lam: float, star: bool, rng: np.random.Generat
             out.append(n)
         return out
     order = sorted(range(len(tree)), key=lambda m: -tree.level[m])
-    left = [0] * len(tree)
+    left = [0] * len(tree)  # undrawn leaves under each node
+    value = list(tree.value)  # soft value over the undrawn leaves
     out = []
     while len(out) < num:
-        for m in order:  # leaves not yet drawn under each node (all of them again once every leaf is drawn)
+        for m in order:  # deepest first: every leaf undrawn again, the tree's own values
             left[m] = 1 if tree.level[m] == tree.terminal_level else sum(left[c] for c in tree.children[m])
+            value[m] = tree.value[m]
         while len(out) < num and left[0] > 0:
             n = 0
             while tree.level[n] < tree.terminal_level:
-                n = max((c for c in tree.children[n] if left[c] > 0), key=lambda c: tree.value[c])
+                n = max((c for c in tree.children[n] if left[c] > 0), key=lambda c: value[c])
             out.append(n)
             for m in tree.path(n):
                 left[m] -= 1
+                if m != n and left[m] > 0:
+                    value[m] = soft_backup([value[c] for c in tree.children[m] if left[c] > 0], lam)
     return out

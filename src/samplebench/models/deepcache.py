@@ -12,11 +12,33 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from ..errors import UsageError
 
-__all__ = ["DeepCacheUNet", "unet_blocks"]
+__all__ = ["DeepCacheUNet", "unet_blocks", "cache_steps"]
+
+
+def cache_steps(steps: int, interval: int, kind: str = "uniform", center: float = 0.5,
+                power: float = 1.4) -> list[int]:
+    """The solver steps that run the full UNet and refresh the cache (DeepCache Sec. 3.3, N = ``interval``).
+
+    ``uniform`` (1:N): steps 0, N, 2N, ... ``quad`` (non-uniform 1:N): the same count, ceil(steps / N), at
+    c + sign(u) |u|^p for u evenly spaced in [-c^(1/p), (steps - c)^(1/p)], c = ``center`` x steps, so that full
+    steps crowd around the centre step and thin out towards both ends; p starts at ``power`` and falls by 0.02
+    until the rounded positions are distinct (the reference code's rule). Step 0 is always a full step."""
+    n = -(-steps // interval)
+    if kind == "uniform" or n >= steps:
+        return list(range(0, steps, interval))
+    c, p = center * steps, power
+    while p > 1:
+        u = np.linspace(-(c ** (1 / p)), (steps - c) ** (1 / p), n + 1)
+        found = sorted({0, *np.floor(np.sign(u) * np.abs(u) ** p + c).astype(int)[:-1].tolist()})
+        if len(found) == n and found[-1] < steps:
+            return found
+        p -= 0.02
+    return [round(k * steps / n) for k in range(n)]  # p = 1: evenly spaced
 
 
 def unet_blocks(unet) -> list[tuple[str, torch.nn.Module]]:
