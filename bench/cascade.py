@@ -5,9 +5,11 @@ NFE splits, the training-free cascade, and the single-resolution digits model at
 
 Every configuration is a resumable ``samplebench eval`` job (seeds 0..num-1 for all) whose rows also go to
 ``<out>/runs.db``. Throughput is num / sampling wall time (batches of 250), measured in the same run; a resumed run
-re-times nothing it finds on disk, so for timings run it whole on an idle machine. A cascade meets the target when
-it reaches a digits-FID within 10% of a single-resolution setting at >= 1.5x that setting's throughput; it is
-compared with the best (lowest-FID) single-resolution setting it matches so. Writes the table and docs/cascade.png.
+re-times nothing it finds on disk, so for timings run it whole on an idle machine. The single-resolution settings
+include, at each NFE 3-10, the strongest one the project has (docs/baselines.json, from bench/fid_vs_nfe.py). A
+cascade meets the target when it reaches a digits-FID within 10% of a single-resolution setting at >= 1.5x that
+setting's throughput; it is compared with the best (lowest-FID) single-resolution setting it matches so. Writes the
+table and docs/cascade.png.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
+from _report import DOC, baselines, fid_cell, fid_panel, machine, table, write_section  # noqa: E402
 
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 
@@ -32,8 +34,12 @@ TRAINING_FREE = (("digits-lowdiff", "8:10,16:4", 0.3), ("digits-lowdiff", "8:20,
 
 
 def configs() -> list[tuple[str, str, str, dict]]:
-    """(kind, label, model, EvalConfig options)."""
+    """(kind, label, model, EvalConfig options); options may name their own solvers."""
     out = [("single", f"NFE {n}", "digits", {"nfes": (n,)}) for n in SINGLE_NFES]
+    for n, e in sorted(baselines("digits").items()):  # each NFE's strongest setting: solver on its grid, or S3
+        grid = {} if e["solver"] == "s3" else {"time_grid": e["grid"]}
+        out.append(("single", f"NFE {n} {e['solver']}" + (f"/{e['grid']}" if grid else ""), "digits",
+                    {"nfes": (n,), "solvers": (e["solver"],), **grid}))
     out += [("lowdiff", s + (f" from {t}" if t < 1 else ""), "digits-lowdiff", {"cascade": s, "cascade_from": t})
             for s, t in LOWDIFF]
     out += [("training-free", f"{s} from {t} ({low} at 8x8)", "digits",
@@ -74,9 +80,10 @@ def main() -> None:
     command = f"python bench/cascade.py --num {args.num} --solver {args.solver} --out {args.out}"
     rows = []
     for kind, label, model, options in configs():
-        name = f"{kind}-{model}-{label.split(' (')[0]}".replace(" ", "-").replace(":", "x").replace(",", "-")
-        config = EvalConfig(model=model, solvers=(args.solver,), num=args.num, metrics=("fid",), ref="digits-train",
-                            **{"nfes": (), **options})
+        name = (f"{kind}-{model}-{label.split(' (')[0]}".replace(" ", "-").replace(":", "x").replace(",", "-")
+                .replace("/", "-"))
+        config = EvalConfig(model=model, num=args.num, metrics=("fid",), ref="digits-train",
+                            **{"nfes": (), "solvers": (args.solver,), **options})
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
             rows.append({"kind": kind, "label": label, "nfe": r["nfe"], "fid": r["fid"], "fid_low": r["fid_low"], "fid_high": r["fid_high"],
                          "ips": args.num / r["wall_time_s"], "gflops": r["gflops_per_sample"],
@@ -89,24 +96,27 @@ def main() -> None:
         ref = None
         if r["kind"] != "single":
             matched = [s for s in single if r["fid"] <= 1.1 * s["fid"]]
-            ref = min(matched, key=lambda s: s["fid"]) if matched else None
+            ref = min(matched, key=lambda s: s["fid"]) if matched else None  # the strongest setting it reaches
         speedup = r["ips"] / ref["ips"] if ref else None
         ok = speedup is not None and speedup >= 1.5
         if ok:
-            met.append(f"{r['label']} ({speedup:.2f}x the throughput of NFE {ref['nfe']})")
+            met.append(f"{r['label']} ({speedup:.2f}x the throughput of {ref['label']})")
         lines.append([r["kind"], r["label"], str(r["nfe"]), f"{r['gflops'] / full_gflops:.1f}", f"{r['gflops']:.2f}",
                       f"{r['ips']:.0f}", fid_cell(r),
-                      f"NFE {ref['nfe']}: {ref['fid']:.3f}, {speedup:.2f}x" if ref else "-" if r["kind"] == "single"
+                      f"{ref['label']}: {ref['fid']:.3f}, {speedup:.2f}x" if ref else "-" if r["kind"] == "single"
                       else "none", "yes" if ok else ""])
     plot = DOC.parent / "cascade.png"
-    _plot(rows, plot)
+    if not args.no_write:
+        _plot(rows, plot)
     body = (f"## Low-resolution cascades (LowDiff and training-free)\n\n`{command}` on {machine()}. {args.solver} in "
             f"every stage, {args.num} samples per row, seeds 0..{args.num - 1} for every row; digits-FID against "
             "`digits-train`. LowDiff rows without \"from\" start the 16x16 stage at t* = T. Cost: FLOPs per sample in full-resolution (16x16) evaluations, from torch's FLOP counter "
             "per stage (an 8x8 evaluation costs about a quarter of a 16x16 one); images/s: sampling wall time in "
-            "batches of 250. Matched: the best (lowest-FID) single-resolution setting whose FID the row reaches within "
-            "10%, and "
-            "the throughput ratio against it. Target: >= 1.5x.\n\n"
+            "batches of 250. Single-resolution settings: the digits UNet with the cascade's solver on its own grid at "
+            "several NFEs, and at each NFE 3-10 the strongest setting the project has (any registry solver on its "
+            "best grid, or S3, chosen by bench/fid_vs_nfe.py on other seeds; docs/baselines.json), all on these "
+            "seeds. Matched: the best (lowest-FID) single-resolution setting whose FID the row reaches within 10%, "
+            "and the throughput ratio against it. Target: >= 1.5x.\n\n"
             + table(["kind", "setting", "NFE", "16x16-equivalent NFE", "GFLOPs/sample", "images/s", "digits-FID",
                      "matched single-resolution setting", "target met"], lines)
             + f"\n\nTarget met by: {', '.join(met) if met else 'none'}.\n\n"
