@@ -94,3 +94,91 @@ def test_not_a_diffusers_model_directory(tmp_path, capsys):
 def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     r = subprocess.run([BIN / "sample", "--solver", "nope", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("samplebench: error:") and "Traceback" not in r.stderr
+
+
+def test_the_names_in_the_help_are_the_registries():
+    from samplebench import names
+    from samplebench.align import METHODS
+    from samplebench.align.particles import POTENTIALS
+    from samplebench.evaluate import METRICS
+    from samplebench.metrics.extractors import EXTRACTORS, MODES
+    from samplebench.models import DTYPES
+    from samplebench.models.embedded import DEFAULT_MODEL, EMBEDDED
+    from samplebench.models.lowdiff import UPSAMPLE_MODES
+    from samplebench.samplers import solver_names
+    from samplebench.samplers.grids import GRID_KINDS
+    from samplebench.train import RECIPES
+
+    assert names.SOLVERS == tuple(solver_names()) and names.MODELS == tuple(EMBEDDED)
+    assert names.DEFAULT_MODEL == DEFAULT_MODEL and names.ALIGN_METHODS == tuple(METHODS)
+    assert names.GRIDS == GRID_KINDS and names.RECIPES == tuple(RECIPES) and names.METRICS == METRICS
+    assert names.EXTRACTORS == tuple(EXTRACTORS) and names.MODES == tuple(MODES)
+    assert names.DTYPES == tuple(DTYPES) and names.POTENTIALS == POTENTIALS and names.UPSAMPLE_MODES == UPSAMPLE_MODES
+
+
+def test_help_explains_every_option_with_its_default_and_imports_no_torch():
+    from samplebench.cli import _actions, build_parser
+
+    parser = build_parser()
+    missing = [a.option_strings or a.dest for a in _actions(parser) if not a.help]
+    assert not missing, missing
+    text = " ".join(subprocess.run([sys.executable, "-m", "samplebench", "sample", "--help"], capture_output=True,
+                                   text=True).stdout.split())
+    assert "(default: dpmpp-2m)" in text and "ipndm" in text and "(default: digits)" in text
+    probe = ("import sys; from samplebench.cli import build_parser; build_parser(); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def _readme_commands() -> list[list[str]]:
+    """The shell commands of the README's bash blocks, joined over backslash continuations, comments dropped."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(words)
+    return commands
+
+
+def test_readme_commands_run_as_pasted():
+    """Every command names its program by path (bare ``eval`` is the shell builtin), parses, and no two sample
+    runs write to one folder (a second run there is refused)."""
+    from samplebench.cli import build_parser
+
+    outs = []
+    for words in _readme_commands():
+        program = words[0]
+        assert program in ("make", "mkdir", "printf") or program.startswith(".venv/bin/"), words
+        if program in (".venv/bin/sample", ".venv/bin/samplebench"):
+            argv = (["sample"] if program.endswith("/sample") else []) + words[1:]
+            args = build_parser().parse_args(argv)
+            if args.command == "sample":
+                outs.append(args.out)
+        elif program == ".venv/bin/accelerate":
+            assert words[1] == "launch" and "-m" in words and words[words.index("-m") + 1] == "samplebench", words
+            build_parser().parse_args(words[words.index("-m") + 2:])
+    assert len(outs) == len(set(outs)) and "samples" not in outs, outs
+
+
+def test_each_png_carries_the_command_that_redraws_it(tmp_path, capsys):
+    import shlex
+
+    out = tmp_path / "run"
+    assert main(["sample", "--solver", "unipc-bh2", "--nfe", "4", "--num", "3", "--seed", "11", "--time-grid",
+                 "time-quadratic", "--batch-size", "2", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["command"] == ("samplebench sample --model digits --solver unipc-bh2 --nfe 4 --num 3 --seed 11 "
+                                  "--time-grid time-quadratic")
+    png = Image.open(out / "00002.png")
+    meta = json.loads(png.text["samplebench"])
+    words = shlex.split(meta["command"])
+    assert words[:2] == ["samplebench", "sample"] and "--seed" in words and words[words.index("--seed") + 1] == "13"
+    assert main([*words[1:], "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "00000.png")), np.asarray(png))
+    parameters = png.text["parameters"]  # AUTOMATIC1111-style tools read this chunk
+    assert "Steps: 4, Sampler: unipc-bh2, CFG scale: 1.0, Seed: 13, Size: 16x16, Model: digits" in parameters

@@ -7,6 +7,7 @@ Bad input prints one line, ``samplebench: error: ...``, and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 
 from .checks import check_out_dir, check_out_file
 from .errors import UsageError
+from .names import (ALIGN_METHODS, DEFAULT_MODEL, DTYPES, EXTRACTORS, GRIDS, METRICS, MODELS, MODES, POTENTIALS,
+                    RECIPES, SOLVERS, UPSAMPLE_MODES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,11 +44,10 @@ def _float(v: str) -> float:
 
 
 def _add_sample_args(p: argparse.ArgumentParser) -> None:
-    from .models import DEFAULT_MODEL
-
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"embedded model name, diffusers hub id or local directory (default: {DEFAULT_MODEL})")
-    p.add_argument("--solver", default="dpmpp-2m", help="a registered solver (see 'samplebench solvers')")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--solver", default="dpmpp-2m",
+                   help=f"{', '.join(SOLVERS)}; s3 (the model's shipped schedule); or {', '.join(ALIGN_METHODS)} "
+                        "(alignment, below)")
     p.add_argument("--nfe", type=_int, default=None,
                    help="network evaluations per sample, exactly (default: 10, or the schedule's)")
     p.add_argument("--schedule", default=None,
@@ -89,7 +91,7 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--widen-c", type=_float, default=2.0, help="progressive widening: at most C N^alpha children")
     a.add_argument("--widen-alpha", type=_float, default=0.8)
     a.add_argument("--c-uct", type=_float, default=1.0, help="DTS* exploration constant")
-    a.add_argument("--potential", default="diff", help="FK steering potential: diff or max")
+    a.add_argument("--potential", default="diff", help=f"FK steering potential: {', '.join(POTENTIALS)}")
 
 
 def _add_cascade_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +102,7 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
                    help="time t* in (0, 1] where each later stage starts from the renoised upsampled sample "
                         "(default for cascade models: their own, digits-lowdiff 0.3, else T = 1; required for "
                         "other models, e.g. 0.5)")
-    g.add_argument("--cascade-up", default=None, help="upsampling: bilinear (default), nearest, bicubic")
+    g.add_argument("--cascade-up", default=None, help=f"upsampling: {', '.join(UPSAMPLE_MODES)} (default: bilinear)")
     g.add_argument("--cascade-noise", type=_float, default=None,
                    help="cascade models: noise augmentation time of the condition (default: the model's)")
     g.add_argument("--cascade-model", default=None,
@@ -122,7 +124,7 @@ def _csv(kind):
 
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", type=_csv(str), default=("fid", "kid", "is"), help="comma-separated: fid, kid, is")
+    p.add_argument("--metrics", type=_csv(str), default=METRICS, help=f"comma-separated: {', '.join(METRICS)}")
     p.add_argument("--features", default="digits", help="feature extractor: digits or inception (default: digits)")
     p.add_argument("--mode", default="clean",
                    help="clean-fid resize/quantisation mode: clean, legacy_pytorch, legacy_tensorflow")
@@ -142,10 +144,12 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL as DEFAULT_MODEL_NAME
-
-    parser = _Parser(prog="samplebench", description="Sample from diffusion models with fast solvers.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    """The parser; building it imports no torch (the names it shows are in ``names.py``)."""
+    DEFAULT_MODEL_NAME = DEFAULT_MODEL
+    parser = _Parser(prog="samplebench", description="Sample from diffusion models with fast solvers.",
+                     formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                 parser_class=functools.partial(_Parser, formatter_class=_Help))
     _add_sample_args(sub.add_parser("sample", help="generate images"))
     ev = sub.add_parser("eval", help="FID/KID/IS of solvers x NFEs (resumable; accelerate launch splits it)")
     ev.add_argument("--model", default=DEFAULT_MODEL_NAME)
@@ -244,14 +248,65 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("solvers", help="list the registered solvers")
     sub.add_parser("models", help="list the embedded models")
     train = sub.add_parser("train", help="train an embedded model from its recipe")
-    train.add_argument("recipe", help="digits-unet, digits-dit, digits-lowdiff, digits-classifier or digits-gmm")
+    train.add_argument("recipe", help=", ".join(RECIPES))
     train.add_argument("--out", required=True, help="output directory (a checkpoint there is resumed)")
     train.add_argument("--seed", type=_int, default=0)
     train.add_argument("--device", default="cpu")
     train.add_argument("--steps", type=_int, default=None, help="optimiser steps (default: the recipe's)")
     train.add_argument("--checkpoint-every", type=_int, default=None,
                        help="optimiser steps between checkpoints (default: the recipe's; the weights do not change)")
+    for action in _actions(parser):  # every option explains itself
+        if action.help is None:
+            action.help = _HELP.get(action.dest, "")
     return parser
+
+
+_HELP = {
+    "model": f"an embedded model ({', '.join(MODELS)}), a diffusers hub id (owner/name) or a local pipeline folder",
+    "device": "cpu, cuda, cuda:N or mps",
+    "dtype": f"network dtype: {', '.join(DTYPES)} (float16 on cuda only)",
+    "mode": f"clean-fid resize and quantisation mode: {', '.join(MODES)}",
+    "features": f"feature extractor: {', '.join(EXTRACTORS)}",
+    "extractor": f"only rows with this feature extractor: {', '.join(EXTRACTORS)}",
+    "inception_weights": "the Inception weights file (default: $SAMPLEBENCH_INCEPTION_WEIGHTS, else downloaded once)",
+    "quiet": "no progress bar",
+    "negative_prompt": "negative prompt for text-to-image models (the unconditional branch of guidance)",
+    "widen_alpha": "progressive widening exponent alpha in (0, 1]",
+    "solver": "only rows of this solver",
+    "nfe": "only rows at this NFE",
+    "ref": "only rows scored against this reference",
+    "time_grid": f"{', '.join(GRIDS)}, or a comma-separated list of decreasing times (default: the solver's own)",
+    "class_label": "class for class-conditional models (default: seed mod num_classes per sample)",
+    "guidance_scale": "classifier-free guidance scale (1 = off)",
+    "prompt": "text prompt for text-to-image models",
+    "search_seed": "seed of the search's own choices (mutation, crossover, the predictor)",
+    "batch_size": "images per network batch",
+    "out": "output file",
+    "b": "the second run, as RUN_A",
+    "port": "port to serve on",
+    "seed": "seed of the recipe's initialisation and data order",
+}
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in dict.fromkeys(action.choices.values()):
+                yield from _actions(p)
+        elif not isinstance(action, argparse._HelpAction):
+            yield action
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's default after its help, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, (), argparse.SUPPRESS) or not action.option_strings):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
 
 
 def _align(args: argparse.Namespace) -> int:

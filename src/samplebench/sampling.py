@@ -30,7 +30,8 @@ from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coef
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
 
-__all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "write_samples", "to_uint8"]
+__all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "write_samples", "to_uint8",
+           "command_line", "a1111_parameters"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,27 @@ class SampleConfig:
     def cascade_spec(self) -> CascadeSpec | None:
         return CascadeSpec.parse(self.cascade, self.cascade_from, self.cascade_up, self.cascade_noise,
                                  self.cascade_model)
+
+    def command(self, **override: Any) -> str:
+        """The ``samplebench sample`` command that draws these images (``override``: e.g. seed=s, num=1 for one
+        image); options at their defaults, and those that change no image (batch size, output), are left out."""
+        return command_line(self, SampleConfig(), skip=("batch_size", "save_npz"), **override)
+
+
+def command_line(config: Any, default: Any, *, skip: Sequence[str] = (), flags: dict[str, str] | None = None,
+                 always: Sequence[str] = ("model", "solver", "nfe", "num", "seed"), **override: Any) -> str:
+    """``samplebench sample`` with the options of ``config`` (a dataclass) that differ from ``default``'s, and
+    ``always`` these; ``flags`` renames fields (field -> option)."""
+    import shlex
+
+    values, base, flags = asdict(config) | override, asdict(default), flags or {}
+    parts = ["samplebench", "sample"]
+    for name, v in values.items():
+        if name in skip or v is None or (v == base[name] and name not in always and flags.get(name) not in always):
+            continue
+        text = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        parts += [flags.get(name, f"--{name.replace('_', '-')}"), shlex.quote(text)]
+    return " ".join(parts)
 
 
 @dataclass
@@ -236,6 +258,16 @@ def sample(model: DiffusionModel, solver: SolverSpec, grid: torch.Tensor, seeds:
                         meter.summary() if meter is not None else None)
 
 
+def a1111_parameters(meta: dict[str, Any], shape: tuple[int, ...]) -> str:
+    """The generation settings as the ``parameters`` PNG text chunk that AUTOMATIC1111-style tools read: the prompt,
+    then "Steps: ..., Sampler: ..., CFG scale: ..., Seed: ..., Size: WxH, Model: ..." (NFE stands for steps)."""
+    fields = {"Steps": meta.get("nfe", meta.get("nfe_per_rollout")), "Sampler": meta.get("solver"),
+              "CFG scale": meta.get("guidance_scale"), "Seed": meta.get("seed"), "Size": f"{shape[1]}x{shape[0]}",
+              "Model": meta.get("model"), "Class": meta.get("class_label"), "Version": f"samplebench {__version__}"}
+    text = ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
+    return f"{meta.get('prompt') or ''}\n{text}"
+
+
 def _stepping(metered, on_step):
     """The solver's step callback: tell the metered denoiser a step ended, then ``on_step``."""
     def step(info: StepInfo) -> None:
@@ -356,9 +388,10 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
                 "cascade": plan.describe() if cascade is not None else None,
                 "class_label": config.class_label, "guidance_scale": config.guidance_scale, "prompt": config.prompt,
                 "version": __version__}
-    extra = {"config": asdict(config), "seeds": seeds, "nfe_per_sample": result.nfe,
+    extra = {"config": asdict(config), "command": config.command(), "seeds": seeds, "nfe_per_sample": result.nfe,
              "wall_time_s": result.wall_time_s, "load_time_s": load_time, "compute": result.compute}
-    return write_samples(out, result.images, result.x, settings, extra, per_image=[{"seed": s} for s in seeds],
+    per_image = [{"seed": s, "command": config.command(seed=s, num=1)} for s in seeds]
+    return write_samples(out, result.images, result.x, settings, extra, per_image=per_image,
                          labels=[f"seed {s}" for s in seeds], title=f"{config.model} | {label} | NFE {result.nfe}",
                          save_npz=config.save_npz, replaces=stale, arrays={"seeds": np.array(seeds)})
 
@@ -379,6 +412,7 @@ def write_samples(out: Path, images: torch.Tensor, x: torch.Tensor, settings: di
     for i, (a, meta) in enumerate(zip(pixels, per_image)):
         info = PngInfo()
         info.add_text("samplebench", json.dumps({**settings, **meta}))
+        info.add_text("parameters", a1111_parameters({**settings, **meta}, a.shape))
         name = f"{i:05d}.png"
         _png(a).save(out / name, pnginfo=info)
         files.append(name)

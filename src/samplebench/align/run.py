@@ -55,6 +55,13 @@ class AlignConfig:
     dtype: str = "float32"
     save_npz: bool = False
 
+    def command(self) -> str:
+        """The ``samplebench sample`` command of this run (the budget and seed make it the same run)."""
+        from ..sampling import command_line
+
+        return command_line(self, AlignConfig(), skip=("save_npz",), flags={"method": "--solver", "lam": "--lambda"},
+                            always=("model", "--solver", "reward", "budget", "num", "nfe", "seed"))
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown alignment method {self.method!r}; valid: {', '.join(METHODS)}")
@@ -144,8 +151,8 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, mo
     if config.method == "fk":
         settings["potential"] = config.potential
     rewards = result.rewards.tolist()
-    extra = {"config": asdict(config), "seed": config.seed, **result.summary(), "load_time_s": load_time,
-             "rewards": rewards}
+    extra = {"config": asdict(config), "command": config.command(), "seed": config.seed, **result.summary(),
+             "load_time_s": load_time, "rewards": rewards}
     return write_samples(out, result.images, result.x, settings, extra,
                          per_image=[{"index": i, "seed": config.seed, "reward": r} for i, r in enumerate(rewards)],
                          labels=[f"r {r:.3f}" for r in rewards],

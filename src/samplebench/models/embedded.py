@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..names import DEFAULT_MODEL  # noqa: F401  (re-exported)
 from ..schedules import DiscreteVP
 from .analytic import AnalyticDenoiser, GaussianMixture
 from .base import Conditioning, DiffusionModel
@@ -101,6 +102,5 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ]
 }
 
-DEFAULT_MODEL = "digits"
 
 
