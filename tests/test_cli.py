@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from samplebench.cli import main
+from samplebench.errors import UsageError
 
 BIN = Path(sys.executable).parent  # the console scripts installed beside this interpreter
 
@@ -182,3 +183,23 @@ def test_each_png_carries_the_command_that_redraws_it(tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "00000.png")), np.asarray(png))
     parameters = png.text["parameters"]  # AUTOMATIC1111-style tools read this chunk
     assert "Steps: 4, Sampler: unipc-bh2, CFG scale: 1.0, Seed: 13, Size: 16x16, Model: digits" in parameters
+
+
+def test_the_one_call_api_gives_what_the_command_line_gives(tmp_path, capsys):
+    import samplebench
+
+    images = samplebench.sample("digits", solver="s3", nfe=6, seeds=[42, 43, 44])
+    assert main(["sample", "--solver", "s3", "--nfe", "6", "--num", "3", "--seed", "42", "--quiet", "--out",
+                 str(tmp_path / "cli")]) == 0
+    for i, im in enumerate(images):
+        assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "cli" / f"{i:05d}.png")))
+    assert samplebench.sample("digits", nfe=4, seeds=[5], output="uint8").shape == (1, 16, 16, 1)
+    score = samplebench.fid(images, ref="digits-train")
+    capsys.readouterr()
+    assert main(["eval", "--folder", str(tmp_path / "cli"), "--ref", "digits-train", "--json", "--metrics", "fid",
+                 "--db", str(tmp_path / "r.db")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert score.estimate == pytest.approx(row["fid"]) and score.low <= score.estimate <= score.high
+    assert score.n == 3
+    with pytest.raises(UsageError, match="output 'png' is not valid"):
+        samplebench.sample("digits", output="png")

@@ -183,7 +183,7 @@ def test_eval_folder(tmp_path, capsys):
     for i, a in enumerate(to_uint8(load_digits("test")[0])):
         Image.fromarray(a[..., 0]).save(folder / f"{i}.png")
     db = tmp_path / "f.db"
-    assert main(["eval", "--folder", str(folder), "--ref", "digits-train", "--db", str(db)]) == 0
+    assert main(["eval", "--folder", str(folder), "--ref", "digits-train", "--db", str(db), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["num_samples"] == 360 and 0.2 < row["fid"] < 1.0 and row["inception_score"] > 8
     assert ResultsDB(db).query()[0]["fid"] == pytest.approx(row["fid"])
@@ -277,8 +277,11 @@ def test_compare_sample_folders_by_their_png_seeds(tmp_path, capsys):
                      "--out", str(tmp_path / solver)]) == 0  # the folder holds grid.png too, left out
     capsys.readouterr()
     db = tmp_path / "s.db"
-    assert main(["eval", "--folder", str(tmp_path / "ddim"), "--ref", "digits-train", "--db", str(db)]) == 0
+    assert main(["eval", "--folder", str(tmp_path / "ddim"), "--ref", "digits-train", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["seeds"] == "7-46"
+    assert main(["eval", "--folder", str(tmp_path / "ddim"), "--ref", "digits-train", "--db", str(db)]) == 0
+    table = capsys.readouterr().out.splitlines()  # a table to read by default
+    assert table[0].split()[:4] == ["solver", "NFE", "N", "FID"] and table[1].split()[:3] == ["folder", "-", "40"]
     assert main(["compare", str(tmp_path / "ddim"), str(tmp_path / "dpmpp-2m"), "--ref", "digits-train",
                  "--json", "--db", str(db)]) == 0
     got = json.loads(capsys.readouterr().out)

@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--skip-rho", type=_float, default=None, help="Skip-Tuning (as for sample)")
     _add_cascade_args(ev)
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print one JSON object per (solver, NFE) instead of a table")
     ev.add_argument("--resamples", type=_int, default=1000,
                     help="bootstrap resamples of each FID and KID interval (default 1000)")
     _add_metric_args(ev)
@@ -367,7 +368,7 @@ def _eval(args: argparse.Namespace) -> int:
         row = eval_folder(args.folder, ref=args.ref, features=args.features, mode=args.mode, metrics=args.metrics,
                           device=args.device or "cpu", db=args.db, inception_weights=args.inception_weights,
                           resamples=args.resamples)
-        print(json.dumps({k: row[k] for k in _SHOWN if k in row}))
+        _print_rows([row], args.json)
         return 0
     if args.out is None:
         raise UsageError("--out is required (the job folder), or give --folder to score images")
@@ -381,9 +382,28 @@ def _eval(args: argparse.Namespace) -> int:
                         **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet, resamples=args.resamples)
-    for row in rows:
-        print(json.dumps({k: row[k] for k in _SHOWN}))
+    _print_rows(rows, args.json)
     return 0
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    """The evaluation's rows: a table to read, or one JSON object per row with ``--json``."""
+    if as_json:
+        for row in rows:
+            print(json.dumps({k: row.get(k) for k in _SHOWN}))
+        return
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{'solver':14}  {'NFE':>4}  {'N':>6}  {'FID [95%]':>26}  {'KID [95%]':>30}  {'IS':>6}  {'s/img':>7}  ref")
+    for r in rows:
+        fid = f"{fmt(r['fid'], '.4f')} [{fmt(r.get('fid_low'), '.4f')}, {fmt(r.get('fid_high'), '.4f')}]"
+        kid = f"{fmt(r['kid'], '.5f')} [{fmt(r.get('kid_low'), '.5f')}, {fmt(r.get('kid_high'), '.5f')}]"
+        per = r["wall_time_s"] / r["num_samples"] if r.get("wall_time_s") is not None else None
+        print(f"{str(r['solver'] or 'folder'):14}  {fmt(r['nfe'], 'd'):>4}  {r['num_samples']:>6}  "
+              f"{fid if r['fid'] is not None else '-':>26}  {kid if r['kid'] is not None else '-':>30}  "
+              f"{fmt(r['inception_score'], '.3f'):>6}  {fmt(per, '.4f'):>7}  {r['ref']}")
+    if any(r.get("kid") is not None and r["kid"] < 0 for r in rows):
+        print("KID is an unbiased estimate, so it can fall below zero when the two sets are as alike as two samples "
+              "of one distribution can be.")
 
 
 _SHOWN = ("model", "solver", "nfe", "num_samples", "seeds", "fid", "fid_low", "fid_high", "kid", "kid_low", "kid_high",
@@ -418,16 +438,27 @@ def _runs(args: argparse.Namespace) -> int:
         check_out_file(args.csv, "--csv")
     rows = ResultsDB(args.db).query(**_filters(args))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{'id':>4}  {'model':12.12}  {'solver':10}  {'nfe':>3}  {'N':>6}  {'seeds':11.11}  "
-          f"{'FID [95%]':>26}  {'KID [95%]':>31}  {'IS':>6}  {'features':9}  {'ref':14.14}  {'s/img':>7}")
-    for r in rows:
-        per = r["wall_time_s"] / r["num_samples"] if r["wall_time_s"] is not None else None
-        fid = f"{fmt(r['fid'], '.4f')} [{fmt(r.get('fid_low'), '.4f')}, {fmt(r.get('fid_high'), '.4f')}]"
-        kid = f"{fmt(r['kid'], '.5f')} [{fmt(r.get('kid_low'), '.5f')}, {fmt(r.get('kid_high'), '.5f')}]"
-        print(f"{r['id']:>4}  {str(r['model'])[-12:]:12}  {str(r['solver'] or '-'):10}  {fmt(r['nfe'], 'd'):>3}  "
-              f"{r['num_samples']:>6}  {str(r.get('seeds') or '-'):11.11}  {fid if r['fid'] is not None else '-':>26}  "
-              f"{kid if r['kid'] is not None else '-':>31}  {fmt(r['inception_score'], '.3f'):>6}  "
-              f"{r['extractor'] + '/' + r['mode'][:5]:9.9}  {str(r['ref']):14.14}  {fmt(per, '.4f'):>7}")
+    cols = [("id", ">", lambda r: str(r["id"])), ("model", "<", lambda r: str(r["model"])),
+            ("solver", "<", lambda r: str(r["solver"] or "-")), ("nfe", ">", lambda r: fmt(r["nfe"], "d")),
+            ("N", ">", lambda r: str(r["num_samples"])), ("seeds", "<", lambda r: str(r.get("seeds") or "-")),
+            ("FID [95%]", ">", lambda r: "-" if r["fid"] is None else
+             f"{fmt(r['fid'], '.4f')} [{fmt(r.get('fid_low'), '.4f')}, {fmt(r.get('fid_high'), '.4f')}]"),
+            ("KID [95%]", ">", lambda r: "-" if r["kid"] is None else
+             f"{fmt(r['kid'], '.5f')} [{fmt(r.get('kid_low'), '.5f')}, {fmt(r.get('kid_high'), '.5f')}]"),
+            ("IS", ">", lambda r: fmt(r["inception_score"], ".3f")),
+            ("features", "<", lambda r: f"{r['extractor']}/{r['mode']}"), ("ref", "<", lambda r: str(r["ref"])),
+            ("compute", "<", lambda r: str(r.get("compute") or "-")),
+            ("s/img", ">", lambda r: fmt(r["wall_time_s"] / r["num_samples"] if r["wall_time_s"] is not None
+                                         else None, ".4f"))]
+    cells = [[get(r) for _, _, get in cols] for r in rows]
+    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, (name, _, _) in enumerate(cols)]
+    line = lambda values: "  ".join(f"{v:{a}{w}}" for v, (_, a, _), w in zip(values, cols, widths))  # noqa: E731
+    print(line([name for name, _, _ in cols]))
+    for c in cells:
+        print(line(c))
+    if any(r["kid"] is not None and r["kid"] < 0 for r in rows):
+        print("KID is an unbiased estimate, so it can fall below zero when the two sets are as alike as two samples "
+              "of one distribution can be.")
     if args.csv:
         write_csv(rows, args.csv)
     return 0
