@@ -22,12 +22,14 @@ def pool():
 
 
 def test_parse_seeds_and_nfes():
-    assert core.parse_seeds("0-7", 16) == (0, 8)
-    assert core.parse_seeds(" 5 ", 16) == (5, 1)
-    assert core.parse_seeds("3 - 4", 16) == (3, 2)
+    assert core.parse_seeds("0-7", 16) == tuple(range(8))
+    assert core.parse_seeds(" 5 ", 16) == (5,)
+    assert core.parse_seeds("3 - 4", 16) == (3, 4)
+    assert core.parse_seeds("42,1234, 7-8", 16) == (42, 1234, 7, 8)
     assert core.parse_nfes("5, 10,5", 250) == (5, 10)
     for text, limit, message in [("a", 16, "not valid"), ("0-16", 16, "at most 16"), ("7-3", 16, "backwards"),
-                                 ("-1", 16, "not valid"), ("", 16, "not valid")]:
+                                 ("-1", 16, "not valid"), ("", 16, "not valid"), ("3,3", 16, "repeat"),
+                                 ("0-9,20-29", 16, "at most 16")]:
         with pytest.raises(UsageError, match=message):
             core.parse_seeds(text, limit)
     for text, message in [("0", "'0' is not valid"), ("251", "'251'"), ("5,x", "'x'"), ("2.5", "'2.5'"),
@@ -240,3 +242,20 @@ def test_models_load_from_several_threads_at_once():
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
     model = load_model("digits")
     assert all(p.device.type == "cpu" for p in model.pipe.unet.parameters())
+
+
+def test_xyz_cells_put_any_setting_on_any_axis():
+    cells = core.xyz_cells("digits", {"solver": "ddim", "nfe": 6, "seeds": "0-1", "guidance": 1.0},
+                           ("time grid", "logsnr,karras"), ("solver", "ddim,dpmpp-3m"), ("seeds", "42,1234|7"))
+    assert len(cells) == 8 and {c.panel for c in cells} == {"seeds 42,1234", "seeds 7"}
+    assert {c.column for c in cells} == {"logsnr", "karras"} and {c.row for c in cells} == {"ddim", "dpmpp-3m"}
+    first = cells[0].config
+    assert first.time_grid == "logsnr" and first.solver == "ddim" and first.nfe == 6 and first.seed_list() == [42, 1234]
+    rho = core.xyz_cells("digits", {"nfe": 5}, ("skip rho", "1.0,0.8"))
+    assert [c.config.skip_rho for c in rho] == [1.0, 0.8] and [c.column for c in rho] == ["skip rho 1.0",
+                                                                                         "skip rho 0.8"]
+    for x, y, message in [(("NFE", "5"), ("NFE", "6"), "repeats one"), (("colour", "red"), None, "axis 'colour'"),
+                          (("NFE", "1,2,3,4,5"), ("guidance", "1,2,3,4"), "20 cells; at most 16"),
+                          (("time grid", "wiggly"), None, "time grid 'wiggly'"), (("NFE", ""), None, "its values")]:
+        with pytest.raises(UsageError, match=message):
+            core.xyz_cells("digits", {"nfe": 5}, x, y)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -52,12 +53,9 @@ def start_app(db: Path, log: Path):
 def run_compare(page, url: str, solvers: list[str], nfes: str, seeds: str = "0-3") -> None:
     page.goto(url)
     page.wait_for_selector("#compare-run")
-    for box in page.get_by_role("checkbox").all():  # the solver boxes: exactly the ones asked for
-        label = box.evaluate("b => b.closest('label').innerText.trim()")
-        if box.is_checked() != (label in solvers):
-            box.click()
-    page.get_by_label("NFEs").fill(nfes)
-    page.get_by_label("Seeds").fill(seeds)
+    page.locator("#compare-y textarea").fill(",".join(solvers))  # rows: solvers (the default Y axis)
+    page.locator("#compare-x textarea").fill(nfes)  # columns: NFEs (the default X axis)
+    page.locator("#compare-seeds textarea").fill(seeds)
     page.click("#compare-run")
 
 
@@ -103,10 +101,46 @@ def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
     assert {c.split(" · ")[0] for c in captions} == {"euler", "dpmpp-3m"}
     assert sorted(page.locator("#compare-grid thead th").all_inner_texts()) == ["", "NFE 4", "NFE 8"]
     assert page.locator("#compare-grid img").count() == 4
-    page.get_by_label("NFEs").fill("4,0")
+    page.locator("#compare-x textarea").fill("4,0")
     page.click("#compare-run")
     page.get_by_text("NFE '0' is not valid; give whole numbers from 1 to 250").wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
+    page.close()
+
+
+def test_an_xyz_run_on_three_axes_and_a_cell_command_that_redraws_it(served, browser, tmp_path):
+    import io
+    import shlex
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    page = browser.new_page()
+    page.goto(served)
+    page.wait_for_selector("#compare-run")
+    page.locator("#compare-seeds textarea").fill("3")
+    page.locator("#compare-y textarea").fill("euler,dpmpp-3m")
+    page.locator("#compare-x textarea").fill("4,8")
+    page.locator("#compare-z-axis input").click()
+    page.get_by_role("option", name="time grid").click()
+    page.locator("#compare-z textarea").fill("logsnr,karras")
+    page.click("#compare-run")
+    wait_for_grid(page, 8)
+    assert page.locator("#compare-grid caption").all_inner_texts() == ["logsnr", "karras"]
+    page.locator("#compare-grid details summary").first.click()
+    command = page.locator("#compare-grid details code").first.inner_text()
+    words = shlex.split(command)
+    assert words[:2] == ["samplebench", "sample"] and words[words.index("--time-grid") + 1] == "logsnr"
+    r = subprocess.run([sys.executable, "-m", "samplebench", *words[1:], "--out", str(tmp_path / "cell"), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    href = page.locator("a[href*='samplebench.zip']").first.get_attribute("href")
+    with urllib.request.urlopen(urllib.parse.urljoin(served, href), timeout=30) as f:
+        archive = zipfile.ZipFile(io.BytesIO(f.read()))
+    first = sorted(n for n in archive.namelist() if n.endswith("/00000.png"))[0]  # the first cell's image
+    cell = np.asarray(Image.open(io.BytesIO(archive.read(first))))
+    assert np.array_equal(cell, np.asarray(Image.open(tmp_path / "cell" / "00000.png")))
     page.close()
 
 

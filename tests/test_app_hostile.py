@@ -91,13 +91,23 @@ def test_an_uploaded_schedule_obeys_the_nfe_cap(server):
     assert event == "error" and message == f"the uploaded schedule spends 300 NFE; at most {app.limits.nfe} here"
 
 
+def compare_request(**given) -> list:
+    """The compare endpoint's inputs, in the page's order, with ``given`` replacing the defaults."""
+    fields = {"model": "digits", "seeds": "0-1", "solver": "ddim", "nfe": 5, "x_axis": "NFE", "x_values": "5",
+              "y_axis": "solver", "y_values": "ddim", "z_axis": "none", "z_values": "", "class_label": "auto",
+              "guidance": 1.0, "prompt": ""}
+    return list((fields | given).values())
+
+
 @pytest.mark.parametrize("name, data, expected", [
-    ("compare", ["/etc", ["ddim"], "5", "0-1", "auto", 1.0, ""], "not in the list of choices"),
-    ("compare", ["digits", ["ddim"], "5", "18446744073709551615-18446744073709551616", "auto", 1.0, ""],
-     "above the largest seed"),
-    ("compare", ["digits", ["ddim"], "5", "0-1", "auto", 1e300, ""], "greater than maximum value 15.0"),
-    ("compare", ["digits", ["ddim"], "100000", "0-1", "auto", 1.0, ""], "give whole numbers from 1 to 250"),
-    ("compare", ["digits", ["ddim"], "5", "0-1", "auto", 1.0, "x" * 5000], "text of at most"),
+    ("compare", compare_request(model="/etc"), "not in the list of choices"),
+    ("compare", compare_request(seeds="18446744073709551615-18446744073709551616"), "above the largest seed"),
+    ("compare", compare_request(guidance=1e300), "greater than maximum value 15.0"),
+    ("compare", compare_request(x_values="100000"), "give whole numbers from 1 to 250"),
+    ("compare", compare_request(prompt="x" * 5000), "text of at most"),
+    ("compare", compare_request(x_axis="guidance", x_values="1,2,3,4,5", y_axis="NFE", y_values="1,2,3,4"),
+     "5 x 4 = 20 cells; at most 16"),
+    ("compare", compare_request(z_axis="exit threshold", z_values="0.9|nan"), "is not valid"),
     ("s3", ["digits", 10**9, "dpmpp-2m", "0-1", None], "not in the list of choices"),
     ("align", ["dts", "class:3", 10**12, 4, 20, 1.0], "budget"),
     ("align", ["dts", "mypkg.rewards:steal", 100, 4, 20, 1.0], None),

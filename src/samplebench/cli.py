@@ -64,6 +64,8 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     _add_cascade_args(p)
     p.add_argument("--num", type=_int, default=16, help="number of images")
     p.add_argument("--seed", type=_int, default=0, help="image i uses seed + i")
+    p.add_argument("--seeds", type=_csv(int), default=None,
+                   help="explicit seeds instead, e.g. 42,1234 (one image each; replaces --seed and --num)")
     p.add_argument("--batch-size", type=_int, default=None,
                    help="images per network batch (default 64); for dts/dts-star rollouts per iteration (default 16)")
     p.add_argument("--out", default="samples", help="output directory (new or empty)")
@@ -317,7 +319,7 @@ def _align(args: argparse.Namespace) -> int:
         raise UsageError(f"--solver {args.solver} needs --reward (class:K, even, odd, module:function) and --budget")
     for flag, value in (("--schedule", args.schedule), ("--skip-rho", args.skip_rho), ("--time-grid", args.time_grid),
                         ("--exit-threshold", args.exit_threshold), ("--cache", args.cache),
-                        ("--cascade", args.cascade)):
+                        ("--cascade", args.cascade), ("--seeds", args.seeds)):
         if value is not None:
             raise UsageError(f"{flag} does not apply to --solver {args.solver}")
     config = AlignConfig(method=args.solver, reward=args.reward, budget=args.budget, num=args.num,
@@ -349,7 +351,8 @@ def _sample(args: argparse.Namespace) -> int:
                           guidance_scale=args.guidance_scale, prompt=args.prompt,
                           negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                           save_npz=args.save_npz, schedule=args.schedule, skip_rho=args.skip_rho,
-                          exit_threshold=args.exit_threshold, cache=args.cache, **_cascade_kwargs(args))
+                          exit_threshold=args.exit_threshold, cache=args.cache, seeds=args.seeds,
+                          **_cascade_kwargs(args))
     summary = run_sample(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
     compute = summary["compute"] or {}
     print(json.dumps({k: summary[k] for k in ("model", "solver", "nfe_per_sample", "steps", "wall_time_s")}

@@ -61,8 +61,16 @@ class SampleConfig:
     cascade_up: str | None = None  # upsampling operator
     cascade_noise: float | None = None  # condition noise augmentation time (cascade models)
     cascade_model: str | None = None  # the lower stages' model
+    seeds: tuple[int, ...] | None = None  # explicit seeds (then ``num`` is their count and ``seed`` the first)
 
     def __post_init__(self) -> None:
+        if self.seeds is not None:
+            seeds = tuple(check_seeds(s, 1) for s in self.seeds)
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise UsageError(f"--seeds must be distinct seeds, at least one, got {list(self.seeds)[:10]}")
+            object.__setattr__(self, "seeds", seeds)
+            object.__setattr__(self, "num", len(seeds))
+            object.__setattr__(self, "seed", seeds[0])
         check_count("--num", self.num, 1, MAX_SAMPLES)  # held in memory; ``eval`` writes larger runs in shards
         check_count("--batch-size", self.batch_size, 1)
         check_seeds(self.seed, self.num)
@@ -84,10 +92,16 @@ class SampleConfig:
         return CascadeSpec.parse(self.cascade, self.cascade_from, self.cascade_up, self.cascade_noise,
                                  self.cascade_model)
 
+    def seed_list(self) -> list[int]:
+        """Image i's seed: ``seeds[i]``, else ``seed + i``."""
+        return list(self.seeds) if self.seeds is not None else list(range(self.seed, self.seed + self.num))
+
     def command(self, **override: Any) -> str:
         """The ``samplebench sample`` command that draws these images (``override``: e.g. seed=s, num=1 for one
         image); options at their defaults, and those that change no image (batch size, output), are left out."""
-        return command_line(self, SampleConfig(), skip=("batch_size", "save_npz"), **override)
+        explicit = self.seeds is not None and "seed" not in override
+        skip = ("batch_size", "save_npz") + (("seed", "num") if explicit else ("seeds",))
+        return command_line(self, SampleConfig(), skip=skip, **override)
 
 
 def command_line(config: Any, default: Any, *, skip: Sequence[str] = (), flags: dict[str, str] | None = None,
@@ -352,7 +366,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
         solver, grid = resolve_solver(model, config.solver, config.nfe, config.time_grid, schedule)
         grids, label = [grid], S3 if config.schedule is None and config.solver == S3 else solver.name
     steps = sum(len(g) - 1 for g in grids)
-    seeds = list(range(config.seed, config.seed + config.num))
+    seeds = config.seed_list()
     # conditioning errors surface here, before the progress bar draws anything
     model.check_conditioning(Conditioning(default_labels(model, seeds[:1], config.class_label), config.prompt,
                                           config.negative_prompt, config.guidance_scale))

@@ -9,6 +9,7 @@ summary.json) into its own folder of the request's folder, which ``zip_folder`` 
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import threading
 import zipfile
@@ -28,6 +29,7 @@ from ..models import DEFAULT_MODEL, load_model
 from ..models.embedded import EMBEDDED
 
 __all__ = ["Limits", "check_model", "read_upload", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
+           "AXES", "parse_axis", "xyz_cells",
            "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "tile", "zip_folder",
            "grid_html", "query_runs", "results_table", "start_eval"]
 
@@ -84,20 +86,27 @@ class Cancelled(Exception):
     """Raised inside a run when its request was cancelled."""
 
 
-def parse_seeds(text: str, limit: int) -> tuple[int, int]:
-    """'0-7' or '3' -> (first seed, count); image i of every cell uses seed first + i."""
-    m = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", str(text)[:100])
-    if m is None:
-        raise UsageError(f"seeds {str(text)[:40]!r} are not valid; give a seed or a range, e.g. 0-7")
-    lo = int(m.group(1))
-    hi = int(m.group(2)) if m.group(2) is not None else lo
-    if hi > MAX_SEED:
-        raise UsageError(f"seed {hi} is above the largest seed 2**64 - 1 = {MAX_SEED}")
-    if hi < lo:
-        raise UsageError(f"seeds {text!r}: the range runs backwards")
-    if hi - lo + 1 > limit:
-        raise UsageError(f"seeds {text!r} are {hi - lo + 1} images per cell; at most {limit}")
-    return lo, hi - lo + 1
+def parse_seeds(text: str, limit: int) -> tuple[int, ...]:
+    """'0-7', '3' or '42,1234' (seeds and ranges, comma-separated) -> the seeds; image i of every cell uses seed i."""
+    text = str(text)[:200]
+    seeds: list[int] = []
+    parts = [p for p in text.split(",") if p.strip()] or [text]
+    for part in parts:
+        m = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", part)
+        if m is None:
+            raise UsageError(f"seeds {text[:40]!r} are not valid; give seeds or ranges, e.g. 0-7 or 42,1234")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi > MAX_SEED:
+            raise UsageError(f"seed {hi} is above the largest seed 2**64 - 1 = {MAX_SEED}")
+        if hi < lo:
+            raise UsageError(f"seeds {part.strip()!r}: the range runs backwards")
+        if len(seeds) + hi - lo + 1 > limit:
+            raise UsageError(f"seeds {text[:40]!r} are more than {limit} images per cell; at most {limit}")
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"seeds {text[:40]!r} repeat a seed")
+    return tuple(seeds)
 
 
 def _count(name: str, value: Any, limit: int, unit: str = "") -> int:
@@ -140,6 +149,7 @@ class Cell:
     row: str
     column: str
     config: Any  # SampleConfig, or AlignConfig for tree search and its baselines
+    panel: str = ""  # the Z axis value: one grid per panel
 
 
 @dataclass
@@ -203,10 +213,89 @@ def compare_cells(model: str, solvers: Sequence[str], nfes: str | Sequence[int],
     return cells
 
 
-def _sample_config(common: dict[str, Any], seeds: tuple[int, int], **kwargs):
+# ---- XYZ plot: any setting on any axis ---------------------------------------------------------------------
+
+# axis -> (SampleConfig field, separator of its values); prompts and per-time thresholds hold commas
+AXES = {"solver": ("solver", ","), "NFE": ("nfe", ","), "time grid": ("time_grid", ","), "seeds": ("seeds", "|"),
+        "class label": ("class_label", ","), "guidance": ("guidance_scale", ","), "prompt": ("prompt", "|"),
+        "skip rho": ("skip_rho", ","), "exit threshold": ("exit_threshold", "|"), "cache": ("cache", ",")}
+
+
+def parse_axis(name: str, text: str, limits: Limits) -> list[tuple[str, Any]]:
+    """An axis's values as (label, value); checked here only for form (the cells check the rest)."""
+    from ..names import GRIDS
+
+    if name not in AXES:
+        raise UsageError(f"axis {str(name)[:40]!r} is not valid; valid: {', '.join(AXES)}")
+    field, sep = AXES[name]
+    if not isinstance(text, str) or len(text) > 1000:
+        raise UsageError(f"the {name} axis takes text of at most 1000 characters")
+    parts = [p.strip() for p in text.split(sep) if p.strip()]
+    if not parts:
+        raise UsageError(f"give the {name} axis its values, separated by '{sep}'")
+    values: list[tuple[str, Any]] = []
+    for p in parts:
+        if field == "nfe":
+            v: Any = parse_nfes(p, limits.nfe)[0]
+        elif field == "seeds":
+            v = parse_seeds(p, limits.images)
+        elif field == "class_label":
+            v = check_count("class label", int(p) if p.isdigit() else p, 0, 2**31 - 1)
+        elif field in ("guidance_scale", "skip_rho"):
+            v = check_float(name, p, 0, limits.guidance if field == "guidance_scale" else 10)
+        elif field == "time_grid" and p not in GRIDS:
+            raise UsageError(f"time grid {p[:40]!r} is not valid; valid: {', '.join(GRIDS)}")
+        elif field == "prompt" and len(p) > limits.prompt_chars:
+            raise UsageError(f"the prompt must be text of at most {limits.prompt_chars} characters")
+        else:
+            v = p
+        label = f"{name} {p}" if field in ("nfe", "class_label", "guidance_scale", "skip_rho", "seeds") else p
+        values.append((label if field != "nfe" else f"NFE {v}", v))
+    return list(dict(values).items())
+
+
+def xyz_cells(model: str, base: dict[str, Any], x: tuple[str, str], y: tuple[str, str] | None = None,
+              z: tuple[str, str] | None = None, limits: Limits = Limits()) -> list[Cell]:
+    """An XYZ plot: a cell per (x, y, z) value; each axis any of ``AXES`` (its values as text), the rest from
+    ``base`` (solver, nfe, seeds, class_label, guidance, prompt). Every cell is checked before anything runs."""
+    from ..sampling import check_solver_nfe
+
+    axes = [(a, t) for a, t in (axis or (None, "") for axis in (x, y, z)) if a not in (None, "", "none")]
+    names = [a for a, _ in axes]
+    if len(set(names)) != len(names):
+        raise UsageError(f"each axis needs its own setting; {', '.join(names)} repeats one")
+    values = [parse_axis(a, t, limits) for a, t in axes]
+    count = 1
+    for v in values:
+        count *= len(v)
+    if count > limits.cells:
+        raise UsageError(f"{' x '.join(str(len(v)) for v in values)} = {count} cells; at most {limits.cells}")
+    common = _conditioning(model, base.get("class_label"), base.get("prompt"), base.get("guidance", 1.0), limits)
+    seeds = parse_seeds(base.get("seeds", "0-3"), limits.images)
+    settings = {"solver": base.get("solver", "dpmpp-2m"), "nfe": _count("NFE", base.get("nfe", 10), limits.nfe)}
+    cells = []
+    for combo in itertools.product(*values) if values else [()]:
+        fields = dict(settings)
+        chosen = dict(common)
+        labels = []
+        for (axis, _), (label, v) in zip(axes, combo):
+            field = AXES[axis][0]
+            (chosen if field in chosen else fields)[field] = v
+            labels.append(label)
+        cell_seeds = fields.pop("seeds", seeds)
+        check_solver_nfe(chosen["model"], fields["solver"], fields["nfe"])
+        config = _sample_config(chosen, cell_seeds, **fields)
+        labels += [""] * (3 - len(labels))
+        cells.append(Cell(labels[1] or "", labels[0] or "", config, panel=labels[2]))
+    return cells
+
+
+def _sample_config(common: dict[str, Any], seeds: tuple[int, ...], **kwargs):
     from ..sampling import SampleConfig
 
-    return SampleConfig(**common, seed=seeds[0], num=seeds[1], **kwargs)
+    contiguous = list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    where = {"seed": seeds[0], "num": len(seeds)} if contiguous else {"seeds": tuple(seeds)}
+    return SampleConfig(**common, **where, **kwargs)
 
 
 def s3_cells(model: str, nfe: int, seeds: str, baseline: str, schedule_file: str | None = None,
@@ -410,25 +499,33 @@ def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
     images and caption, pending ones a placeholder."""
     from html import escape
 
-    rows = list(dict.fromkeys(c.row for c in cells))
-    cols = list(dict.fromkeys(c.column for c in cells))
-    done = {(r.cell.row, r.cell.column): r for r in results}
-    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = []
-    for row in rows:
-        tds = []
-        for col in cols:
-            r = done.get((row, col))
-            if r is None:
-                tds.append('<td class="pending">…</td>' if any(c.row == row and c.column == col for c in cells)
-                           else "<td></td>")
-                continue
-            tds.append(f'<td><figure class="cell"><img alt="{escape(r.caption)}" '
-                       f'src="{r.tile_uri}"/><figcaption>{escape(r.caption)}</figcaption>'
-                       f'</figure></td>')
-        body.append(f"<tr><th>{escape(row)}</th>{''.join(tds)}</tr>")
-    return (f'<table class="sb-grid"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-            f"</table>")
+    tables = []
+    for panel in dict.fromkeys(c.panel for c in cells):
+        mine = [c for c in cells if c.panel == panel]
+        rows = list(dict.fromkeys(c.row for c in mine))
+        cols = list(dict.fromkeys(c.column for c in mine))
+        done = {(r.cell.row, r.cell.column): r for r in results if r.cell.panel == panel}
+        head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+        body = []
+        for row in rows:
+            tds = []
+            for col in cols:
+                r = done.get((row, col))
+                if r is None:
+                    tds.append('<td class="pending">…</td>' if any(c.row == row and c.column == col for c in mine)
+                               else "<td></td>")
+                    continue
+                command = r.summary.get("command")
+                code = (f'<details class="sb-cmd"><summary>command</summary><code>{escape(command)}</code></details>'
+                        if command else "")
+                tds.append(f'<td><figure class="cell"><img alt="{escape(r.caption)}" '
+                           f'src="{r.tile_uri}"/><figcaption>{escape(r.caption)}</figcaption>{code}'
+                           f'</figure></td>')
+            body.append(f"<tr><th>{escape(row)}</th>{''.join(tds)}</tr>")
+        title = f'<caption class="sb-panel">{escape(panel)}</caption>' if panel else ""
+        tables.append(f'<table class="sb-grid">{title}<thead><tr><th></th>{head}</tr></thead>'
+                      f'<tbody>{"".join(body)}</tbody></table>')
+    return "".join(tables)
 
 
 # ---- results view --------------------------------------------------------------------------------------------

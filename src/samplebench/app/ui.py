@@ -32,6 +32,9 @@ CSS = """
 .sb-grid figure { margin: 0; }
 .sb-grid img { image-rendering: pixelated; max-width: 100%; }
 .sb-grid figcaption { font-size: 0.85em; text-align: center; padding-top: 2px; }
+.sb-grid .sb-cmd { font-size: 0.75em; max-width: 260px; }
+.sb-grid .sb-cmd code { white-space: pre-wrap; word-break: break-all; user-select: all; }
+.sb-grid caption.sb-panel { font-weight: 600; text-align: left; padding: 6px 0 2px; }
 """
 
 SOLVERS = [*solver_names(), "s3"]
@@ -166,15 +169,25 @@ def build(app: App) -> gr.Blocks:
                 model = gr.Dropdown(models, value=DEFAULT_MODEL, allow_custom_value=app.any_model, label="Model",
                                     info="the models this app offers" + (
                                         "; or a diffusers hub id or a server folder" if app.any_model else ""))
-                nfes = gr.Textbox("5,10", label="NFEs", info=f"comma-separated, 1 to {limits.nfe}")
-                seeds = gr.Textbox("0-7", label="Seeds", info=f"a range, at most {limits.images} images")
-            solvers = gr.CheckboxGroup(SOLVERS, value=["ddim", "dpmpp-2m"], label="Solvers",
-                                       info="rows of the grid; s3 = the model's shipped S3 schedule")
+                seeds = gr.Textbox("0-7", label="Seeds", info=f"e.g. 0-7 or 42,1234; at most {limits.images} images",
+                                   elem_id="compare-seeds")
+                solver = gr.Dropdown(SOLVERS, value="dpmpp-2m", label="Solver", info="unless an axis sets it")
+                nfe = gr.Number(10, precision=0, label="NFE", info=f"unless an axis sets it; 1 to {limits.nfe}")
+            axes = list(core.AXES)
+            with gr.Row():
+                x_axis = gr.Dropdown(axes, value="NFE", label="X axis (columns)", elem_id="compare-x-axis")
+                x_values = gr.Textbox("5,10", label="X values", elem_id="compare-x",
+                                      info="comma-separated; seed sets, prompts and exit thresholds separated by |")
+                y_axis = gr.Dropdown(["none", *axes], value="solver", label="Y axis (rows)", elem_id="compare-y-axis")
+                y_values = gr.Textbox("ddim,dpmpp-2m", label="Y values", elem_id="compare-y")
+                z_axis = gr.Dropdown(["none", *axes], value="none", label="Z axis (one grid each)",
+                                     elem_id="compare-z-axis")
+                z_values = gr.Textbox("", label="Z values", elem_id="compare-z")
             with gr.Accordion("Conditioning", open=False):
                 with gr.Row():
                     class_label = gr.Dropdown(["auto", *map(str, range(10))], value="auto", label="Class label",
                                               info="class-conditional models; auto = seed mod classes")
-                    guidance = gr.Slider(1.0, 15.0, value=1.0, step=0.5, label="Guidance scale")
+                    guidance = gr.Slider(1.0, limits.guidance, value=1.0, step=0.5, label="Guidance scale")
                     prompt = gr.Textbox("", label="Prompt", info="text-to-image models")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="compare-run")
@@ -190,14 +203,18 @@ def build(app: App) -> gr.Blocks:
                 slider = gr.ImageSlider(label="Left | right", type="pil", format="png", max_height=360)
 
             @guarded
-            def compare(model, solvers, nfes, seeds, class_label, guidance, prompt, request: gr.Request,
-                        progress=gr.Progress()):
-                cells = core.compare_cells(model, solvers or [], _text(nfes, "NFEs"), _text(seeds, "seeds"),
-                                           class_label=class_label, prompt=prompt, guidance=guidance, limits=limits)
+            def compare(model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values,
+                        class_label, guidance, prompt, request: gr.Request, progress=gr.Progress()):
+                base = {"solver": solver, "nfe": nfe, "seeds": _text(seeds, "seeds"), "class_label": class_label,
+                        "guidance": guidance, "prompt": _text(prompt, "prompt", limits.prompt_chars)}
+                cells = core.xyz_cells(model, base, (x_axis, _text(x_values, "X values", 1000)),
+                                       (y_axis, _text(y_values, "Y values", 1000)),
+                                       (z_axis, _text(z_values, "Z values", 1000)), limits=limits)
                 yield from run_grid(cells, request, progress)
 
-            event = run.click(compare, [model, solvers, nfes, seeds, class_label, guidance, prompt],
-                              [grid, status, download, results], concurrency_id="sampling")
+            inputs = [model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values, class_label,
+                      guidance, prompt]
+            event = run.click(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
             event.success(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
             stop.click(app.cancel, None, None, queue=False)
             for dropdown in (cell_a, cell_b):
