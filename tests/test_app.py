@@ -107,6 +107,10 @@ def test_cells_are_sample_runs(pool, tmp_path):
     first = results[0]
     name = f"{first.folder.name}/{first.summary['images'][0]}"
     assert z.read(name) == (first.folder / first.summary["images"][0]).read_bytes()  # not re-encoded
+    picture = Image.open(core.comparison_image(cells, results, tmp_path / "comparison.png"))
+    tile = results[0].tile
+    assert picture.width > 2 * tile.width and picture.height > 2 * tile.height  # 2 x 2 tiles and their labels
+    assert "command</summary><code>samplebench sample --model digits --solver ddim --nfe 4 --num 4 --seed 3" in html
 
 
 def test_grid_shows_pending_cells(pool, tmp_path):

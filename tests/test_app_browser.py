@@ -135,6 +135,7 @@ def test_an_xyz_run_on_three_axes_and_a_cell_command_that_redraws_it(served, bro
     r = subprocess.run([sys.executable, "-m", "samplebench", *words[1:], "--out", str(tmp_path / "cell"), "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert page.locator("a[href*='comparison.png']").count() >= 1  # the whole comparison as one labelled image
     href = page.locator("a[href*='samplebench.zip']").first.get_attribute("href")
     with urllib.request.urlopen(urllib.parse.urljoin(served, href), timeout=30) as f:
         archive = zipfile.ZipFile(io.BytesIO(f.read()))

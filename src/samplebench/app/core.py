@@ -31,7 +31,7 @@ from ..models.embedded import EMBEDDED
 __all__ = ["Limits", "check_model", "read_upload", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
            "AXES", "parse_axis", "xyz_cells",
            "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "tile", "zip_folder",
-           "grid_html", "query_runs", "results_table", "start_eval"]
+           "grid_html", "comparison_image", "query_runs", "results_table", "start_eval"]
 
 
 @dataclass(frozen=True)
@@ -526,6 +526,49 @@ def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
         tables.append(f'<table class="sb-grid">{title}<thead><tr><th></th>{head}</tr></thead>'
                       f'<tbody>{"".join(body)}</tbody></table>')
     return "".join(tables)
+
+
+def comparison_image(cells: Sequence[Cell], results: Sequence[CellResult], path: str | Path) -> Path:
+    """The whole comparison as one labelled PNG: per panel (Z value) its title, the column (X) labels above, the
+    row (Y) labels on the left, each finished cell's tile with its caption below."""
+    from PIL import Image, ImageDraw
+
+    done = {(r.cell.panel, r.cell.row, r.cell.column): r for r in results}
+    pad, label_w, head_h, cap_h = 6, 110, 18, 14
+    sheets = []
+    for panel in dict.fromkeys(c.panel for c in cells):
+        mine = [c for c in cells if c.panel == panel]
+        rows = list(dict.fromkeys(c.row for c in mine))
+        cols = list(dict.fromkeys(c.column for c in mine))
+        tiles = {k: r.tile for k, r in done.items() if k[0] == panel}
+        w = max([t.width for t in tiles.values()] or [64])
+        h = max([t.height for t in tiles.values()] or [64])
+        title_h = head_h if panel else 0
+        sheet = Image.new("RGB", (label_w + len(cols) * (w + pad) + pad,
+                                  title_h + head_h + len(rows) * (h + cap_h + pad) + pad), "white")
+        draw = ImageDraw.Draw(sheet)
+        if panel:
+            draw.text((pad, 3), panel, fill="black")
+        for j, col in enumerate(cols):
+            draw.text((label_w + j * (w + pad) + pad, title_h + 3), col, fill="black")
+        for i, row in enumerate(rows):
+            y = title_h + head_h + i * (h + cap_h + pad) + pad
+            draw.text((pad, y + h // 2), row[:18], fill="black")
+            for j, col in enumerate(cols):
+                r = done.get((panel, row, col))
+                if r is not None:
+                    x = label_w + j * (w + pad) + pad
+                    sheet.paste(r.tile, (x, y))
+                    draw.text((x, y + r.tile.height + 1), r.caption.split(" · ", 1)[-1][:40], fill="black")
+        sheets.append(sheet)
+    full = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), "white")
+    y = 0
+    for sheet in sheets:
+        full.paste(sheet, (0, y))
+        y += sheet.height
+    path = Path(path)
+    full.save(path)
+    return path
 
 
 # ---- results view --------------------------------------------------------------------------------------------

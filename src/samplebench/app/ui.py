@@ -149,7 +149,8 @@ def build(app: App) -> gr.Blocks:
             return
         total = sum(r.summary["wall_time_s"] for r in results)
         status = f"Done: {len(cells)} cell{'s' * (len(cells) > 1)}, {total:.2f} s sampling"
-        yield core.grid_html(cells, results), status, str(core.zip_folder(folder)), results
+        picture = core.comparison_image(cells, results, folder / "comparison.png")
+        yield core.grid_html(cells, results), status, [str(core.zip_folder(folder)), str(picture)], results
 
     def slider_choices(results):
         labels = [r.caption for r in results]
@@ -194,7 +195,8 @@ def build(app: App) -> gr.Blocks:
                 stop = gr.Button("Cancel", elem_id="compare-cancel")
             status = gr.Markdown(elem_id="compare-status")
             grid = gr.HTML(elem_id="compare-grid")
-            download = gr.File(label="Every image as PNG with its settings, and summary.json (zip)")
+            download = gr.File(label="Every image as PNG with its settings, and summary.json (zip); the whole "
+                                     "comparison as one labelled PNG", file_count="multiple")
             results = gr.State([])
             with gr.Accordion("Compare two cells", open=True):
                 with gr.Row():
@@ -233,7 +235,8 @@ def _method_outputs(app: App):
     stop.click(app.cancel, None, None, queue=False)
     status = gr.Markdown()
     grid = gr.HTML()
-    download = gr.File(label="PNGs with settings, and summary.json (zip)")
+    download = gr.File(label="PNGs with settings, and summary.json (zip); the comparison as one PNG",
+                       file_count="multiple")
     return grid, status, download, gr.State([])
 
 
@@ -349,8 +352,10 @@ def _cell(value: Any) -> Any:
 
 def results_view(app: App, demo: gr.Blocks) -> None:
     limits = app.limits
-    gr.Markdown("Evaluation runs from the results database"
-                f" (`{app.db or 'the default ~/.cache/samplebench/runs.db'}`).")
+    from ..results import default_db
+
+    db = Path(app.db).expanduser().resolve() if app.db else default_db()
+    gr.Markdown(f"Evaluation runs from the results database `{db}`.")
     with gr.Row():
         f_model = gr.Dropdown(["", *EMBEDDED], value="", allow_custom_value=True, label="Model")
         f_solver = gr.Dropdown(["", *SOLVERS], value="", allow_custom_value=True, label="Solver")
