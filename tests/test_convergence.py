@@ -10,11 +10,11 @@ from samplebench.models import AnalyticDenoiser, GaussianMixture, gaussian_ode_s
 from samplebench.models.embedded import ddpm_linear_schedule
 from samplebench.noise import SampleGenerators
 from samplebench.samplers import SOLVERS, make_grid
-from samplebench.schedules import VE, CosineVP
+from samplebench.schedules import VE, CosineVP, FlowMatching
 
 SHAPE = (8,)
 MIXTURE = GaussianMixture.gaussian(torch.linspace(-0.5, 0.5, 8), torch.linspace(0.1, 1.0, 8), SHAPE)
-SCHEDULES = {"discrete-vp": ddpm_linear_schedule(), "cosine-vp": CosineVP(), "ve": VE()}
+SCHEDULES = {"discrete-vp": ddpm_linear_schedule(), "cosine-vp": CosineVP(), "ve": VE(), "flow-matching": FlowMatching()}
 STEPS = [64, 128, 256, 512]
 DETERMINISTIC = [name for name, spec in SOLVERS.items() if not spec.stochastic]
 

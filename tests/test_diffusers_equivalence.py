@@ -85,3 +85,51 @@ def test_ddpm_matches_ddim_scheduler_eta_one(tiny_unet):
     got = _ours(tiny_unet, scheduler, "ddpm", x.clone(), generator=ours_gen)
     rel = ((got - y).norm() / y.norm()).item()
     assert rel < 1e-4, rel
+
+
+# ---- flow matching: the same network read as a velocity, diffusers' flow schedulers against ours -------------------
+
+def _flow_ours(unet, sigmas, name, x, integer_timesteps=False, **options):
+    """Ours on the flow path with diffusers' sigmas as the grid; the network sees t x 1000 (truncated to an integer
+    where the diffusers scheduler passes integer timesteps, as its flow-sigma modes do)."""
+    from samplebench.schedules import FlowMatching
+
+    schedule = FlowMatching(T=max(0.9999, float(sigmas[0])), t_min=min(1e-3, float(sigmas[-1])))
+    network = (lambda x, t: unet(x, t.to(torch.int64)).sample) if integer_timesteps else (
+        lambda x, t: unet(x, t).sample)
+    denoiser = NetworkDenoiser(network, schedule, "flow")
+    grid = torch.tensor([float(s) for s in sigmas], dtype=torch.float64)
+    return get_solver(name)(denoiser, x, grid, **options), denoiser
+
+
+def test_flow_match_euler_is_ddim_on_the_flow_path(tiny_unet):
+    """FlowMatchEulerDiscreteScheduler (SD3, shift 3) is DDIM on x_t = (1 - t) x_0 + t eps: the same update
+    (t/s) x_s + (1 - t/s) x0_pred; its last step to sigma = 0 returns the data prediction."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    scheduler, expected = _diffusers_loop(tiny_unet, scheduler, x.clone())
+    sigmas = scheduler.sigmas
+    assert float(sigmas[-1]) == 0.0
+    got, denoiser = _flow_ours(tiny_unet, sigmas[:-1], "ddim", x.clone())
+    with torch.no_grad():
+        got = denoiser(got, float(sigmas[-2])).denoised  # the final step to sigma = 0
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-5, rel
+
+
+@pytest.mark.parametrize("name,cls,config", [
+    ("dpmpp-2m", DPMSolverMultistepScheduler, dict(solver_order=2)),
+    ("dpmpp-3m", DPMSolverMultistepScheduler, dict(solver_order=3)),
+])
+def test_flow_sigma_modes_of_diffusers_multistep_schedulers(tiny_unet, name, cls, config):
+    scheduler = cls(num_train_timesteps=1000, use_flow_sigmas=True, prediction_type="flow_prediction",
+                    flow_shift=3.0, final_sigmas_type="sigma_min", **config)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    scheduler, expected = _diffusers_loop(tiny_unet, scheduler, x.clone())
+    options = {"lower_order_final": True} if name.startswith("dpmpp") else {}
+    assert scheduler.timesteps.dtype == torch.int64
+    got, _ = _flow_ours(tiny_unet, scheduler.sigmas, name, x.clone(), integer_timesteps=True, **options)
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-4, rel

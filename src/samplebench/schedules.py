@@ -25,6 +25,8 @@ __all__ = [
     "LinearVP",
     "CosineVP",
     "VE",
+    "FlowMatching",
+    "flow_shift",
     "schedule_from_config",
 ]
 
@@ -218,6 +220,53 @@ class VE:
 
     def to_config(self) -> dict[str, Any]:
         return {"kind": "ve", "T": self.T, "t_min": self.t_min}
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    """The rectified-flow / flow-matching path x_t = (1 - t) x_0 + t eps: alpha_t = 1 - t, sigma_t = t,
+    lambda_t = log((1 - t) / t) (Lipman et al. 2023; Liu et al. 2023; the path of SD3, FLUX, Sana).
+
+    The network sees ``timestep_scale`` x t (1000 for SD3-style transformers, diffusers' ``timesteps = sigmas *
+    num_train_timesteps``; 1 for FLUX). ``T`` < 1 keeps lambda_T finite for the exponential integrators (at
+    T = 1 - 1e-4, x_T differs from pure noise by 1e-4 of the data); ``t_min`` is the last sampled time. The shifted
+    time maps of SD3 and FLUX reshape the grid, not the path (``samplers.grids``: ``flow-shift:S``)."""
+
+    T: float = 1.0 - 1e-4
+    t_min: float = 1e-3
+    timestep_scale: float = 1000.0
+
+    def log_alpha(self, t: Time) -> Time:
+        return _out(t, torch.log1p(-_as_tensor(t)))
+
+    def alpha(self, t: Time) -> Time:
+        return _out(t, 1.0 - _as_tensor(t))
+
+    def sigma(self, t: Time) -> Time:
+        return _out(t, _as_tensor(t).clone())
+
+    def lambda_(self, t: Time) -> Time:
+        u = _as_tensor(t)
+        return _out(t, torch.log1p(-u) - torch.log(u))
+
+    def inverse_lambda(self, lambda_: Time) -> Time:
+        return _out(lambda_, torch.sigmoid(-_as_tensor(lambda_)))
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        return self.timestep_scale * t
+
+    def prior_std(self) -> float:
+        return 1.0
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": "flow-matching", "T": self.T, "t_min": self.t_min, "timestep_scale": self.timestep_scale}
+
+
+def flow_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's shifted time map t -> s t / (1 + (s - 1) t) (Esser et al. 2024, Eq. 23; diffusers'
+    ``FlowMatchEulerDiscreteScheduler(shift=s)``); FLUX's dynamic shift is this with s = exp(mu) chosen from the
+    image size."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ __all__ = [
     "as_time",
 ]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 
 
 class Prediction(NamedTuple):
@@ -58,7 +58,8 @@ def _rows(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def convert_output(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                    prediction_type: str) -> Prediction:
-    """Turn a network output (eps, v or x0) into both predictions (Salimans & Ho, 2022, Sec. 4 for v)."""
+    """Turn a network output (eps, v, x0, or the flow velocity eps - x0) into both predictions (Salimans & Ho,
+    2022, Sec. 4 for v; for ``flow`` the path must be the linear one, alpha_t + sigma_t = 1)."""
     a, s = _rows(alpha, x), _rows(sigma, x)
     if prediction_type == "epsilon":
         eps = output
@@ -67,6 +68,8 @@ def convert_output(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, s
         return Prediction(a * x - s * output, s * x + a * output)
     if prediction_type == "sample":
         return Prediction(output, (x - a * output) / s)
+    if prediction_type == "flow":  # the velocity dx_t/dt = eps - x_0 of the path x_t = (1 - t) x_0 + t eps
+        return Prediction((x - s * output) / (a + s), (x + a * output) / (a + s))
     raise ValueError(f"unknown prediction type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
 
 

@@ -38,7 +38,8 @@ def ddim_update(x0: torch.Tensor, eps: torch.Tensor, alpha_s: float, sigma_s: fl
                 eta: float, generator=None) -> torch.Tensor:
     """One DDIM step from time s to t given the predictions at s (Song et al. 2021, Eq. 12); ``generator`` has
     ``randn_like`` (a ``SampleGenerators``, or any object drawing the step noise of every row)."""
-    rho_s, rho_t = sigma_s / alpha_s, sigma_t / alpha_t
+    rho_s = sigma_s / alpha_s if alpha_s > 0 else math.inf  # alpha_s = 0: a flow path's pure-noise end, t = 1
+    rho_t = sigma_t / alpha_t
     rho_up = eta * rho_t * math.sqrt(max(0.0, 1.0 - rho_t**2 / rho_s**2))
     rho_down = math.sqrt(rho_t**2 - rho_up**2)
     x = alpha_t * (x0 + rho_down * eps)

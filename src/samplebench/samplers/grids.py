@@ -3,6 +3,8 @@
 - ``logsnr``: uniform in lambda (DPM-Solver, Lu et al. 2022, Sec. 3.3);
 - ``time-uniform`` and ``time-quadratic``: uniform in t and in sqrt(t) (DDIM, Song et al. 2021, App. D.2);
 - ``karras``: uniform in rho_t^(1/rho), rho_t = sigma_t / alpha_t, rho = 7 (Karras et al. 2022, Eq. 5);
+- ``flow-shift:S``: uniform u mapped by SD3's shift t = S u / (1 + (S - 1) u) (Esser et al. 2024, Eq. 23; S = 3
+  for SD3, FLUX's dynamic shift is S = exp(mu)); meant for flow-matching schedules;
 - an explicit list of times, e.g. ``"1.0,0.5,0.2,0.001"``.
 """
 
@@ -13,7 +15,7 @@ import math
 import torch
 
 from ..errors import UsageError
-from ..schedules import NoiseSchedule
+from ..schedules import NoiseSchedule, flow_shift
 
 __all__ = ["GRID_KINDS", "make_grid", "parse_grid", "validate_grid"]
 
@@ -47,20 +49,38 @@ def make_grid(schedule: NoiseSchedule, kind: str, steps: int, *, t_start: float 
         grid = t0 + u * (t1 - t0)
     elif kind == "time-quadratic":
         grid = (math.sqrt(t0) + u * (math.sqrt(t1) - math.sqrt(t0))) ** 2
+    elif kind.startswith("flow-shift:"):
+        shift = _shift(kind)
+        inverse = lambda t: t / (shift - (shift - 1.0) * t)  # noqa: E731
+        u0, u1 = inverse(t0), inverse(t1)
+        grid = flow_shift(u0 + u * (u1 - u0), shift)
     elif kind == "karras":
         r0, r1 = math.exp(-schedule.lambda_(t0)), math.exp(-schedule.lambda_(t1))
         r = (r0 ** (1 / rho) + u * (r1 ** (1 / rho) - r0 ** (1 / rho))) ** rho
         grid = schedule.inverse_lambda(-torch.log(r))
     else:
-        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, or a comma-separated list "
-                         "of decreasing times")
+        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, or a "
+                         "comma-separated list of decreasing times")
     grid[0], grid[-1] = t0, t1  # exact end points (no round trip through lambda)
     return validate_grid(schedule, grid)
+
+
+def _shift(kind: str) -> float:
+    try:
+        shift = float(kind.split(":", 1)[1])
+    except ValueError:
+        shift = math.nan
+    if not (math.isfinite(shift) and shift > 0):
+        raise UsageError(f"time grid {kind!r} is not valid; give flow-shift:S with a shift S > 0, e.g. flow-shift:3")
+    return shift
 
 
 def parse_grid(spec: str) -> str | list[float]:
     """A grid kind name, or the times of an explicit comma-separated list."""
     if spec in GRID_KINDS:
+        return spec
+    if spec.startswith("flow-shift:"):
+        _shift(spec)
         return spec
     try:
         times = [float(v) for v in spec.split(",") if v.strip()]
