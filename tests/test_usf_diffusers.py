@@ -63,3 +63,19 @@ def test_stable_diffusion_pipeline_with_the_usf_scheduler_reproduces_the_executo
     other = _mixed(model, 5)
     y = usf_sample(model.denoiser(Conditioning(None, "a digit", "", 3.0), 1), x_t.clone(), other)
     assert ((latents - y).norm() / y.norm()).item() > 1e-3
+
+
+def test_add_noise_is_what_diffusers_schedulers_add():
+    """img2img and training call ``scheduler.add_noise``: the USF scheduler adds noise as DDPMScheduler does."""
+    from diffusers import DDPMScheduler
+
+    from samplebench.usf import USFScheduler, known_schedule
+
+    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    grid = torch.tensor([1.0, 0.5, 0.1, 0.001], dtype=torch.float64)
+    usf = USFScheduler.from_scheduler(ddpm, known_schedule("ddim", grid))
+    x0 = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    timesteps = torch.tensor([0, 499, 999])
+    torch.testing.assert_close(usf.add_noise(x0, noise, timesteps), ddpm.add_noise(x0, noise, timesteps),
+                               rtol=1e-6, atol=1e-6)

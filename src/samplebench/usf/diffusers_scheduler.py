@@ -95,6 +95,16 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             self._steps = None
             return self._out(done.value, return_dict)
 
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha_t x_0 + sigma_t eps at the pipeline's (model) timesteps, as diffusers' schedulers do for
+        img2img and training; timestep n of the N training steps is t = (n + 1) / N."""
+        n = self.config.num_train_timesteps
+        t = (torch.as_tensor(timesteps, dtype=torch.float64).flatten() + 1.0) / n
+        a = self.noise_schedule.alpha(t).to(original_samples.device, original_samples.dtype)
+        s = self.noise_schedule.sigma(t).to(original_samples.device, original_samples.dtype)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        return a.view(shape) * original_samples + s.view(shape) * noise
+
     @staticmethod
     def _out(x: torch.Tensor, return_dict: bool):
         return SchedulerOutput(prev_sample=x) if return_dict else (x,)
