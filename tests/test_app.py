@@ -107,6 +107,11 @@ def test_cells_are_sample_runs(pool, tmp_path):
     first = results[0]
     name = f"{first.folder.name}/{first.summary['images'][0]}"
     assert z.read(name) == (first.folder / first.summary["images"][0]).read_bytes()  # not re-encoded
+    numbers = core.cell_fid(results[0].images, "digits")
+    assert numbers["n"] == 4 and numbers["fid_low"] <= numbers["fid"] <= numbers["fid_high"]
+    assert numbers["ref"] == "digits-train" and core.cell_fid(results[0].images, "someone/else") is None
+    numbered = core.CellResult(results[0].cell, results[0].folder, results[0].summary, results[0].images, numbers)
+    assert f"FID {numbers['fid']:.2f} [" in numbered.caption and "ms/image" in numbered.caption
     picture = Image.open(core.comparison_image(cells, results, tmp_path / "comparison.png"))
     tile = results[0].tile
     assert picture.width > 2 * tile.width and picture.height > 2 * tile.height  # 2 x 2 tiles and their labels

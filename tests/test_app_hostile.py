@@ -95,7 +95,7 @@ def compare_request(**given) -> list:
     """The compare endpoint's inputs, in the page's order, with ``given`` replacing the defaults."""
     fields = {"model": "digits", "seeds": "0-1", "solver": "ddim", "nfe": 5, "x_axis": "NFE", "x_values": "5",
               "y_axis": "solver", "y_values": "ddim", "z_axis": "none", "z_values": "", "class_label": "auto",
-              "guidance": 1.0, "prompt": ""}
+              "guidance": 1.0, "prompt": "", "numbers": False}
     return list((fields | given).values())
 
 

@@ -30,7 +30,7 @@ from ..models.embedded import EMBEDDED
 
 __all__ = ["Limits", "check_model", "read_upload", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
            "AXES", "parse_axis", "xyz_cells",
-           "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "tile", "zip_folder",
+           "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "cell_fid", "tile", "zip_folder",
            "grid_html", "comparison_image", "query_runs", "results_table", "start_eval"]
 
 
@@ -158,6 +158,7 @@ class CellResult:
     folder: Path
     summary: dict[str, Any]
     images: list[np.ndarray] = field(repr=False)  # uint8 [H, W, C] as saved
+    numbers: dict[str, Any] | None = None  # quick FID of the cell's own images (``cell_fid``)
 
     @cached_property
     def tile(self):
@@ -178,6 +179,10 @@ class CellResult:
             text += f" · {compute['block_fraction']:.0%} blocks"
         if "reward_mean" in s:
             text += f" · reward {s['reward_mean']:.2f}"
+        if self.numbers is not None:
+            n = self.numbers
+            text += (f" · {1000 * s['wall_time_s'] / len(self.images):.0f} ms/image · FID {n['fid']:.2f} "
+                     f"[{n['fid_low']:.2f}, {n['fid_high']:.2f}] (n={n['n']}, vs {n['ref']})")
         return text
 
 
@@ -418,11 +423,24 @@ class ModelPool:
                     self._idle.popitem(last=False)
 
 
+def cell_fid(images: Sequence[np.ndarray], model: str) -> dict[str, Any] | None:
+    """The digits-FID of a cell's own images against the model's reference, with its 95% interval (few images give
+    a wide one, and FIDs of different image counts are not comparable); None for a model without a reference."""
+    from ..api import fid
+    from ..evaluate import DEFAULT_REFS
+
+    if model not in DEFAULT_REFS or len(images) < 2:
+        return None
+    iv = fid(np.stack(images), ref=DEFAULT_REFS[model])
+    return {"fid": iv.estimate, "fid_low": iv.low, "fid_high": iv.high, "n": iv.n, "ref": DEFAULT_REFS[model]}
+
+
 def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
               on_progress: Callable[[float, str], None] | None = None,
-              cancelled: Callable[[], bool] | None = None) -> Iterator[CellResult]:
+              cancelled: Callable[[], bool] | None = None, numbers: bool = False) -> Iterator[CellResult]:
     """Run ``cells`` in order, yielding each result as it is done. ``on_progress(fraction, text)`` follows the
-    solver steps; once ``cancelled()`` is true the run stops at the next step with ``Cancelled``."""
+    solver steps; once ``cancelled()`` is true the run stops at the next step with ``Cancelled``. ``numbers``: each
+    result carries the quick FID of its images (``cell_fid``)."""
     from ..align import AlignConfig, run_align
     from ..sampling import run_sample
 
@@ -443,7 +461,8 @@ def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
                                     on_progress=lambda n, budget=config.budget: tick(n, budget))
             else:
                 summary = run_sample(config, out, progress=False, model=model, on_progress=tick)
-        yield CellResult(cell, out, summary, _read_pngs(out, summary["images"]))
+        images = _read_pngs(out, summary["images"])
+        yield CellResult(cell, out, summary, images, cell_fid(images, config.model) if numbers else None)
 
 
 def _read_pngs(folder: Path, names: Sequence[str]) -> list[np.ndarray]:

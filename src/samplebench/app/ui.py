@@ -130,15 +130,16 @@ def build(app: App) -> gr.Blocks:
     limits = app.limits
     models = app.models
 
-    def run_grid(cells: list[core.Cell], request: gr.Request | None, progress: gr.Progress):
-        """Yields (grid html, status, zip or None, results) as the cells finish."""
+    def run_grid(cells: list[core.Cell], request: gr.Request | None, progress: gr.Progress, numbers: bool = False):
+        """Yields (grid html, status, zip or None, results) as the cells finish; ``numbers``: a quick FID per
+        cell."""
         flag = app.cancel_flag(request, new=True)
         folder = app.request_folder()
         results: list[core.CellResult] = []
         yield core.grid_html(cells, results), f"{GRID_COMPUTING} 0 of {len(cells)} cells", None, results
         progress(0.0, desc="loading the model")
         try:
-            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set,
+            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set, numbers=bool(numbers),
                                     on_progress=lambda f, text: progress(f, desc=text)):
                 results.append(r)
                 status = f"{GRID_COMPUTING} {len(results)} of {len(cells)} cells"
@@ -190,6 +191,9 @@ def build(app: App) -> gr.Blocks:
                                               info="class-conditional models; auto = seed mod classes")
                     guidance = gr.Slider(1.0, limits.guidance, value=1.0, step=0.5, label="Guidance scale")
                     prompt = gr.Textbox("", label="Prompt", info="text-to-image models")
+            numbers = gr.Checkbox(False, label="Numbers per cell: time per image and the digits-FID of the cell's "
+                                               "own images with its 95% interval (few images: a wide interval)",
+                                  elem_id="compare-numbers")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="compare-run")
                 stop = gr.Button("Cancel", elem_id="compare-cancel")
@@ -206,16 +210,16 @@ def build(app: App) -> gr.Blocks:
 
             @guarded
             def compare(model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values,
-                        class_label, guidance, prompt, request: gr.Request, progress=gr.Progress()):
+                        class_label, guidance, prompt, numbers, request: gr.Request, progress=gr.Progress()):
                 base = {"solver": solver, "nfe": nfe, "seeds": _text(seeds, "seeds"), "class_label": class_label,
                         "guidance": guidance, "prompt": _text(prompt, "prompt", limits.prompt_chars)}
                 cells = core.xyz_cells(model, base, (x_axis, _text(x_values, "X values", 1000)),
                                        (y_axis, _text(y_values, "Y values", 1000)),
                                        (z_axis, _text(z_values, "Z values", 1000)), limits=limits)
-                yield from run_grid(cells, request, progress)
+                yield from run_grid(cells, request, progress, numbers=numbers is True)
 
             inputs = [model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values, class_label,
-                      guidance, prompt]
+                      guidance, prompt, numbers]
             event = run.click(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
             event.success(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
             stop.click(app.cancel, None, None, queue=False)
@@ -262,7 +266,7 @@ def method_views(app: App, run_grid) -> None:
         def s3(model, nfe, baseline, seeds, upload, request: gr.Request, progress=gr.Progress()):
             cells = core.s3_cells(model, nfe, _text(seeds, "seeds"), baseline, upload, limits=limits,
                                   upload_root=gradio_utils.get_upload_folder())
-            yield from run_grid(cells, request, progress)
+            yield from run_grid(cells, request, progress, numbers=True)
 
         go.click(s3, [model, nfe, baseline, seeds, upload], list(outputs), concurrency_id="sampling")
 
@@ -285,7 +289,7 @@ def method_views(app: App, run_grid) -> None:
         @guarded
         def align(method, reward, budget, num, chain, lam, request: gr.Request, progress=gr.Progress()):
             cells = core.align_cells(method, reward, budget, num, chain, lam, limits=limits)
-            yield from run_grid(cells, request, progress)
+            yield from run_grid(cells, request, progress, numbers=True)
 
         go.click(align, [method, reward, budget, num, chain, lam], list(outputs), concurrency_id="sampling")
 
@@ -311,7 +315,7 @@ def method_views(app: App, run_grid) -> None:
             cells = core.skipping_cells(model, solver, nfe, _text(seeds, "seeds"),
                                         exit_threshold=_text(threshold, "exit threshold").strip() or None,
                                         cache=_text(cache, "cache").strip() or None, limits=limits)
-            yield from run_grid(cells, request, progress)
+            yield from run_grid(cells, request, progress, numbers=True)
 
         go.click(skipping, [model, solver, nfe, seeds, threshold, cache], list(outputs), concurrency_id="sampling")
 
@@ -334,7 +338,7 @@ def method_views(app: App, run_grid) -> None:
             t_star = _float(start, "t*") if start.strip() else None
             cells = core.cascade_cells(model, _text(stages, "stages"), t_star, _text(seeds, "seeds"), solver,
                                        limits=limits)
-            yield from run_grid(cells, request, progress)
+            yield from run_grid(cells, request, progress, numbers=True)
 
         go.click(cascade, [model, stages, start, solver, seeds], list(outputs), concurrency_id="sampling")
 
