@@ -51,3 +51,20 @@ def test_closed_forms():
 def test_bad_alphas_cumprod():
     with pytest.raises(ValueError, match="strictly decreasing"):
         DiscreteVP(torch.tensor([0.5, 0.9]))
+
+
+def test_flow_matching_path_and_configs():
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    from samplebench.schedules import FlowMatching, flow_shift, schedule_from_config
+
+    s = FlowMatching()
+    t = torch.tensor([0.001, 0.25, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(s.alpha(t) + s.sigma(t), torch.ones_like(t))  # x_t = (1 - t) x_0 + t eps
+    torch.testing.assert_close(s.inverse_lambda(s.lambda_(t)), t)
+    assert s.lambda_(0.5) == 0.0 and float(s.model_time(torch.tensor(0.25))) == 250.0
+    assert float(flow_shift(torch.tensor(0.5), 3.0)) == 0.75  # SD3's shift 3: t = 0.5 -> 0.75
+    for config in (FlowMatchEulerDiscreteScheduler(shift=3.0).config,
+                   DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction").config):
+        assert isinstance(schedule_from_config(dict(config)), FlowMatching)
+    assert not isinstance(schedule_from_config(dict(DDPMScheduler().config)), FlowMatching)

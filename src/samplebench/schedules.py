@@ -27,6 +27,7 @@ __all__ = [
     "VE",
     "FlowMatching",
     "flow_shift",
+    "is_flow_config",
     "schedule_from_config",
 ]
 
@@ -279,12 +280,25 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
 
 
+def is_flow_config(config: dict[str, Any]) -> bool:
+    """Whether a diffusers scheduler config describes a flow-matching model."""
+    name = str(config.get("_class_name", ""))
+    return (name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction"
+            or ("shift" in config and "beta_schedule" not in config and "trained_betas" not in config))
+
+
 def schedule_from_config(config: dict[str, Any]) -> NoiseSchedule:
     """A continuous schedule from a diffusers scheduler config (betas, beta_schedule, trained_betas, ...).
 
-    diffusers itself computes ``alphas_cumprod`` from the config, so every beta schedule it knows is supported.
+    diffusers itself computes ``alphas_cumprod`` from the config, so every beta schedule it knows is supported. A
+    flow-matching config (``FlowMatchEulerDiscreteScheduler``'s, or a multistep scheduler's with
+    ``use_flow_sigmas``) gives ``FlowMatching``: the path is the same for every shift, which only moves the grid.
     """
     import inspect
+
+    if is_flow_config(config):
+        return FlowMatching(timestep_scale=float(config.get("num_train_timesteps", 1000)))
 
     from diffusers import DDPMScheduler
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..schedules import schedule_from_config
+from ..schedules import is_flow_config, schedule_from_config
 from .base import Conditioning, DiffusionModel
 from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser
 
@@ -230,8 +230,9 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
     except Exception as e:
         raise UsageError(f"could not load diffusers pipeline {name!r}: {str(e).splitlines()[0]}") from None
     pipe.to(device)
-    schedule = schedule_from_config(dict(pipe.scheduler.config))
-    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    config = dict(pipe.scheduler.config)
+    schedule = schedule_from_config(config)
+    prediction_type = "flow" if is_flow_config(config) else config.get("prediction_type", "epsilon")
     directory = Path(name) if Path(name).is_dir() else None
     common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type,
                   data_mean=_read_data_mean(directory, dtype), directory=directory)
