@@ -79,3 +79,27 @@ def test_add_noise_is_what_diffusers_schedulers_add():
     timesteps = torch.tensor([0, 499, 999])
     torch.testing.assert_close(usf.add_noise(x0, noise, timesteps), ddpm.add_noise(x0, noise, timesteps),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_the_usf_scheduler_runs_on_a_flow_matching_pipeline_config(tiny_unet):
+    """From a FlowMatchEulerDiscreteScheduler (SD3, FLUX): the flow path and the velocity read of the network, the
+    pipeline's loop reproducing the executor, and add_noise on the flow path."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from samplebench.models import NetworkDenoiser
+    from samplebench.schedules import FlowMatching
+    from samplebench.usf import known_schedule
+
+    flow = FlowMatching()
+    schedule = known_schedule("dpmpp-3m", make_grid(flow, "flow-shift:3", 6))
+    scheduler = USFScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), schedule)
+    assert isinstance(scheduler.noise_schedule, FlowMatching) and scheduler.config.flow
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sample = x.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            sample = scheduler.step(tiny_unet(sample, t).sample, t, sample).prev_sample
+        expected = usf_sample(NetworkDenoiser(lambda x, t: tiny_unet(x, t).sample, flow, "flow"), x.clone(), schedule)
+    torch.testing.assert_close(sample, expected.to(sample.dtype), rtol=1e-5, atol=1e-5)
+    x0, noise = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    assert float(scheduler.add_noise(x0, noise, torch.tensor([250.0])).mean()) == pytest.approx(0.75)

@@ -19,7 +19,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..models.protocol import convert_output
-from ..schedules import schedule_from_config
+from ..schedules import FlowMatching, is_flow_config, schedule_from_config
 from .executor import usf_steps
 from .schedule import SolverSchedule
 
@@ -34,10 +34,13 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: Any = None, prediction_type: str = "epsilon",
-                 usf_schedule: dict | None = None, data_mean: list | None = None):
+                 usf_schedule: dict | None = None, data_mean: list | None = None, flow: bool = False):
         if usf_schedule is None:
             raise ValueError("USFScheduler needs usf_schedule (a SolverSchedule.to_dict())")
-        self.noise_schedule = schedule_from_config(dict(self.config))
+        # a flow-matching pipeline: the path x_t = (1 - t) x_0 + t eps and a velocity-predicting network
+        self.noise_schedule = (FlowMatching(timestep_scale=float(num_train_timesteps)) if flow
+                               else schedule_from_config(dict(self.config)))
+        self.prediction = "flow" if flow else prediction_type
         self.schedule = SolverSchedule.from_dict(usf_schedule)
         self.data_mean = None if data_mean is None else torch.tensor(data_mean)
         self.init_noise_sigma = self.noise_schedule.prior_std()
@@ -47,9 +50,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_scheduler(cls, scheduler, schedule: SolverSchedule, data_mean: torch.Tensor | None = None
                        ) -> "USFScheduler":
-        """Replace a pipeline's scheduler, keeping its training noise schedule and prediction type."""
-        return cls.from_config(scheduler.config, usf_schedule=schedule.to_dict(),
-                               data_mean=None if data_mean is None else data_mean.tolist())
+        """Replace a pipeline's scheduler, keeping its training noise schedule and prediction type (a
+        flow-matching scheduler's path and velocity prediction too)."""
+        return cls.from_config(scheduler.config, usf_schedule=schedule.to_dict(), flow=is_flow_config(
+            dict(scheduler.config)), data_mean=None if data_mean is None else data_mean.tolist())
 
     @property
     def num_evaluations(self) -> int:
@@ -87,7 +91,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 return self._out(self._request[0], return_dict)
         x, i = self._request
         pred = convert_output(model_output.to(x.dtype), x, torch.tensor([a[i]], dtype=torch.float64),
-                              torch.tensor([s[i]], dtype=torch.float64), self.config.prediction_type)
+                              torch.tensor([s[i]], dtype=torch.float64), self.prediction)
         try:
             self._request = self._steps.send((pred.eps, pred.denoised))
             return self._out(self._request[0], return_dict)
@@ -97,9 +101,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = alpha_t x_0 + sigma_t eps at the pipeline's (model) timesteps, as diffusers' schedulers do for
-        img2img and training; timestep n of the N training steps is t = (n + 1) / N."""
+        img2img and training; timestep n of the N training steps is t = (n + 1) / N (t = n / N on a flow path)."""
         n = self.config.num_train_timesteps
-        t = (torch.as_tensor(timesteps, dtype=torch.float64).flatten() + 1.0) / n
+        steps = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        t = steps / n if self.config.flow else (steps + 1.0) / n  # flow: timestep = t x N
         a = self.noise_schedule.alpha(t).to(original_samples.device, original_samples.dtype)
         s = self.noise_schedule.sigma(t).to(original_samples.device, original_samples.dtype)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
