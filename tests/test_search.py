@@ -282,7 +282,7 @@ def test_shipped_schedules_are_what_their_search_report_decided():
     from samplebench.search.run import schedule_id
     from samplebench.usf.shipped import s3_folder, s3_nfes
 
-    for model in ("digits-gmm", "digits"):
+    for model in ("digits-gmm", "digits", "digits-dit"):
         report = json.loads((s3_folder(model) / "report.json").read_text())
         assert report["model"] == model and report["rescore"] >= 5000 and report["evaluations"] >= 800
         assert sorted(map(int, report["decisions"])) == s3_nfes(model) == list(range(3, 11))
