@@ -27,12 +27,16 @@ JOB = ["--model", "digits", "--solver", "ddim,dpmpp-2m", "--nfe", "3,4", "--num"
 
 @contextlib.contextmanager
 def one_thread():
-    """CPU kernels can round differently with another thread count (a pixel off by one LSB), so every run that is
-    compared here computes with one thread per process, as accelerate's processes do."""
+    """CPU kernels can round differently with another thread count (a pixel off by one LSB, an FID in its ninth
+    digit), so every run that is compared here computes with one thread per process, as accelerate's processes do."""
+    import scipy.linalg  # noqa: F401  (its BLAS loaded now, so that the limit below reaches it)
+    from threadpoolctl import threadpool_limits
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(1):  # numpy's BLAS too: the matrix square roots of FID and its bootstrap
+            yield
     finally:
         torch.set_num_threads(n)
 

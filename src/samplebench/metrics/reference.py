@@ -116,9 +116,9 @@ def _check_dim(ref: Reference, extractor: Extractor, origin: str) -> Reference:
 def _load(stem_path: Path, name: str, extractor: Extractor, origin: str) -> Reference:
     try:
         with np.load(stem_path) as stats:
-            mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
-        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all()
-                                                                     and np.isfinite(sigma).all()):
+            mu, sigma = stats["mu"], stats["sigma"]  # as saved: the same numbers as the freshly computed ones
+        if (mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not np.issubdtype(mu.dtype, np.floating)
+                or not (np.isfinite(mu).all() and np.isfinite(sigma).all())):
             raise ValueError(f"mu {list(mu.shape)} and sigma {list(sigma.shape)} are not finite statistics")
     except Exception as e:
         raise UsageError(f"{str(stem_path)!r} is not a statistics file with 'mu' and 'sigma' "
