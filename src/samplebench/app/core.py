@@ -162,8 +162,11 @@ class CellResult:
 
     @cached_property
     def tile(self):
-        """The cell's images as one picture (``tile``), made once for the grid and the slider."""
-        return tile(self.images)
+        """The cell's images as one picture (``tile``), each labelled with its seed, made once for the grid, the
+        slider and the comparison image."""
+        seeds = self.summary.get("seeds")
+        labels = [f"seed {s}" for s in seeds] if isinstance(seeds, list) and len(seeds) == len(self.images) else None
+        return tile(self.images, labels=labels)
 
     @cached_property
     def tile_uri(self) -> str:
@@ -475,20 +478,26 @@ def _read_pngs(folder: Path, names: Sequence[str]) -> list[np.ndarray]:
     return arrays
 
 
-def tile(images: Sequence[np.ndarray], columns: int = 4, min_side: int = 64, max_width: int = 512):
-    """The images of one cell side by side (nearest-neighbour upscaled so small images stay crisp)."""
-    from PIL import Image
+def tile(images: Sequence[np.ndarray], columns: int = 4, min_side: int = 64, max_width: int = 512,
+         labels: Sequence[str] | None = None):
+    """The images of one cell side by side (nearest-neighbour upscaled so small images stay crisp), each with its
+    label (e.g. its seed) below when given."""
+    from PIL import Image, ImageDraw
 
     h, w = images[0].shape[:2]
     scale = max(1, -(-min_side // max(h, w)))
     cols = min(columns, len(images))
     rows = -(-len(images) // cols)
-    gap = 2
-    sheet = Image.new("RGB", (cols * (w * scale + gap) - gap, rows * (h * scale + gap) - gap), "white")
+    gap, label_h = 2, (12 if labels else 0)
+    cell_h = h * scale + label_h
+    sheet = Image.new("RGB", (cols * (w * scale + gap) - gap, rows * (cell_h + gap) - gap), "white")
+    draw = ImageDraw.Draw(sheet)
     for k, a in enumerate(images):
         r, c = divmod(k, cols)
-        sheet.paste(Image.fromarray(a).resize((w * scale, h * scale), Image.NEAREST),
-                    (c * (w * scale + gap), r * (h * scale + gap)))
+        x, y = c * (w * scale + gap), r * (cell_h + gap)
+        sheet.paste(Image.fromarray(a).resize((w * scale, h * scale), Image.NEAREST), (x, y))
+        if labels:
+            draw.text((x + 1, y + h * scale), str(labels[k])[:16], fill="black")
     if sheet.width > max_width:
         sheet = sheet.resize((max_width, round(sheet.height * max_width / sheet.width)), Image.LANCZOS)
     return sheet
