@@ -148,10 +148,12 @@ def test_an_xyz_run_on_three_axes_and_a_cell_command_that_redraws_it(served, bro
 def test_cancel_stops_a_run(served, browser):
     page = browser.new_page()
     run_compare(page, served, ["euler", "dpmpp-3m"], "200,250", "0-15")
+    page.wait_for_function("document.querySelector('#compare-run').disabled", timeout=30_000)  # one run at a time
     page.wait_for_function("document.querySelectorAll('#compare-grid figure').length >= 1", timeout=180_000)
     page.click("#compare-cancel")
     page.locator("#compare-status", has_text="Cancelled after").wait_for(timeout=60_000)
     assert page.locator("#compare-grid figure").count() < 4
+    page.wait_for_function("!document.querySelector('#compare-run').disabled", timeout=30_000)  # free again
     page.close()
 
 

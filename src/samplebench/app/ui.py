@@ -220,7 +220,9 @@ def build(app: App) -> gr.Blocks:
 
             inputs = [model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values, class_label,
                       guidance, prompt, numbers]
-            event = run.click(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
+            busy = run.click(lambda: gr.Button(interactive=False), None, run, queue=False)  # no second run meanwhile
+            event = busy.then(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
+            event.then(lambda: gr.Button(interactive=True), None, run, queue=False)  # after success or error alike
             event.success(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
             stop.click(app.cancel, None, None, queue=False)
             for dropdown in (cell_a, cell_b):
