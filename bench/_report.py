@@ -71,14 +71,3 @@ def baselines(model: str) -> dict[int, dict]:
         raise SystemExit(f"docs/baselines.json has no entry for {model!r}: run python bench/fid_vs_nfe.py --models "
                          f"{model} first (it picks each NFE's strongest solver, grid or S3 on other seeds)")
     return {int(n): e for n, e in data.items()}
-
-
-def strongest(model: str, max_nfe: int) -> dict | None:
-    """The strongest full-network setting of ``model`` at ``max_nfe`` NFE or fewer (any registry solver on its best
-    grid, and S3), as ``bench/fid_vs_nfe.py`` measured it on 5,000 samples: {"solver", "grid", "nfe", "fid", ...};
-    None if that model was not measured there."""
-    import json
-
-    data = json.loads(BASELINES.read_text()).get(model, {}) if BASELINES.exists() else {}
-    cheap = [e for n, e in data.items() if int(n) <= max_nfe]
-    return min(cheap, key=lambda e: e["fid"]) if cheap else None

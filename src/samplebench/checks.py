@@ -11,7 +11,7 @@ from typing import Any
 from .errors import UsageError
 
 __all__ = ["MAX_SEED", "MAX_NFE", "MAX_SAMPLES", "MAX_EVAL_SAMPLES", "MAX_BUDGET", "check_count", "check_float",
-           "check_seeds", "check_out_dir", "check_out_file", "check_in_file"]
+           "check_seeds", "check_out_dir", "check_out_file"]
 
 MAX_SEED = 2**64 - 1  # the range of torch.Generator.manual_seed for non-negative seeds
 MAX_NFE = 10_000  # network evaluations per sample (a grid of MAX_NFE + 1 times is the largest allocated)
@@ -58,11 +58,15 @@ def check_seeds(seed: Any, num: int, name: str = "--seed") -> int:
     return seed
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
+def _check_base(path: Path, folder: Path, name: str) -> None:
+    """The deepest existing part of ``folder`` (where ``path`` would be made) is a writable folder."""
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"{name} {str(path)!r} lies under {str(base)!r}, which is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"{name} {str(path)!r}: {str(base)!r} is not writable")
 
 
 def check_out_dir(path: str | Path, name: str = "--out") -> Path:
@@ -71,11 +75,7 @@ def check_out_dir(path: str | Path, name: str = "--out") -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"{name} {str(path)!r} exists and is not a folder")
-    base = _nearest_existing(path)
-    if not base.is_dir():
-        raise UsageError(f"{name} {str(path)!r} lies under {str(base)!r}, which is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"{name} {str(path)!r}: {str(base)!r} is not writable")
+    _check_base(path, path, name)
     return path
 
 
@@ -86,19 +86,5 @@ def check_out_file(path: str | Path, name: str = "--out") -> Path:
         raise UsageError(f"{name} {str(path)!r} is a folder; give a file path")
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{name} {str(path)!r} is not writable")
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        raise UsageError(f"{name} {str(path)!r} lies under {str(base)!r}, which is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"{name} {str(path)!r}: {str(base)!r} is not writable")
-    return path
-
-
-def check_in_file(path: str | Path, name: str, what: str = "file") -> Path:
-    """An existing, readable regular file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"{name} {str(path)!r} is not a {what}" + ("" if path.exists() else " (it does not exist)"))
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{name} {str(path)!r} is not readable")
+    _check_base(path, path.parent, name)
     return path

@@ -3,3 +3,14 @@
 
 class UsageError(ValueError):
     """Bad input from a user: an unknown name, an out-of-range value, a file that is not what it should be."""
+
+
+def describe(e: BaseException, limit: int = 120) -> str:
+    """An exception as ``Type: message`` on one line, its message cut at ``limit`` characters: the cause named in
+    an error line about a file."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
+
+
+def damaged(path: object, reason: str, recover: str) -> UsageError:
+    """The error for a state file that cannot be read: which file, why, and how to recover."""
+    return UsageError(f"{str(path)!r} is damaged ({reason}); {recover}")

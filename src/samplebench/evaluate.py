@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .checks import MAX_EVAL_SAMPLES, MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
-from .errors import UsageError
+from .errors import UsageError, damaged, describe
 from .files import atomic_savez, atomic_write
 from .results import format_seeds
 
@@ -254,10 +254,6 @@ class _Job:
         atomic_savez(path, **arrays)
 
 
-def _damaged(path: Path, reason: str, recover: str) -> UsageError:
-    return UsageError(f"{str(path)!r} is damaged ({reason}); {recover}")
-
-
 def _check_shards(job: _Job) -> None:
     """Read every shard a resume would use (its arrays, their CRCs, its seeds); a damaged one is named with how to
     recover. Shards appear whole (``files.atomic_write``), so damage comes from outside: a copy cut short, a disk."""
@@ -277,11 +273,11 @@ def _check_shards(job: _Job) -> None:
                             if "logits" in z.files:
                                 z["logits"]
                     except Exception as e:  # zipfile, zlib, pickle and format errors alike
-                        raise _damaged(path, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}", redo) from None
+                        raise damaged(path, describe(e), redo) from None
                     rows = len(arrays["images"] if "images" in arrays else arrays["feats"])
                     if rows != hi - lo or ("seeds" in arrays and not np.array_equal(
                             arrays["seeds"], np.arange(c.seed + lo, c.seed + hi))):
-                        raise _damaged(path, f"it holds {rows} samples, not seeds {c.seed + lo}..{c.seed + hi - 1}",
+                        raise damaged(path, f"it holds {rows} samples, not seeds {c.seed + lo}..{c.seed + hi - 1}",
                                        redo)
 
 
@@ -294,8 +290,7 @@ def _check_manifest(out: Path, config: EvalConfig) -> None:
             if not isinstance(old, dict):
                 raise TypeError("settings is not an object")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            raise _damaged(manifest, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}",
-                           "restore it, or remove the folder to start the job over") from None
+            raise damaged(manifest, describe(e), "restore it, or remove the folder to start the job over") from None
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             k = diff[0]

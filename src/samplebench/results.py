@@ -75,15 +75,21 @@ def _db_error(path: Path, e: sqlite3.DatabaseError) -> UsageError:
     return UsageError(f"--db {str(path)!r} is not a samplebench results database ({e})")
 
 
+def _db_path(path: str | Path | None) -> Path:
+    """The database file: not a folder; an existing one readable, a new one creatable (nothing is created)."""
+    p = Path(path or default_db()).expanduser()
+    if p.is_dir():
+        raise UsageError(f"--db {str(p)!r} is a folder; give a file path")
+    if not p.exists():
+        check_out_file(p, "--db")
+    elif not os.access(p, os.R_OK):
+        raise UsageError(f"--db {str(p)!r} is not readable")
+    return p
+
+
 class ResultsDB:
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path or default_db()).expanduser()
-        if self.path.is_dir():
-            raise UsageError(f"--db {str(self.path)!r} is a folder; give a file path")
-        if not self.path.exists():
-            check_out_file(self.path, "--db")
-        elif not os.access(self.path, os.R_OK):
-            raise UsageError(f"--db {str(self.path)!r} is not readable")
+        self.path = _db_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
@@ -101,11 +107,8 @@ class ResultsDB:
     def check(path: str | Path | None = None) -> Path:
         """The database path, checked without creating anything: an existing file must be a results database
         (or an empty file), a new one must be creatable."""
-        p = Path(path or default_db()).expanduser()
-        if p.is_dir():
-            raise UsageError(f"--db {str(p)!r} is a folder; give a file path")
+        p = _db_path(path)
         if not p.exists():
-            check_out_file(p, "--db")
             return p
         try:
             conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=LOCK_WAIT_S)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checks import check_out_dir
-from .errors import UsageError
+from .errors import UsageError, describe
 
 __all__ = ["RECIPES", "train"]
 
@@ -131,9 +131,8 @@ def read_checkpoint(path: Path) -> dict:
         if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
             raise ValueError("not a samplebench training checkpoint")
     except Exception as e:  # pickle, zip and format errors alike
-        raise UsageError(f"{str(path)!r} is not a readable training checkpoint ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:100]}); delete it to train from the start, or give another "
-                         "--out") from None
+        raise UsageError(f"{str(path)!r} is not a readable training checkpoint ({describe(e, 100)}); delete it to "
+                         "train from the start, or give another --out") from None
     return state
 
 

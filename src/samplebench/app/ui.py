@@ -139,7 +139,7 @@ def build(app: App) -> gr.Blocks:
         yield core.grid_html(cells, results), f"{GRID_COMPUTING} 0 of {len(cells)} cells", None, results
         progress(0.0, desc="loading the model")
         try:
-            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set, numbers=bool(numbers),
+            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set, numbers=numbers,
                                     on_progress=lambda f, text: progress(f, desc=text)):
                 results.append(r)
                 status = f"{GRID_COMPUTING} {len(results)} of {len(cells)} cells"
@@ -212,7 +212,7 @@ def build(app: App) -> gr.Blocks:
             def compare(model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values,
                         class_label, guidance, prompt, numbers, request: gr.Request, progress=gr.Progress()):
                 base = {"solver": solver, "nfe": nfe, "seeds": _text(seeds, "seeds"), "class_label": class_label,
-                        "guidance": guidance, "prompt": _text(prompt, "prompt", limits.prompt_chars)}
+                        "guidance": guidance, "prompt": prompt}  # checked in core
                 cells = core.xyz_cells(model, base, (x_axis, _text(x_values, "X values", 1000)),
                                        (y_axis, _text(y_values, "Y values", 1000)),
                                        (z_axis, _text(z_values, "Z values", 1000)), limits=limits)

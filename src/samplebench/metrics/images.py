@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, describe
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_folder", "load_npz_images"]
 
@@ -87,7 +87,7 @@ def load_npz_images(path: str | Path) -> np.ndarray:
     except UsageError:
         raise
     except Exception as e:  # not a zip, a truncated one, an .npy, pickled objects
-        raise UsageError(f"{bad} ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        raise UsageError(f"{bad} ({describe(e)})") from None
     channels_first = a.ndim == 4 and a.shape[1] in (1, 3)
     if (a.ndim != 4 or len(a) < 1 or not (channels_first or a.shape[-1] in (1, 3))
             or not (a.dtype == np.uint8 or np.issubdtype(a.dtype, np.floating))):

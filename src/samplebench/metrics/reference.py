@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import cache_dir
-from ..errors import UsageError
+from ..errors import UsageError, describe
 from ..files import atomic_savez, atomic_write
 from .extractors import Extractor
 from .images import load_folder, load_npz_images
@@ -122,7 +122,7 @@ def _load(stem_path: Path, name: str, extractor: Extractor, origin: str) -> Refe
             raise ValueError(f"mu {list(mu.shape)} and sigma {list(sigma.shape)} are not finite statistics")
     except Exception as e:
         raise UsageError(f"{str(stem_path)!r} is not a statistics file with 'mu' and 'sigma' "
-                         f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+                         f"({describe(e)})") from None
     kid_file = stem_path.with_name(stem_path.stem + "_kid.npz")
     info_file = stem_path.with_name(stem_path.stem + "_info.json")
     info = json.loads(info_file.read_text()) if info_file.exists() else {}

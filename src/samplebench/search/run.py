@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import MAX_EVAL_SAMPLES, check_count, check_seeds
-from ..errors import UsageError
+from ..errors import UsageError, damaged, describe
 from ..files import atomic_write
 from ..usf import SolverSchedule
 from .predictor import Predictor
@@ -100,16 +100,15 @@ class SearchConfig:
             raise UsageError(f"--budget {self.budget} is below one evaluation per NFE ({len(self.nfes)})")
         if self.signal not in SIGNALS:
             raise UsageError(f"unknown --signal {self.signal!r}; valid: {', '.join(SIGNALS)}")
-        for name, v, lo in (("--samples", self.samples, 2), ("--batch-size", self.batch_size, 1),
-                            ("--per-stage", self.per_stage, 1), ("--pool", self.pool, 1),
-                            ("--rescore", self.rescore, 2), ("--finalists", self.finalists, 1),
-                            ("--baselines", self.baselines, 1)):
-            if v < lo:
-                raise UsageError(f"{name} must be >= {lo}, got {v}")
-        check_count("--budget", self.budget, 1, 1_000_000)
-        for name, v, hi in (("--samples", self.samples, MAX_EVAL_SAMPLES), ("--rescore", self.rescore,
-                            MAX_EVAL_SAMPLES), ("--pool", self.pool, 1_000_000)):
-            check_count(name, v, 1, hi)
+        for name, v, lo, hi in (("--samples", self.samples, 2, MAX_EVAL_SAMPLES),
+                                ("--batch-size", self.batch_size, 1, None),
+                                ("--per-stage", self.per_stage, 1, None),
+                                ("--pool", self.pool, 1, 1_000_000),
+                                ("--rescore", self.rescore, 2, MAX_EVAL_SAMPLES),
+                                ("--finalists", self.finalists, 1, None),
+                                ("--baselines", self.baselines, 1, None),
+                                ("--budget", self.budget, 1, 1_000_000)):
+            check_count(name, v, lo, hi)
         check_seeds(self.seed, self.samples)
         check_seeds(self.rescore_seed, self.rescore, "--rescore-seed")
         if self.seed < self.rescore_seed + self.rescore and self.rescore_seed < self.seed + self.samples:
@@ -397,10 +396,6 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
 def _check_state(out: Path) -> None:
     """Read every state file a resume would read; a damaged one is named with how to recover. Files appear whole
     (``files.atomic_write``), so damage comes from outside (a copy cut short, an edit)."""
-    def damaged(path: Path, e: Exception, recover: str) -> UsageError:
-        return UsageError(f"{str(path)!r} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
-                          f"{recover}")
-
     def read(path: Path, keys: tuple[str, ...], recover: str) -> None:
         try:
             d = json.loads(path.read_text())
@@ -409,7 +404,7 @@ def _check_state(out: Path) -> None:
             for k in keys:
                 d[k]
         except Exception as e:
-            raise damaged(path, e, recover) from None
+            raise damaged(path, describe(e), recover) from None
 
     if not out.is_dir():
         return
@@ -423,7 +418,7 @@ def _check_state(out: Path) -> None:
         try:
             np.load(out / "endpoint.npy")
         except Exception as e:
-            raise damaged(out / "endpoint.npy", e, recompute) from None
+            raise damaged(out / "endpoint.npy", describe(e), recompute) from None
     for path in sorted((out / "stages").glob("*.json")) if (out / "stages").is_dir() else ():
         read(path, ("candidates",), redo)
     for path in sorted((out / "evals").glob("*.json")) if (out / "evals").is_dir() else ():
@@ -435,7 +430,7 @@ def _check_state(out: Path) -> None:
             try:
                 np.load(path)
             except Exception as e:
-                raise damaged(path, e, redo) from None
+                raise damaged(path, describe(e), redo) from None
 
 
 def _rescored(folder: Path, cid: str) -> bool:
