@@ -151,7 +151,7 @@ def plan_cascade(model: DiffusionModel, spec: CascadeSpec, solver: str, time_gri
         _check_runs_at(m, (c, stage.resolution, stage.resolution), conditioned=k > 0)  # counts its FLOPs too
         s = get_solver(stage.solver or solver)
         steps = s.steps_for_nfe(stage.nfe)
-        grids.append(make_grid(m.schedule, time_grid or s.default_grid, steps,
+        grids.append(make_grid(m.schedule, time_grid or m.default_grid or s.default_grid, steps,
                                t_start=None if k == 0 else t_start))
         solvers.append(s)
     noise = (spec.condition_noise if spec.condition_noise is not None else getattr(model, "condition_noise", None)

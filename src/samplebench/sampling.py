@@ -141,10 +141,15 @@ def check_cascade_options(cascade: CascadeSpec, nfe: int | None, schedule: str |
         raise UsageError("--cascade does not combine with --exit-threshold or --cache")
 
 
+def default_grid(model: DiffusionModel, solver: SolverSpec) -> str:
+    """The grid a run uses when none is given: the model's own (a flow pipeline's shift), else the solver's."""
+    return model.default_grid or solver.default_grid
+
+
 def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: str | None = None) -> torch.Tensor:
     """The time grid that makes ``solver`` use exactly ``nfe`` network evaluations."""
     steps = solver.steps_for_nfe(nfe)
-    spec = parse_grid(time_grid) if time_grid is not None else solver.default_grid
+    spec = parse_grid(time_grid) if time_grid is not None else default_grid(model, solver)
     if isinstance(spec, list):
         grid = validate_grid(model.schedule, torch.tensor(spec, dtype=torch.float64))
         if len(grid) - 1 != steps:
@@ -395,7 +400,8 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
         bar.close()
 
     settings = {"model": config.model, "solver": label, "nfe": result.nfe, "steps": steps,
-                "time_grid": config.time_grid or (None if cascade else solver.default_grid),
+                "time_grid": config.time_grid or (None if cascade else solver.default_grid if schedule is not None
+                                                  else default_grid(model, solver)),
                 "grid_times": None if cascade else grid.tolist(),
                 "schedule": schedule.to_dict() if schedule is not None else None, "skip_coefficients": skips,
                 "exit_threshold": config.exit_threshold, "cache": cache.label() if cache is not None else None,

@@ -52,6 +52,9 @@ class DiffusionModel:
     # Where the model's files live (embedded folder or local pipeline directory): shipped S3 schedules are in
     # its ``s3/`` folder.
     directory: Path | None = None
+    # The time grid this model is meant to be sampled on, overriding the solvers' own defaults (a flow pipeline's
+    # shift, e.g. ``flow-shift:3`` for SD3); None keeps each solver's default.
+    default_grid: str | None = None
 
     def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
         raise NotImplementedError

@@ -3,7 +3,8 @@
 - ``UNet2DModel`` pipelines (DDPMPipeline / DDIMPipeline), eps, v or sample prediction, optional class labels;
 - ``DiTTransformer2DModel`` (DiTPipeline): class-conditional, learned sigma (the eps half is used), VAE latents;
 - Stable-Diffusion-style ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder, prompts, VAE latents;
-- a local ``UNet2DModel`` pipeline directory with ``cascade.json``: a LowDiff cascade model (``lowdiff.py``).
+- a local ``UNet2DModel`` pipeline directory with ``cascade.json``: a LowDiff cascade model (``lowdiff.py``);
+- SDXL, SD3, FLUX.1 and PixArt pipelines (``families.py``).
 
 The scheduler config of the pipeline gives the noise schedule and the prediction type; diffusers' scheduler
 state machine is never used for sampling.
@@ -112,27 +113,33 @@ class LatentUNetModel(_PipelineModel):
 
 
 def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Latents to images: undo the VAE's scaling (and the shift of SD3's and FLUX's VAEs) and decode."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
     with torch.inference_mode():
-        return vae.decode(x.to(dtype) / vae.config.scaling_factor).sample.float()
+        return vae.decode(x.to(dtype) / vae.config.scaling_factor + shift).sample.float()
 
 
 @contextlib.contextmanager
 def _quiet_diffusers():
-    """No loading progress bars, deprecation notes or info logs from diffusers (the CLI owns stderr)."""
+    """No loading progress bars, deprecation notes or info logs from diffusers or transformers (the CLI owns
+    stderr)."""
     from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-    verbosity, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
+    saved = [(log, log.get_verbosity(), log.is_progress_bar_enabled()) for log in (dlog, tlog)]
+    for log in (dlog, tlog):
+        log.set_verbosity_error()
+        log.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        dlog.set_verbosity(verbosity)
-        if bars:
-            dlog.enable_progress_bar()
+        for log, verbosity, bars in saved:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
 
 
 def _read_data_mean(directory: Path | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -236,6 +243,11 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
     directory = Path(name) if Path(name).is_dir() else None
     common = dict(name=name, schedule=schedule, device=device, dtype=dtype, pipe=pipe, prediction_type=prediction_type,
                   data_mean=_read_data_mean(directory, dtype), directory=directory)
+    from .families import family_model
+
+    family = family_model(pipe, common)
+    if family is not None:
+        return family
     transformer, unet = getattr(pipe, "transformer", None), getattr(pipe, "unet", None)
     if transformer is not None and type(transformer).__name__ == "DiTTransformer2DModel":
         cfg = transformer.config
@@ -259,4 +271,5 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
         h, w = (size, size) if isinstance(size, int) else size
         return UNet2DPixelModel(sample_shape=(cfg.in_channels, h, w), num_classes=cfg.num_class_embeds, **common)
     raise UsageError(f"pipeline {name!r} ({index.get('_class_name')}) is not supported; supported: UNet2DModel, "
-                     "DiTTransformer2DModel and Stable-Diffusion-style UNet2DConditionModel pipelines")
+                     "DiTTransformer2DModel, Stable-Diffusion-style UNet2DConditionModel pipelines, SDXL, SD3, "
+                     "FLUX.1 and PixArt")

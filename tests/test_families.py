@@ -1,0 +1,115 @@
+"""SDXL, SD3, FLUX.1 and PixArt pipelines: tiny random ones saved here load through ``load_model``, and on the
+same noise and timesteps our samplers through the adapters reproduce each pipeline's own denoising loop (its
+scheduler, conditioning, guidance and latent packing)."""
+
+import math
+
+import pytest
+import torch
+from pipelines import save_flux, save_pixart, save_sd3, save_sdxl
+
+from samplebench.models import Conditioning, load_model
+from samplebench.samplers import get_solver
+from samplebench.schedules import DiscreteVP, FlowMatching
+
+STEPS = 6
+PROMPT = "a cat 3"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {"sdxl": save_sdxl(root / "sdxl"), "sd3": save_sd3(root / "sd3"), "flux": save_flux(root / "flux"),
+            "flux-cfg": save_flux(root / "flux-cfg", guidance_embeds=False), "pixart": save_pixart(root / "pixart")}
+
+
+def test_families_load_as_their_adapters(saved):
+    from diffusers import FluxPipeline
+
+    expected = {"sdxl": ("SDXLModel", DiscreteVP, None), "sd3": ("SD3Model", FlowMatching, "flow-shift:3"),
+                "flux": ("FluxModel", FlowMatching, None), "pixart": ("PixArtModel", DiscreteVP, None)}
+    for name, (cls, schedule, grid) in expected.items():
+        model = load_model(str(saved[name]))
+        assert type(model).__name__ == cls and isinstance(model.schedule, schedule) and model.takes_prompt
+        assert model.prediction_type == ("flow" if schedule is FlowMatching else "epsilon")
+        if grid is not None:
+            assert model.default_grid == grid
+    flux = load_model(str(saved["flux"]))
+    assert flux.sample_shape == (4, 128, 128)  # the pipeline's default 128 x vae factor 2 pixels, 2x2-packable
+    mu = 0.5 + (64 * 64 - 256) * (1.15 - 0.5) / (4096 - 256)  # FLUX's dynamic shift for 4096 image tokens
+    assert flux.default_grid == f"flow-shift:{math.exp(mu):.6g}"
+    assert isinstance(flux.pipe, FluxPipeline)
+
+
+def _final_denoise(denoiser, x, t):
+    """The last step to sigma = 0 of Euler-type schedulers returns the data prediction."""
+    return denoiser(x, float(t)).denoised
+
+
+def _pack(model, z):
+    b, c, h, w = z.shape
+    return model.pipe._pack_latents(z, b, c, h, w)
+
+
+def _pipeline_latents(model, z, **kw):
+    out = model.pipe(PROMPT, num_inference_steps=STEPS, num_images_per_prompt=z.shape[0], output_type="latent",
+                     **kw).images
+    if type(model).__name__ == "FluxModel":
+        b, c, h, w = z.shape
+        out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    return out
+
+
+CASES = {
+    # family: (guidance, pipeline kwargs, our solver, grid from the pipeline's scheduler)
+    "sdxl": (3.0, {}, "ddim"),  # EulerDiscreteScheduler: Euler in sigma is DDIM on the VP path
+    "sd3": (3.0, {"max_sequence_length": 256}, "ddim"),  # FlowMatchEuler, shift 3
+    "flux": (3.5, {}, "ddim"),  # FlowMatchEuler with dynamic shift; guidance as an input (1 NFE)
+    "flux-cfg": (2.5, {"negative_prompt": "", "guidance_scale": 1.0}, "ddim"),  # true CFG
+    "pixart": (3.0, {"use_resolution_binning": False}, "dpmpp-2m"),  # DPMSolverMultistep, 2M, final step to 0
+}
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_adapter_reproduces_the_pipeline(saved, family):
+    guidance, kw, solver = CASES[family]
+    model = load_model(str(saved[family]))
+    z = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(3))
+    pipe_kw = {"guidance_scale": guidance, **kw}
+    if family == "flux-cfg":
+        pipe_kw["true_cfg_scale"] = guidance
+    latents = _pack(model, z) if family.startswith("flux") else z
+    expected = _pipeline_latents(model, z, latents=latents.clone(), **pipe_kw)
+    scheduler = model.pipe.scheduler
+    denoiser = model.denoiser(Conditioning(prompt=PROMPT, guidance_scale=guidance), 2)
+    if isinstance(model.schedule, FlowMatching):
+        grid = scheduler.sigmas[:-1].to(torch.float64)
+    else:  # diffusers timestep n is t = (n + 1) / N
+        grid = (scheduler.timesteps.to(torch.float64) + 1) / scheduler.config.num_train_timesteps
+    assert float(scheduler.sigmas[-1]) == 0.0
+    options = {"lower_order_final": False} if solver == "dpmpp-2m" else {}
+    x = get_solver(solver)(denoiser, z.clone(), grid, **options)
+    got = _final_denoise(denoiser, x, grid[-1])
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-4, rel
+    # the comparison is sharp: without guidance (or with another prompt) it fails
+    other = model.denoiser(Conditioning(prompt="a dog 7", guidance_scale=guidance), 2)
+    wrong = _final_denoise(other, get_solver(solver)(other, z.clone(), grid, **options), grid[-1])
+    assert ((wrong - expected).norm() / expected.norm()).item() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "pixart"])
+def test_every_solver_family_samples_images(saved, family, tmp_path):
+    """The full sample path: prompt, solver, NFE, decode to images (SDXL with DPM-Solver++, flow ones with UniPC)."""
+    from samplebench.sampling import SampleConfig, run_sample
+
+    solver = {"sdxl": "dpmpp-2m", "sd3": "unipc-bh2", "flux": "dpmpp-3m", "pixart": "unipc-bh1"}[family]
+    from PIL import Image
+
+    summary = run_sample(SampleConfig(model=str(saved[family]), solver=solver, nfe=3, num=2, prompt=PROMPT,
+                                      guidance_scale=2.0), tmp_path / "out", progress=False)
+    assert summary["nfe"] == 3 and len(summary["images"]) == 2
+    model = load_model(str(saved[family]))
+    size = model.sample_shape[1] * model.pipe.vae_scale_factor
+    assert Image.open(tmp_path / "out" / summary["images"][0]).size == (size, size)
+    assert summary["time_grid"] == (model.default_grid or get_solver(solver).default_grid)
