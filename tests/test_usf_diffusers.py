@@ -103,3 +103,81 @@ def test_the_usf_scheduler_runs_on_a_flow_matching_pipeline_config(tiny_unet):
     torch.testing.assert_close(sample, expected.to(sample.dtype), rtol=1e-5, atol=1e-5)
     x0, noise = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
     assert float(scheduler.add_noise(x0, noise, torch.tensor([250.0])).mean()) == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def flow_dirs(tmp_path_factory):
+    from pipelines import save_flux, save_sd3
+
+    root = tmp_path_factory.mktemp("usf-flow-pipelines")
+    return {"sd3": save_sd3(root / "sd3"), "flux": save_flux(root / "flux")}
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_pipelines_run_the_usf_scheduler(flow_dirs, family):
+    """``pipe.scheduler = USFScheduler...`` in SD3 and FLUX pipelines (which pass sigmas / mu and set a begin index)
+    gives the executor's latents through our adapter; FLUX's are packed for its transformer and unpacked here."""
+    model = load_model(str(flow_dirs[family]))
+    schedule = _mixed(model, 4)
+    pipe = model.pipe
+    original = pipe.scheduler
+    pipe.scheduler = USFScheduler.from_scheduler(original, schedule)
+    z = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(4))
+    b, c, h, w = z.shape
+    latents = pipe._pack_latents(z.clone(), b, c, h, w) if family == "flux" else z.clone()
+    try:
+        out = pipe("a cat", num_inference_steps=schedule.nfe, guidance_scale=3.0, latents=latents,
+                   output_type="latent").images
+    finally:
+        pipe.scheduler = original
+    if family == "flux":
+        out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    x = usf_sample(model.denoiser(Conditioning(None, "a cat", "", 3.0), 1), z.clone(), schedule)
+    assert ((out - x).norm() / x.norm()).item() < 1e-5
+
+
+def test_install_applies_the_schedules_skip_coefficients(dirs):
+    """A schedule with Skip-Tuning coefficients: ``from_scheduler`` alone refuses to run it (never silently without
+    them); ``install`` scales the UNet's skips, reproducing the executor under Skip-Tuning, until removed."""
+    from dataclasses import replace
+
+    from samplebench.models.skip_tuning import count_skips, skip_tuning
+
+    model = load_model(str(dirs["ddpm"]))
+    unet = model.pipe.unet
+    skips = tuple(0.6 + 0.05 * j for j in range(count_skips(unet)))
+    schedule = replace(_mixed(model, 4), skip_coefficients=skips)
+    pipe = DDPMPipeline.from_pretrained(dirs["ddpm"])
+    pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, schedule)
+    with pytest.raises(ValueError, match="USFScheduler.install"):
+        pipe(batch_size=1, num_inference_steps=schedule.nfe, output_type="np")
+    scheduler = USFScheduler.install(pipe, schedule)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=schedule.nfe,
+                  output_type="np").images
+    x_t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with skip_tuning(model.pipe.unet, skips):
+        x = usf_sample(model.denoiser(Conditioning(), 2), x_t.clone(), schedule)
+    plain = usf_sample(model.denoiser(Conditioning(), 2), x_t.clone(), schedule)
+    to_np = lambda v: (v / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    assert np.abs(images - to_np(x)).max() < 1e-5
+    assert np.abs(images - to_np(plain)).max() > 1e-3  # the skips change the samples
+    scheduler.remove_skip_tuning()
+    pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, replace(schedule, skip_coefficients=None))
+    again = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=schedule.nfe,
+                 output_type="np").images
+    assert np.abs(again - to_np(plain)).max() < 1e-5
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-3m", "unipc-bh2"])
+def test_a_registry_solver_as_a_pipeline_scheduler(dirs, solver):
+    """``USFScheduler.for_solver``: a registry solver inside a diffusers pipeline equals our sampler on that grid."""
+    from samplebench.samplers import get_solver
+
+    model = load_model(str(dirs["ddpm"]))
+    pipe = DDPMPipeline.from_pretrained(dirs["ddpm"])
+    pipe.scheduler = USFScheduler.for_solver(pipe.scheduler, solver, nfe=5, time_grid="logsnr")
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5,
+                  output_type="np").images
+    x_t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = get_solver(solver)(model.denoiser(Conditioning(), 2), x_t, make_grid(model.schedule, "logsnr", 5))
+    assert np.abs(images - (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()).max() < 1e-5

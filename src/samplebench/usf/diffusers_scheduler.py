@@ -4,10 +4,16 @@
     pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, SolverSchedule.load("s3/nfe6.json"))
     images = pipe(num_inference_steps=pipe.scheduler.num_evaluations, ...).images
 
+    USFScheduler.install(pipe, schedule)          # also applies the schedule's Skip-Tuning to pipe.unet
+    USFScheduler.for_solver(pipe.scheduler, "dpmpp-3m", nfe=8, time_grid="logsnr")  # any expressible registry solver
+
 The pipeline evaluates the network at every entry of ``scheduler.timesteps`` and hands the output to ``step``,
 which drives the same coroutine as ``usf_sample`` (``executor.usf_steps``): outputs equal the executor's. A pipeline
 cannot skip its first network call, so a schedule with an analytical first step lists T first and ignores that
-output: the samples are the executor's, at one network call more than the schedule's NFE.
+output: the samples are the executor's, at one network call more than the schedule's NFE. The schedule brings its
+own times: the ``sigmas``, ``timesteps`` or ``mu`` (FLUX's shift) a pipeline passes to ``set_timesteps`` are
+ignored. A schedule with Skip-Tuning coefficients needs the UNet's skips scaled, which a scheduler alone cannot do:
+``install`` does it, and ``step`` refuses to run such a schedule without it (never silently another sampler).
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from .schedule import SolverSchedule
 __all__ = ["USFScheduler"]
 
 
+def _noise_schedule(config: dict, flow: bool):
+    """A flow-matching pipeline's path x_t = (1 - t) x_0 + t eps, or the VP schedule of the config's betas."""
+    return FlowMatching(timestep_scale=float(config.get("num_train_timesteps", 1000))) if flow else \
+        schedule_from_config(config)
+
+
 class USFScheduler(SchedulerMixin, ConfigMixin):
     """Runs ``usf_schedule`` (a ``SolverSchedule.to_dict()``) on the training schedule of the config's betas."""
 
@@ -38,13 +50,14 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if usf_schedule is None:
             raise ValueError("USFScheduler needs usf_schedule (a SolverSchedule.to_dict())")
         # a flow-matching pipeline: the path x_t = (1 - t) x_0 + t eps and a velocity-predicting network
-        self.noise_schedule = (FlowMatching(timestep_scale=float(num_train_timesteps)) if flow
-                               else schedule_from_config(dict(self.config)))
+        self.noise_schedule = _noise_schedule(dict(self.config), flow)
         self.prediction = "flow" if flow else prediction_type
         self.schedule = SolverSchedule.from_dict(usf_schedule)
         self.data_mean = None if data_mean is None else torch.tensor(data_mean)
         self.init_noise_sigma = self.noise_schedule.prior_std()
         self._steps = None
+        self.skip_hooks: list | None = None  # Skip-Tuning hooks on the pipeline's UNet (``install``)
+        self._begin_index = 0
         self.set_timesteps()
 
     @classmethod
@@ -55,12 +68,54 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return cls.from_config(scheduler.config, usf_schedule=schedule.to_dict(), flow=is_flow_config(
             dict(scheduler.config)), data_mean=None if data_mean is None else data_mean.tolist())
 
+    @classmethod
+    def install(cls, pipe, schedule: SolverSchedule, data_mean: torch.Tensor | None = None) -> "USFScheduler":
+        """``pipe.scheduler = `` the USF scheduler of ``schedule``, with its Skip-Tuning coefficients (if any)
+        applied to ``pipe.unet`` by forward pre-hooks (``remove_skip_tuning`` takes them off); returns it."""
+        from ..models.skip_tuning import apply_skip_tuning
+
+        scheduler = cls.from_scheduler(pipe.scheduler, schedule, data_mean)
+        if schedule.skip_coefficients is not None:
+            unet = getattr(pipe, "unet", None)
+            if unet is None or not hasattr(unet, "up_blocks"):
+                raise ValueError("this schedule has Skip-Tuning coefficients, which need a UNet with skip "
+                                 f"connections; {type(pipe).__name__} has none")
+            scheduler.skip_hooks = apply_skip_tuning(unet, schedule.skip_coefficients)
+        pipe.scheduler = scheduler
+        return scheduler
+
+    def remove_skip_tuning(self) -> None:
+        for hook in self.skip_hooks or []:
+            hook.remove()
+        self.skip_hooks = None
+
+    @classmethod
+    def for_solver(cls, scheduler, solver: str, nfe: int, time_grid: str = "logsnr") -> "USFScheduler":
+        """A registry solver (``executor.KNOWN_SCHEDULES``: DDIM, DPM-Solver++ 2M/3M, UniPC bh1/bh2, DEIS log-rho)
+        at ``nfe`` on ``time_grid`` of the scheduler's noise schedule, as a scheduler for any pipeline."""
+        from ..samplers import make_grid
+        from .executor import known_schedule
+
+        config = dict(scheduler.config)
+        grid = make_grid(_noise_schedule(config, is_flow_config(config)), time_grid, nfe)
+        return cls.from_scheduler(scheduler, known_schedule(solver, grid.tolist()))
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Pipelines (FLUX, SD3) call this before the loop; a USF run always starts at its first time."""
+        self._begin_index = begin_index
+
+    @property
+    def begin_index(self) -> int:
+        return self._begin_index
+
     @property
     def num_evaluations(self) -> int:
         """Network calls the pipeline makes: the schedule's NFE, plus the ignored first call with an AFS."""
         return len(self.timesteps)
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None):
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas=None, timesteps=None, mu: float | None = None, **kwargs):
+        """The schedule's own times; ``sigmas``, ``timesteps`` and ``mu`` from a pipeline are ignored."""
         sched = self.schedule
         indices = [0]  # the pipeline's first call, at T (ignored with an analytical first step)
         for i, st in enumerate(sched.steps[:-1]):
@@ -85,6 +140,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
              return_dict: bool = True, **kwargs) -> SchedulerOutput | tuple:
         a, s, lam = self._tables
         if self._steps is None:  # the first call of a run: sample is x_T
+            if self.schedule.skip_coefficients is not None and self.skip_hooks is None:
+                raise ValueError("this USF schedule scales the UNet's skip connections (Skip-Tuning), which a "
+                                 "scheduler cannot do alone; use USFScheduler.install(pipe, schedule)")
             self._steps = usf_steps(sample, self.schedule, a, s, lam, data_mean=self.data_mean)
             self._request = next(self._steps)
             if self.schedule.afs != "none":  # the output at x_T is not used

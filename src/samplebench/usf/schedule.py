@@ -95,7 +95,7 @@ class SolverSchedule:
     timesteps: tuple[float, ...]
     steps: tuple[Step, ...]
     afs: str = "none"
-    skip_coefficients: tuple[float, ...] | None = None  # Skip-Tuning multipliers, innermost skip first
+    skip_coefficients: tuple[float, ...] | None = None  # Skip-Tuning: one per UNet skip, outermost first
 
     def __post_init__(self) -> None:
         ts = self.timesteps
