@@ -133,3 +133,33 @@ def test_flow_sigma_modes_of_diffusers_multistep_schedulers(tiny_unet, name, cls
     got, _ = _flow_ours(tiny_unet, scheduler.sigmas, name, x.clone(), integer_timesteps=True, **options)
     rel = ((got - expected).norm() / expected.norm()).item()
     assert rel < 1e-4, rel
+
+
+@pytest.mark.parametrize("variant", ["bh2"])
+def test_flow_sigma_mode_of_diffusers_unipc(tiny_unet, variant):
+    """UniPCMultistepScheduler with flow sigmas starts at sigma = 1 and, with ``final_sigmas_type="zero"``, ends
+    with a first-order step to sigma = 0 (the data prediction at the last, uncorrected point); its timesteps are
+    sigma x 1000 truncated and capped at 999. Ours: UniPC on the other sigmas (orders warm up, no lowering at the
+    end: the diffusers run lowers only its final step), then that data prediction. (diffusers' bh1 gives NaN on a
+    step to sigma = 0, where its B(h) = h is infinite; its "sigma_min" mode repeats the last sigma, a step of
+    length 0 that only applies the corrector.)"""
+    from diffusers import UniPCMultistepScheduler
+
+    from samplebench.schedules import FlowMatching
+
+    scheduler = UniPCMultistepScheduler(num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=3.0,
+                                        prediction_type="flow_prediction", final_sigmas_type="zero",
+                                        solver_type=variant)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    scheduler, expected = _diffusers_loop(tiny_unet, scheduler, x.clone())
+    sigmas = scheduler.sigmas
+    assert float(sigmas[0]) == pytest.approx(1.0, abs=1e-5) and float(sigmas[-1]) == 0.0
+    schedule = FlowMatching(T=1.0, t_min=float(sigmas[-2]))
+    network = lambda x, t: tiny_unet(x, t.to(torch.int64).clamp(max=999)).sample  # noqa: E731
+    denoiser = NetworkDenoiser(network, schedule, "flow")
+    grid = sigmas[:-1].to(torch.float64)
+    got = get_solver(f"unipc-{variant}")(denoiser, x.clone(), grid, lower_order_final=False)
+    with torch.no_grad():
+        got = denoiser(got, float(grid[-1])).denoised
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-4, rel
