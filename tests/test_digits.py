@@ -100,7 +100,7 @@ def test_train_digits_dit_smoke(tmp_path):
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["compute"]["block_fraction"] == 2 / 8  # the patient rule: the second block for every row
     (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
-    with pytest.raises(UsageError, match="could not load the DeeDiff DiT in"):
+    with pytest.raises(UsageError, match="could not load the DiT in"):
         load_model(str(tmp_path))
 
 

@@ -101,3 +101,25 @@ def test_killed_digits_unet_recipe_resumes_to_byte_identical_weights(tmp_path):
     assert (killed / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["losses"] == torch.load(
         tmp_path / "straight" / "checkpoint.pt", weights_only=True)["losses"]
+
+
+def test_digits_flow_recipe_saves_a_flow_model_read_as_it_was_trained(tmp_path):
+    """The flow recipe's folder loads as a flow-matching DiT: the denoiser reads the network's output as the
+    velocity eps - x_0 at network timestep 1000 t, the convention the recipe trains with."""
+    import torch
+
+    from samplebench.models import Conditioning, load_model
+    from samplebench.schedules import FlowMatching
+
+    out = tmp_path / "flow"
+    assert main(["train", "digits-flow", "--out", str(out), "--steps", "3"]) == 0
+    model = load_model(str(out))
+    assert isinstance(model.schedule, FlowMatching) and model.prediction_type == "flow"
+    assert model.num_classes == 10 and model.pipe.uem is None and model.data_mean is not None
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 7])
+    pred = model.denoiser(Conditioning(class_labels=labels), 2)(x, 0.4)
+    with torch.no_grad():
+        v = model.pipe.transformer(x, timestep=torch.full((2,), 400.0), class_labels=labels).sample
+    torch.testing.assert_close(pred.denoised, x - 0.4 * v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pred.eps, x + 0.6 * v, rtol=1e-5, atol=1e-5)

@@ -61,10 +61,10 @@ def _load_model(name: str, device, dtype, local_files_only: bool | None) -> Diff
     if name in EMBEDDED:
         return EMBEDDED[name].load(device, dtype)
     if Path(name).is_dir() or ("/" in name and not Path(name).exists() and not name.startswith((".", "/"))):
-        from .diffusers_models import is_deediff_folder, load_deediff_dit, load_pipeline_model
+        from .diffusers_models import is_dit_folder, load_dit_folder, load_pipeline_model
 
-        if is_deediff_folder(name):
-            return load_deediff_dit(name, name=name, device=device, dtype=dtype)
+        if is_dit_folder(name):
+            return load_dit_folder(name, name=name, device=device, dtype=dtype)
         return load_pipeline_model(name, device=device, dtype=dtype, local_files_only=local_files_only)
     raise UsageError(f"unknown model {name!r}; valid: {', '.join(EMBEDDED)}, a diffusers hub id (owner/name), "
                      "a local directory saved with save_pretrained, or a folder from 'samplebench train digits-dit'")

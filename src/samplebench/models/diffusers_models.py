@@ -88,7 +88,7 @@ class DiTLatentModel(_PipelineModel):
 
 @dataclass
 class DiTPixelModel(DiTLatentModel):
-    """A pixel-space ``DiTTransformer2DModel`` (the embedded digits DiT); ``pipe.uem`` holds its DeeDiff heads."""
+    """A pixel-space ``DiTTransformer2DModel`` (the embedded digits DiTs); ``pipe.uem`` holds DeeDiff heads or None."""
 
     def decode(self, x):
         return x
@@ -148,13 +148,17 @@ def _read_data_mean(directory: Path | None, dtype: torch.dtype) -> torch.Tensor 
     return torch.from_numpy(np.load(path)).to(dtype) if path is not None and path.is_file() else None
 
 
-def is_deediff_folder(path: str | Path) -> bool:
-    """A folder written by ``samplebench train digits-dit``: ``transformer/``, ``uem/`` and ``scheduler/``."""
-    return all((Path(path) / sub).is_dir() for sub in ("transformer", "uem", "scheduler"))
+def is_dit_folder(path: str | Path) -> bool:
+    """A folder written by ``samplebench train digits-dit`` or ``digits-flow``: ``transformer/`` and ``scheduler/``
+    (and ``uem/``, DeeDiff's heads, for digits-dit), without a pipeline's ``model_index.json``."""
+    path = Path(path)
+    return all((path / sub).is_dir() for sub in ("transformer", "scheduler")) and not (path / "model_index.json"
+                                                                                        ).exists()
 
 
-def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    """A pixel-space DiT with DeeDiff uncertainty heads from a ``transformer/`` + ``uem/`` + ``scheduler/`` folder."""
+def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """A pixel-space DiT from ``transformer/`` + ``scheduler/`` (+ ``uem/``, its DeeDiff uncertainty heads). The
+    scheduler config gives the path: a DDPM schedule with eps prediction, or a flow-matching one (velocity)."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler, DiTTransformer2DModel
@@ -165,17 +169,19 @@ def load_deediff_dit(folder: str | Path, *, name: str, device: torch.device, dty
     try:
         with _quiet_diffusers():
             transformer = DiTTransformer2DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
-            heads = UncertaintyHeads.from_pretrained(folder / "uem").to(device)
-            scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+            heads = (UncertaintyHeads.from_pretrained(folder / "uem").to(device).eval()
+                     if (folder / "uem").is_dir() else None)
+            config = dict(DDPMScheduler.load_config(folder / "scheduler"))  # any class reads the file
     except Exception as e:
-        raise UsageError(f"could not load the DeeDiff DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"could not load the DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
     cfg = transformer.config
-    return DiTPixelModel(name=name, schedule=schedule_from_config(dict(scheduler.config)),
+    return DiTPixelModel(name=name, schedule=schedule_from_config(config),
                          sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
                          num_classes=cfg.num_embeds_ada_norm,
                          data_mean=_read_data_mean(folder, dtype), directory=folder,
-                         pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads.eval()),
-                         prediction_type=scheduler.config.prediction_type)
+                         pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads),
+                         prediction_type="flow" if is_flow_config(config) else config.get("prediction_type",
+                                                                                          "epsilon"))
 
 
 HUB_TIMEOUT_S = 5.0

@@ -70,9 +70,9 @@ def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
 
 
 def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from .diffusers_models import load_deediff_dit
+    from .diffusers_models import load_dit_folder
 
-    return load_deediff_dit(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype)
+    return load_dit_folder(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
