@@ -65,7 +65,7 @@ def test_train_digits_gmm_smoke(tmp_path):
 
 def test_unknown_recipe(capsys):
     assert main(["train", "nope", "--out", "/tmp/never-written"]) == 2
-    assert "unknown recipe 'nope'; valid: digits-unet, digits-dit, digits-lowdiff, digits-classifier, digits-gmm" in capsys.readouterr().err
+    assert "unknown recipe 'nope'; valid: digits-unet, digits-dit, digits-flow, digits-lowdiff, digits-classifier, digits-gmm" in capsys.readouterr().err
 
 
 def test_digits_dit_samples_with_and_without_early_exit(tmp_path):
