@@ -268,3 +268,13 @@ def test_xyz_cells_put_any_setting_on_any_axis():
                           (("time grid", "wiggly"), None, "time grid 'wiggly'"), (("NFE", ""), None, "its values")]:
         with pytest.raises(UsageError, match=message):
             core.xyz_cells("digits", {"nfe": 5}, x, y)
+
+
+def test_errors_speak_of_the_app_fields():
+    from samplebench.app.ui import app_terms
+
+    assert app_terms("--solver s3 needs --nfe") == '"Solver" s3 needs "NFE"'
+    assert app_terms("model 'digits' is unconditional, so --guidance-scale must be 1") == \
+        "model 'digits' is unconditional, so \"Guidance scale\" must be 1"
+    assert app_terms("--cascade-noise must be >= 0") == '"cascade noise" must be >= 0'  # no field: plain words
+    assert app_terms("a - b, x--y") == "a - b, x--y"  # only flags are rewritten

@@ -101,10 +101,28 @@ def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
     assert {c.split(" · ")[0] for c in captions} == {"euler", "dpmpp-3m"}
     assert sorted(page.locator("#compare-grid thead th").all_inner_texts()) == ["", "NFE 4", "NFE 8"]
     assert page.locator("#compare-grid img").count() == 4
+    image = page.locator("#compare-grid img").first
+    small = image.bounding_box()["width"]
+    image.click()  # click to enlarge, and again to close
+    page.wait_for_function("document.querySelector('#compare-grid img').getBoundingClientRect().width > "
+                           f"{2 * small}")
+    image.click()
+    page.wait_for_function("document.querySelector('#compare-grid img').getBoundingClientRect().width < "
+                           f"{small + 1}")
     page.locator("#compare-x textarea").fill("4,0")
     page.click("#compare-run")
-    page.get_by_text("NFE '0' is not valid; give whole numbers from 1 to 250").wait_for(timeout=30_000)
+    page.get_by_text("NFE '0' is not valid; give whole numbers from 1 to 250").first.wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
+    # the error stays on the page (not only in a toast) until the next run, in the terms of the page's fields
+    status = page.locator("#compare-status")
+    status.get_by_text("Error: NFE '0' is not valid").wait_for(timeout=30_000)
+    page.locator("#compare-x textarea").fill("4")
+    page.locator("#compare-y-axis input").click()
+    page.get_by_role("option", name="guidance").click()
+    page.locator("#compare-y textarea").fill("1,2")
+    page.click("#compare-run")
+    status.get_by_text('"Guidance scale" must be 1').wait_for(timeout=60_000)
+    assert "--guidance-scale" not in page.content()
     page.close()
 
 

@@ -308,24 +308,39 @@ def _png(array: np.ndarray):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def contact_sheet(arrays: Sequence[np.ndarray], columns: int, min_side: int = 64,
+                  labels: Sequence[str] | None = None, gap: int = 2, label_h: int = 12):
+    """uint8 [H, W, C] images as one PIL sheet laid out by ``torchvision.utils.make_grid`` (white gaps), each
+    nearest-neighbour upscaled to at least ``min_side`` pixels, with its label (e.g. its seed) below when given."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    h, w = arrays[0].shape[:2]
+    scale = max(1, -(-min_side // max(h, w)))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    x = x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    room = label_h if labels else 0
+    x = torch.nn.functional.pad(x, (0, 0, 0, room), value=1.0)  # white space for the label under each image
+    cols = min(columns, len(arrays))
+    grid = make_grid(x, nrow=cols, padding=gap, pad_value=1.0)
+    sheet = Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).convert("RGB")
+    if labels:
+        draw = ImageDraw.Draw(sheet)
+        for k, label in enumerate(labels):
+            r, c = divmod(k, cols)
+            draw.text((gap + c * (w * scale + gap) + 1, gap + r * (h * scale + room + gap) + h * scale),
+                      str(label)[:16], fill="black")
+    return sheet
+
+
 def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
-    """A labelled contact sheet: each image scaled to >= 64 px (nearest), its label below."""
+    """grid.png: a titled contact sheet of the first images, 8 per row, each labelled."""
     from PIL import Image, ImageDraw
 
-    n = len(arrays)
-    h, w = arrays.shape[1:3]
-    scale = max(1, -(-64 // max(h, w)))
-    cw, ch, lab = w * scale, h * scale, 14
-    cols = min(n, 8)
-    rows = -(-n // cols)
-    sheet = Image.new("RGB", (cols * (cw + 4) + 4, rows * (ch + lab + 4) + 4 + 18), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((4, 3), title, fill="black")
-    for k, (a, label) in enumerate(zip(arrays, labels)):
-        r, c = divmod(k, cols)
-        x0, y0 = 4 + c * (cw + 4), 22 + r * (ch + lab + 4)
-        sheet.paste(_png(a).convert("RGB").resize((cw, ch), Image.NEAREST), (x0, y0))
-        draw.text((x0, y0 + ch + 1), label, fill="black")
+    body = contact_sheet(list(arrays), 8, labels=labels, gap=4, label_h=14)
+    sheet = Image.new("RGB", (body.width, body.height + 18), "white")
+    ImageDraw.Draw(sheet).text((4, 3), title, fill="black")
+    sheet.paste(body, (0, 18))
     return sheet
 
 

@@ -481,23 +481,12 @@ def _read_pngs(folder: Path, names: Sequence[str]) -> list[np.ndarray]:
 def tile(images: Sequence[np.ndarray], columns: int = 4, min_side: int = 64, max_width: int = 512,
          labels: Sequence[str] | None = None):
     """The images of one cell side by side (nearest-neighbour upscaled so small images stay crisp), each with its
-    label (e.g. its seed) below when given."""
-    from PIL import Image, ImageDraw
+    label (e.g. its seed) below when given; at most ``max_width`` pixels wide."""
+    from PIL import Image
 
-    h, w = images[0].shape[:2]
-    scale = max(1, -(-min_side // max(h, w)))
-    cols = min(columns, len(images))
-    rows = -(-len(images) // cols)
-    gap, label_h = 2, (12 if labels else 0)
-    cell_h = h * scale + label_h
-    sheet = Image.new("RGB", (cols * (w * scale + gap) - gap, rows * (cell_h + gap) - gap), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, a in enumerate(images):
-        r, c = divmod(k, cols)
-        x, y = c * (w * scale + gap), r * (cell_h + gap)
-        sheet.paste(Image.fromarray(a).resize((w * scale, h * scale), Image.NEAREST), (x, y))
-        if labels:
-            draw.text((x + 1, y + h * scale), str(labels[k])[:16], fill="black")
+    from ..sampling import contact_sheet
+
+    sheet = contact_sheet(images, columns, min_side, labels)
     if sheet.width > max_width:
         sheet = sheet.resize((max_width, round(sheet.height * max_width / sheet.width)), Image.LANCZOS)
     return sheet
@@ -524,7 +513,7 @@ def _data_uri(image) -> str:
 
 def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
     """The compare grid: one row per ``cell.row``, one column per ``cell.column``; finished cells show their
-    images and caption, pending ones a placeholder."""
+    images (a click enlarges them), caption and command, pending ones a placeholder."""
     from html import escape
 
     tables = []
@@ -546,9 +535,10 @@ def grid_html(cells: Sequence[Cell], results: Sequence[CellResult]) -> str:
                 command = r.summary.get("command")
                 code = (f'<details class="sb-cmd"><summary>command</summary><code>{escape(command)}</code></details>'
                         if command else "")
-                tds.append(f'<td><figure class="cell"><img alt="{escape(r.caption)}" '
-                           f'src="{r.tile_uri}"/><figcaption>{escape(r.caption)}</figcaption>{code}'
-                           f'</figure></td>')
+                # click to enlarge (and again to close): a checkbox in the label toggles the image's size (CSS)
+                tds.append(f'<td><figure class="cell"><label class="sb-zoom" title="click to enlarge">'
+                           f'<input type="checkbox"/><img alt="{escape(r.caption)}" src="{r.tile_uri}"/></label>'
+                           f'<figcaption>{escape(r.caption)}</figcaption>{code}</figure></td>')
             body.append(f"<tr><th>{escape(row)}</th>{''.join(tds)}</tr>")
         title = f'<caption class="sb-panel">{escape(panel)}</caption>' if panel else ""
         tables.append(f'<table class="sb-grid">{title}<thead><tr><th></th>{head}</tr></thead>'

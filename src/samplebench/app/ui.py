@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +36,11 @@ CSS = """
 .sb-grid .sb-cmd { font-size: 0.75em; max-width: 260px; }
 .sb-grid .sb-cmd code { white-space: pre-wrap; word-break: break-all; user-select: all; }
 .sb-grid caption.sb-panel { font-weight: 600; text-align: left; padding: 6px 0 2px; }
+.sb-grid label.sb-zoom { cursor: zoom-in; display: block; }
+.sb-grid label.sb-zoom input { display: none; }
+.sb-grid label.sb-zoom input:checked + img { position: fixed; inset: 0; margin: auto; z-index: 1000;
+  width: min(90vw, 90vh); height: auto; max-width: none; background: #fff; cursor: zoom-out;
+  box-shadow: 0 0 0 100vmax rgba(0, 0, 0, 0.6); }
 """
 
 SOLVERS = [*solver_names(), "s3"]
@@ -82,13 +88,32 @@ class App:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+# The app's field for each command-line flag a library message may name, so that errors speak of the page.
+FIELDS = {"nfe": "NFE", "solver": "Solver", "seed": "Seeds", "seeds": "Seeds", "num": "Samples",
+          "guidance-scale": "Guidance scale", "class-label": "Class label", "prompt": "Prompt", "model": "Model",
+          "time-grid": "Time grid", "exit-threshold": "Exit threshold", "cache": "Cache", "cascade": "Stages",
+          "cascade-from": "t* of later stages", "schedule": "schedule JSON", "skip-rho": "Skip-Tuning rho",
+          "budget": "Budget (NFE)", "lambda": "λ", "reward": "Reward", "chain-nfe": "Chain NFE"}
+
+
+def app_terms(message: str) -> str:
+    """A library message in the app's words: each ``--flag`` becomes the label of its field, in quotes."""
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)",
+                  lambda m: f'"{FIELDS.get(m.group(1), m.group(1).replace("-", " "))}"', message)
+
+
 def _message(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return app_terms((str(e).strip().splitlines() or [type(e).__name__])[0])
 
 
-def guarded(fn):
+def guarded(fn=None, *, status: tuple[int, int] | None = None):
     """Bad input -> its one-line message in the UI; anything else -> a one-line error there and the trace in the
-    server log; a cancelled run ends quietly."""
+    server log; a cancelled run ends quietly. ``status=(index, count)``: the callback's outputs hold a status line
+    at ``index`` of ``count``; an error is also written there, so it stays on the page until the next run (the
+    callback runs as a generator for that)."""
+    if fn is None:
+        return functools.partial(guarded, status=status)
+
     def convert(e: Exception):
         if isinstance(e, gr.Error):
             return e
@@ -97,24 +122,41 @@ def guarded(fn):
         log.exception("callback %s failed", fn.__name__)  # the details stay in the operator's log
         return gr.Error(INTERNAL_ERROR, print_exception=False)
 
-    if inspect.isgeneratorfunction(fn):
+    def on_page(error: gr.Error):
+        """The outputs of a failed run: only the status line changes, to the error."""
+        index, count = status
+        updates = [gr.skip()] * count
+        updates[index] = f"**Error:** {error.message}"
+        return updates[0] if count == 1 else tuple(updates)
+
+    def results():
+        if inspect.isgeneratorfunction(fn):
+            return fn
+        return lambda *a, **k: iter([fn(*a, **k)])
+
+    if status is None and not inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
-        def gen(*args, **kwargs):
+        def call(*args, **kwargs):
             try:
-                yield from fn(*args, **kwargs)
-            except core.Cancelled:
-                return
+                return fn(*args, **kwargs)
             except Exception as e:
                 raise convert(e) from None
-        return gen
+        return call
+
+    steps = results()
 
     @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def gen(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            yield from steps(*args, **kwargs)
+        except core.Cancelled:
+            return
         except Exception as e:
-            raise convert(e) from None
-    return call
+            error = convert(e)
+            if status is not None:
+                yield on_page(error)
+            raise error from None
+    return gen
 
 
 def _text(value: Any, name: str, limit: int = 200) -> str:
@@ -208,7 +250,7 @@ def build(app: App) -> gr.Blocks:
                     cell_b = gr.Dropdown([], label="Right")
                 slider = gr.ImageSlider(label="Left | right", type="pil", format="png", max_height=360)
 
-            @guarded
+            @guarded(status=(1, 4))
             def compare(model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values,
                         class_label, guidance, prompt, numbers, request: gr.Request, progress=gr.Progress()):
                 base = {"solver": solver, "nfe": nfe, "seeds": _text(seeds, "seeds"), "class_label": class_label,
@@ -222,7 +264,9 @@ def build(app: App) -> gr.Blocks:
                       guidance, prompt, numbers]
             busy = run.click(lambda: gr.Button(interactive=False), None, run, queue=False)  # no second run meanwhile
             event = busy.then(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
-            event.then(lambda: gr.Button(interactive=True), None, run, queue=False)  # after success or error alike
+            enable = lambda: gr.Button(interactive=True)  # noqa: E731
+            event.success(enable, None, run, queue=False)
+            event.failure(enable, None, run, queue=False)
             event.success(slider_choices, results, [cell_a, cell_b]).then(slide, [results, cell_a, cell_b], slider)
             stop.click(app.cancel, None, None, queue=False)
             for dropdown in (cell_a, cell_b):
@@ -264,7 +308,7 @@ def method_views(app: App, run_grid) -> None:
         go = gr.Button("Run S3", variant="primary")
         outputs = _method_outputs(app)
 
-        @guarded
+        @guarded(status=(1, 4))
         def s3(model, nfe, baseline, seeds, upload, request: gr.Request, progress=gr.Progress()):
             cells = core.s3_cells(model, nfe, _text(seeds, "seeds"), baseline, upload, limits=limits,
                                   upload_root=gradio_utils.get_upload_folder())
@@ -288,7 +332,7 @@ def method_views(app: App, run_grid) -> None:
         go = gr.Button("Run tree search", variant="primary")
         outputs = _method_outputs(app)
 
-        @guarded
+        @guarded(status=(1, 4))
         def align(method, reward, budget, num, chain, lam, request: gr.Request, progress=gr.Progress()):
             cells = core.align_cells(method, reward, budget, num, chain, lam, limits=limits)
             yield from run_grid(cells, request, progress, numbers=True)
@@ -312,7 +356,7 @@ def method_views(app: App, run_grid) -> None:
         go = gr.Button("Run", variant="primary")
         outputs = _method_outputs(app)
 
-        @guarded
+        @guarded(status=(1, 4))
         def skipping(model, solver, nfe, seeds, threshold, cache, request: gr.Request, progress=gr.Progress()):
             cells = core.skipping_cells(model, solver, nfe, _text(seeds, "seeds"),
                                         exit_threshold=_text(threshold, "exit threshold").strip() or None,
@@ -334,7 +378,7 @@ def method_views(app: App, run_grid) -> None:
         go = gr.Button("Run cascade", variant="primary")
         outputs = _method_outputs(app)
 
-        @guarded
+        @guarded(status=(1, 4))
         def cascade(model, stages, start, solver, seeds, request: gr.Request, progress=gr.Progress()):
             start = _text(start, "t*")
             t_star = _float(start, "t*") if start.strip() else None
@@ -382,7 +426,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         e_go = gr.Button("Run evaluation", variant="primary")
         e_status = gr.Markdown()
 
-    @guarded
+    @guarded(status=(1, 3))
     def show(model, solver, extractor):
         rows = core.query_runs(app.db, model=_text(model, "model", 500), solver=_text(solver, "solver"),
                                extractor=_text(extractor, "features"))
@@ -392,7 +436,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         except UsageError as e:  # nothing to draw, or mixed settings: say how to narrow the filters
             return data, f"Plot: {_message(e)}", None
 
-    @guarded
+    @guarded(status=(0, 1))
     def evaluate(model, solvers, nfes, num, progress=gr.Progress(track_tqdm=True)):
         folder = app.request_folder() / "job"
         rows = core.start_eval(model, solvers or [], _text(nfes, "NFEs"), num, folder, app.db, limits=limits,
