@@ -251,3 +251,35 @@ def test_dts_on_a_class_conditional_pipeline(tmp_path):
                  "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["nfe"] <= 60 and summary["class_label"] == 1
+
+
+# ---- flow matching: the same stochastic chain (the DDPM posterior of the path x_t = (1 - t) x_0 + t eps) -----------
+
+def gaussian_1d_flow(mean=0.0, std=1.0):
+    from samplebench.schedules import FlowMatching
+
+    return AnalyticModel("g1-flow", FlowMatching(), (1,), mixture=GaussianMixture.gaussian(mean, std, (1,)))
+
+
+def test_the_chain_on_a_flow_path_samples_the_data():
+    """DDPM's posterior step q(x_s | x_t, x0_pred) holds for any Gaussian path: on the flow path with the exact
+    denoiser of N(0.5, 0.6^2), 100 steps give the data's mean and standard deviation."""
+    c = Chain.build(gaussian_1d_flow(0.5, 0.6), CountedReward(linear), steps=100, max_batch=100_000)
+    g = SampleGenerators(range(20_000))
+    x = c.run(c.prior(g), 0, 100, g).flatten().double()
+    assert float(x.mean()) == pytest.approx(0.5, abs=4 * 0.6 / math.sqrt(20_000))
+    assert float(x.std()) == pytest.approx(0.6, rel=0.03)
+    assert c.evaluations == 20_000 * 100
+
+
+def test_dts_and_fk_on_a_flow_path_sample_the_tilted_gaussian():
+    """As on the VP path: prior p_theta = N(0, V) (the flow chain's own law), r(x) = x, the target N(V, V)."""
+    model = gaussian_1d_flow()
+    make = lambda **kw: Chain.build(model, CountedReward(linear), steps=STEPS, max_batch=100_000, **kw)  # noqa: E731
+    base = make()
+    g = SampleGenerators(range(20_000))
+    var = float(base.run(base.prior(g), 0, STEPS, g).flatten().double().var())
+    result = dts(make(), budget=6000 * STEPS, num=20_000, lam=1.0, seed=1, widen_alpha=1.0, batch=256)
+    assert float(result.x.flatten().double().mean()) == pytest.approx(var, abs=0.1)
+    fk = fk_steering(make(branch_steps=[0, 4, 8]), budget=8000 * STEPS, num=8000, lam=1.0, seed=0)
+    assert float(fk.x.flatten().double().mean()) == pytest.approx(var, abs=0.06)

@@ -309,3 +309,22 @@ def test_eval_reports_skipped_work(tmp_path):
     assert 0 < row["flop_fraction"] < 1 and row["gflops_per_sample"] > 0
     plain = EvalConfig(model="digits", solvers=("ddim",), nfes=(4,), num=6, shard_size=3, metrics=("fid",))
     assert "cache" not in plain.settings() and config.settings()["cache"] == "deepcache:2"
+
+
+def test_compute_skipping_on_a_flow_matching_dit(dit_model):
+    """The same DiT read as a flow-matching velocity model (FlowMatching path, "flow" prediction): FirstBlockCache
+    and DeeDiff early exit run through the one protocol unchanged, with the same block accounting."""
+    from dataclasses import replace
+
+    from samplebench.schedules import FlowMatching
+
+    flow = replace(dit_model, schedule=FlowMatching(), prediction_type="flow")
+    plain = _run(flow, nfe=6)
+    assert bool(torch.isfinite(plain.images).all())
+    always = _run(flow, nfe=6, cache=parse_cache("fbcache:1e9"))
+    assert always.compute["blocks_evaluated"] == 5 * (8 + 5 * 1) and always.compute["full_forwards"] == 5
+    assert not torch.equal(plain.images, always.images)
+    never = _run(flow, nfe=6, exit_threshold=ExitThreshold.parse("1.01"))
+    assert torch.equal(plain.images, never.images) and never.compute["block_fraction"] == 1.0
+    early = _run(flow, nfe=6, exit_threshold=ExitThreshold.parse("-1"))  # every row leaves at the second block
+    assert early.compute["block_fraction"] == 2 / 8
