@@ -94,6 +94,8 @@ def test_the_usf_scheduler_runs_on_a_flow_matching_pipeline_config(tiny_unet):
     schedule = known_schedule("dpmpp-3m", make_grid(flow, "flow-shift:3", 6))
     scheduler = USFScheduler.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), schedule)
     assert isinstance(scheduler.noise_schedule, FlowMatching) and scheduler.config.flow
+    assert USFScheduler.from_scheduler(scheduler, schedule).config.flow  # made again from a USF scheduler
+    assert USFScheduler.for_solver(scheduler, "ddim", 4, "flow-shift:3").config.flow
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     sample = x.clone()
     with torch.no_grad():

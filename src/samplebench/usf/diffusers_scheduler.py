@@ -18,6 +18,7 @@ ignored. A schedule with Skip-Tuning coefficients needs the UNet's skips scaled,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,11 @@ from .executor import usf_steps
 from .schedule import SolverSchedule
 
 __all__ = ["USFScheduler"]
+
+
+def _is_flow(config: dict) -> bool:
+    """A flow-matching scheduler's config, or a USF scheduler's made from one."""
+    return bool(config.get("flow")) or is_flow_config(config)
 
 
 def _noise_schedule(config: dict, flow: bool):
@@ -65,15 +71,28 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                        ) -> "USFScheduler":
         """Replace a pipeline's scheduler, keeping its training noise schedule and prediction type (a
         flow-matching scheduler's path and velocity prediction too)."""
-        return cls.from_config(scheduler.config, usf_schedule=schedule.to_dict(), flow=is_flow_config(
-            dict(scheduler.config)), data_mean=None if data_mean is None else data_mean.tolist())
+        if schedule.afs == "mean" and data_mean is None:
+            raise ValueError("this schedule's analytical first step 'mean' needs the model's mean training image: "
+                             "pass data_mean (a model folder's data_mean.npy; USFScheduler.install reads it)")
+        import inspect
+
+        config = dict(scheduler.config)
+        kept = {k: v for k, v in config.items() if k in inspect.signature(cls.__init__).parameters}
+        return cls.from_config(kept, usf_schedule=schedule.to_dict(), flow=_is_flow(config),
+                               data_mean=None if data_mean is None else data_mean.tolist())
 
     @classmethod
     def install(cls, pipe, schedule: SolverSchedule, data_mean: torch.Tensor | None = None) -> "USFScheduler":
         """``pipe.scheduler = `` the USF scheduler of ``schedule``, with its Skip-Tuning coefficients (if any)
-        applied to ``pipe.unet`` by forward pre-hooks (``remove_skip_tuning`` takes them off); returns it."""
+        applied to ``pipe.unet`` by forward pre-hooks (``remove_skip_tuning`` takes them off); returns it. The mean
+        image of an analytical first step 'mean' is ``data_mean``, else the pipeline folder's ``data_mean.npy``."""
+        import numpy as np
+
         from ..models.skip_tuning import apply_skip_tuning
 
+        folder = Path(str(getattr(pipe.config, "_name_or_path", "") or "."))
+        if data_mean is None and schedule.afs == "mean" and (folder / "data_mean.npy").is_file():
+            data_mean = torch.from_numpy(np.load(folder / "data_mean.npy"))
         scheduler = cls.from_scheduler(pipe.scheduler, schedule, data_mean)
         if schedule.skip_coefficients is not None:
             unet = getattr(pipe, "unet", None)
@@ -97,7 +116,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         from .executor import known_schedule
 
         config = dict(scheduler.config)
-        grid = make_grid(_noise_schedule(config, is_flow_config(config)), time_grid, nfe)
+        grid = make_grid(_noise_schedule(config, _is_flow(config)), time_grid, nfe)
         return cls.from_scheduler(scheduler, known_schedule(solver, grid.tolist()))
 
     def set_begin_index(self, begin_index: int = 0) -> None:
