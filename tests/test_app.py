@@ -112,6 +112,11 @@ def test_cells_are_sample_runs(pool, tmp_path):
     assert numbers["ref"] == "digits-train" and core.cell_fid(results[0].images, "someone/else") is None
     numbered = core.CellResult(results[0].cell, results[0].folder, results[0].summary, results[0].images, numbers)
     assert f"FID {numbers['fid']:.2f} [" in numbered.caption and "ms/image" in numbered.caption
+    assert numbers["kid_low"] <= numbers["kid"] <= numbers["kid_high"] and f"KID {numbers['kid']:.3f} [" in \
+        numbered.caption
+    skipped = {**results[0].summary, "compute": {"block_fraction": 0.5, "flop_fraction": 0.4}}
+    assert "50% blocks · 40% FLOPs" in core.CellResult(results[0].cell, results[0].folder, skipped,
+                                                        results[0].images).caption
     picture = Image.open(core.comparison_image(cells, results, tmp_path / "comparison.png"))
     tile = results[0].tile
     assert picture.width > 2 * tile.width and picture.height > 2 * tile.height  # 2 x 2 tiles and their labels

@@ -196,10 +196,13 @@ def test_the_one_call_api_gives_what_the_command_line_gives(tmp_path, capsys):
     assert samplebench.sample("digits", nfe=4, seeds=[5], output="uint8").shape == (1, 16, 16, 1)
     score = samplebench.fid(images, ref="digits-train")
     capsys.readouterr()
-    assert main(["eval", "--folder", str(tmp_path / "cli"), "--ref", "digits-train", "--json", "--metrics", "fid",
+    distance = samplebench.kid(images, ref="digits-train")
+    capsys.readouterr()
+    assert main(["eval", "--folder", str(tmp_path / "cli"), "--ref", "digits-train", "--json", "--metrics", "fid,kid",
                  "--db", str(tmp_path / "r.db")]) == 0
     row = json.loads(capsys.readouterr().out)
     assert score.estimate == pytest.approx(row["fid"]) and score.low <= score.estimate <= score.high
+    assert distance.estimate == pytest.approx(row["kid"]) and distance.low <= distance.estimate <= distance.high
     assert score.n == 3
     with pytest.raises(UsageError, match="output 'png' is not valid"):
         samplebench.sample("digits", output="png")

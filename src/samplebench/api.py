@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["sample", "fid"]
+__all__ = ["sample", "fid", "kid"]
 
 
 @lru_cache(maxsize=4)
@@ -71,6 +71,17 @@ def sample(model: str = "digits", *, solver: str = "dpmpp-2m", nfe: int | None =
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in pixels]
 
 
+def _features(images, ref: str, features: str, mode: str, device: str):
+    from .metrics.extractors import get_extractor
+    from .metrics.reference import get_reference
+    from .metrics.scores import extract
+
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
+    extractor = get_extractor(features, mode, device)
+    return extract(images, extractor).feats, get_reference(ref, extractor)
+
+
 def fid(images: Sequence[Any] | np.ndarray, *, ref: str = "digits-train", features: str = "digits",
         mode: str = "clean", device: str = "cpu", resamples: int = 1000):
     """The FID of ``images`` (PIL images, a uint8 [N, H, W, C] array or a float tensor in [-1, 1]) against the
@@ -78,15 +89,19 @@ def fid(images: Sequence[Any] | np.ndarray, *, ref: str = "digits-train", featur
     ``metrics.intervals.Interval`` (``estimate``, ``low``, ``high``, ``n``). The estimate is the one ``samplebench
     eval --folder`` reports for the same images."""
     from .evaluate import estimate
-    from .metrics.extractors import get_extractor
     from .metrics.intervals import fid_interval
-    from .metrics.reference import get_reference
-    from .metrics.scores import extract
 
-    if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
-    extractor = get_extractor(features, mode, device)
-    reference = get_reference(ref, extractor)
-    feats = extract(images, extractor).feats
+    feats, reference = _features(images, ref, features, mode, device)
     return fid_interval(feats, reference.mu, reference.sigma, estimate=estimate("fid", feats, reference),
                         resamples=resamples)
+
+
+def kid(images: Sequence[Any] | np.ndarray, *, ref: str = "digits-train", features: str = "digits",
+        mode: str = "clean", device: str = "cpu", resamples: int = 1000):
+    """The KID of ``images`` against ``ref`` with its 95% bootstrap interval, as ``fid`` (KID is unbiased, so a
+    small set can read below zero)."""
+    from .evaluate import estimate
+    from .metrics.intervals import kid_interval
+
+    feats, reference = _features(images, ref, features, mode, device)
+    return kid_interval(feats, reference.feats, estimate=estimate("kid", feats, reference), resamples=resamples)

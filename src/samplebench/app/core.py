@@ -180,12 +180,16 @@ class CellResult:
         compute = s.get("compute") or {}
         if "block_fraction" in compute and compute["block_fraction"] < 1:
             text += f" · {compute['block_fraction']:.0%} blocks"
+        flops = compute.get("flop_fraction", s.get("flop_fraction"))
+        if isinstance(flops, float) and flops < 1:
+            text += f" · {flops:.0%} FLOPs"
         if "reward_mean" in s:
             text += f" · reward {s['reward_mean']:.2f}"
         if self.numbers is not None:
             n = self.numbers
             text += (f" · {1000 * s['wall_time_s'] / len(self.images):.0f} ms/image · FID {n['fid']:.2f} "
-                     f"[{n['fid_low']:.2f}, {n['fid_high']:.2f}] (n={n['n']}, vs {n['ref']})")
+                     f"[{n['fid_low']:.2f}, {n['fid_high']:.2f}] · KID {n['kid']:.3f} "
+                     f"[{n['kid_low']:.3f}, {n['kid_high']:.3f}] (n={n['n']}, vs {n['ref']})")
         return text
 
 
@@ -427,15 +431,18 @@ class ModelPool:
 
 
 def cell_fid(images: Sequence[np.ndarray], model: str) -> dict[str, Any] | None:
-    """The digits-FID of a cell's own images against the model's reference, with its 95% interval (few images give
-    a wide one, and FIDs of different image counts are not comparable); None for a model without a reference."""
-    from ..api import fid
+    """The digits-FID and KID of a cell's own images against the model's reference, each with its 95% interval (few
+    images give wide ones, and FIDs of different image counts are not comparable); None for a model without a
+    reference."""
+    from ..api import fid, kid
     from ..evaluate import DEFAULT_REFS
 
     if model not in DEFAULT_REFS or len(images) < 2:
         return None
-    iv = fid(np.stack(images), ref=DEFAULT_REFS[model])
-    return {"fid": iv.estimate, "fid_low": iv.low, "fid_high": iv.high, "n": iv.n, "ref": DEFAULT_REFS[model]}
+    ref = DEFAULT_REFS[model]
+    f, k = fid(np.stack(images), ref=ref), kid(np.stack(images), ref=ref)
+    return {"fid": f.estimate, "fid_low": f.low, "fid_high": f.high, "kid": k.estimate, "kid_low": k.low,
+            "kid_high": k.high, "n": f.n, "ref": ref}
 
 
 def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,

@@ -227,7 +227,9 @@ def kid_interval(feats: np.ndarray, ref_feats: np.ndarray, *, estimate: float | 
                  resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
     """KID with the centred bootstrap interval of the generated side, the reference features fixed.
 
-    ``estimate`` is the reported KID (clean-fid's subset estimate); without it, the full U-statistic is used."""
+    ``estimate`` is the reported KID (clean-fid's subset estimate); without it, the full U-statistic is used. A
+    resample that draws a single image n times has no pair of distinct images, so no KID: it is left out (with few
+    images only; at n = 4, 1 in 64)."""
     check(level, resamples)
     n = len(feats)
     if n < 2 or len(ref_feats) < 2:
@@ -235,6 +237,7 @@ def kid_interval(feats: np.ndarray, ref_feats: np.ndarray, *, estimate: float | 
     both = np.concatenate([np.ones((1, n)), bootstrap_counts(n, resamples, seed)])
     full, *replicates = _resampled_kids(feats, ref_feats, both)
     replicates = np.asarray(replicates)
+    replicates = replicates[np.isfinite(replicates)]  # a resample of one image repeated has no pair: undefined
     low, high = _centred(full, replicates, level)
     shift = (full if estimate is None else float(estimate)) - full
     return Interval(full + shift, low + shift, high + shift, level, n, resamples,
