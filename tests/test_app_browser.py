@@ -70,11 +70,13 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("app")
     from samplebench.results import ResultsDB
 
-    db = ResultsDB(folder / "runs.db")  # one stored evaluation for the results view
-    db.add({"run_key": "k1", "created": "2026-01-01T00:00:00", "model": "digits", "solver": "ddim", "nfe": 10,
-            "num_samples": 2000, "fid": 0.4321, "fid_low": 0.4012, "fid_high": 0.4655, "seeds": "0-1999",
-            "extractor": "digits", "mode": "clean", "ref": "digits-train",
-            "ref_sha256": "x", "wall_time_s": 30.0, "versions": {}, "settings": {}})
+    db = ResultsDB(folder / "runs.db")  # stored evaluations for the results view, of two sample counts
+    for key, nfe, num, fid in (("k1", 10, 2000, 0.4321), ("k2", 5, 2000, 1.2345), ("k3", 10, 500, 0.9876),
+                               ("k4", 5, 500, 1.8765)):
+        db.add({"run_key": key, "created": "2026-01-01T00:00:00", "model": "digits", "solver": "ddim", "nfe": nfe,
+                "num_samples": num, "fid": fid, "fid_low": fid - 0.0309, "fid_high": fid + 0.0334,
+                "seeds": f"0-{num - 1}", "extractor": "digits", "mode": "clean", "ref": "digits-train",
+                "ref_sha256": "x", "wall_time_s": 30.0, "versions": {}, "settings": {}})
     db.close()
     proc, url = start_app(folder / "runs.db", folder / "app.log")
     yield url
@@ -196,6 +198,23 @@ def test_methods_and_results_views(served, browser):
     page.get_by_role("tab", name="Results").click()
     page.get_by_text("0.4321", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # from the db
     page.get_by_text("0.4012", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # its interval
+    assert page.get_by_text("results database").filter(visible=True).first.inner_text().count("runs.db") == 1
+    # runs of 500 and 2,000 samples: one plot, a curve per count (tests/test_eval.py checks the curves)
+    page.locator("img[src*='fid.png']").filter(visible=True).first.wait_for(timeout=60_000)
+    assert page.get_by_text("Plot:").count() == 0
+    page.close()
+
+
+def test_numbers_per_cell(served, browser):
+    page = browser.new_page()
+    run_compare(page, served, ["dpmpp-3m"], "6", "0-7")
+    page.locator("#compare-numbers input").check()
+    page.click("#compare-run")
+    caption = page.locator("#compare-grid figcaption", has_text="FID").first
+    caption.wait_for(timeout=180_000)
+    text = caption.inner_text()
+    assert re.search(r"FID \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] · KID -?\d+\.\d{3} \[", text), text
+    assert "ms/image" in text and "(n=8, vs digits-train)" in text
     page.close()
 
 
