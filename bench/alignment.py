@@ -1,7 +1,7 @@
 """Reward alignment on the digits model: DTS, DTS*, best-of-N and FK steering at equal NFE budgets.
 
     python bench/alignment.py [--targets class:3,even] [--num 500] [--per-sample 20,100,500,2000] [--nfe 20]
-                              [--out searches/alignment]
+                              [--out searches/alignment] [--device cuda]
 
 For each target reward and NFE budget (``--per-sample`` network evaluations per output sample, so the run's budget is
 num x per-sample), every method makes ``--num`` samples with seed 0 and a ``--nfe``-step DDPM chain branching at 5
@@ -102,10 +102,11 @@ def main() -> None:
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--out", default="searches/alignment")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     targets = args.targets.split(",")
     budgets = [int(b) for b in args.per_sample.split(",")]
-    model = load_model("digits")
+    model = load_model("digits", device=args.device)
     images, labels = load_digits("all", 16)
     start = time.perf_counter()
     rows = []
