@@ -535,7 +535,8 @@ def _models() -> int:
 
     for name, m in EMBEDDED.items():
         print(f"{name:12s}  {m.description}{'  (default)' if name == DEFAULT_MODEL else ''}")
-    print("any diffusers pipeline: a hub id (owner/name) or a local directory saved with save_pretrained")
+    print("a diffusers pipeline, by hub id (owner/name) or a local directory saved with save_pretrained: "
+          "UNet2DModel (DDPM/DDIM), DiT, Stable Diffusion 1.x/2.x, SDXL, SD3, FLUX.1, PixArt-alpha/sigma")
     return 0
 
 
