@@ -113,3 +113,22 @@ def test_every_solver_family_samples_images(saved, family, tmp_path):
     size = model.sample_shape[1] * model.pipe.vae_scale_factor
     assert Image.open(tmp_path / "out" / summary["images"][0]).size == (size, size)
     assert summary["time_grid"] == (model.default_grid or get_solver(solver).default_grid)
+
+
+def test_a_vae_that_overflows_in_float16_decodes_in_float32():
+    """SDXL's VAE is marked ``force_upcast``: in a float16 model it is moved to float32 before decoding."""
+    from pipelines import _tiny_vae
+
+    from samplebench.models.diffusers_models import _vae_decode
+
+    vae = _tiny_vae()
+    vae.register_to_config(force_upcast=True)
+    vae.to(torch.float16)
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    images = _vae_decode(vae, z, torch.float16)
+    assert vae.dtype == torch.float32 and images.dtype == torch.float32 and bool(torch.isfinite(images).all())
+    plain = _tiny_vae()
+    plain.register_to_config(force_upcast=False)
+    plain.to(torch.bfloat16)
+    _vae_decode(plain, z, torch.bfloat16)
+    assert plain.dtype == torch.bfloat16  # others stay in the model's dtype

@@ -113,10 +113,13 @@ class LatentUNetModel(_PipelineModel):
 
 
 def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Latents to images: undo the VAE's scaling (and the shift of SD3's and FLUX's VAEs) and decode."""
+    """Latents to images: undo the VAE's scaling (and the shift of SD3's and FLUX's VAEs) and decode. A VAE that
+    overflows in float16 (``force_upcast``, SDXL's) is moved to float32 first, as the pipelines do."""
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with torch.inference_mode():
-        return vae.decode(x.to(dtype) / vae.config.scaling_factor + shift).sample.float()
+        return vae.decode(x.to(vae.dtype) / vae.config.scaling_factor + shift).sample.float()
 
 
 @contextlib.contextmanager
