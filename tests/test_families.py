@@ -132,3 +132,31 @@ def test_a_vae_that_overflows_in_float16_decodes_in_float32():
     plain.to(torch.bfloat16)
     _vae_decode(plain, z, torch.bfloat16)
     assert plain.dtype == torch.bfloat16  # others stay in the model's dtype
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "unipc-bh2"])
+def test_sd3_with_the_flow_sigma_modes_of_diffusers_multistep_schedulers(saved, solver):
+    """SD3 sampled with DPMSolverMultistepScheduler / UniPCMultistepScheduler in their flow-sigma modes (final step
+    to sigma 0): ours through the adapter on the same sigmas. These schedulers hand the network sigma x 1000
+    truncated to an integer (at most 999), so our schedule does the same here."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    class Truncated(FlowMatching):
+        def model_time(self, t):
+            return (1000.0 * t).to(torch.int64).clamp(max=999).to(torch.float64)
+
+    model = load_model(str(saved["sd3"]))
+    cls, options = ((DPMSolverMultistepScheduler, {"solver_order": 2}) if solver == "dpmpp-2m" else
+                    (UniPCMultistepScheduler, {"solver_type": "bh2"}))
+    model.pipe.scheduler = cls(num_train_timesteps=1000, use_flow_sigmas=True, prediction_type="flow_prediction",
+                               flow_shift=3.0, final_sigmas_type="zero", **options)
+    z = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(5))
+    expected = _pipeline_latents(model, z, latents=z.clone(), guidance_scale=3.0, max_sequence_length=256)
+    sigmas = model.pipe.scheduler.sigmas
+    grid = sigmas[:-1].to(torch.float64)
+    model.schedule = Truncated(T=1.0, t_min=float(grid[-1]))
+    denoiser = model.denoiser(Conditioning(prompt=PROMPT, guidance_scale=3.0), 2)
+    x = get_solver(solver)(denoiser, z.clone(), grid, lower_order_final=False)
+    got = _final_denoise(denoiser, x, grid[-1])
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-4, rel
