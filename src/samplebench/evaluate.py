@@ -281,12 +281,24 @@ def _check_shards(job: _Job) -> None:
                                        redo)
 
 
+def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
+    """Per NFE, the SHA-256 of the shipped S3 schedule a job with solver ``s3`` samples with: ``--solver s3``
+    names the model's schedule of the day, so a resumed job checks that it is still the one its shards hold."""
+    from .sampling import S3, load_schedule
+
+    if S3 not in config.solvers:
+        return {}
+    return {str(n): _key(load_schedule(config.model, S3, n, None).to_dict()) for n in config.nfes}
+
+
 def _check_manifest(out: Path, config: EvalConfig) -> None:
     manifest = out / "job.json"
     settings = config.settings()
+    schedules = s3_fingerprints(config)
     if manifest.exists():
         try:
-            old = json.loads(manifest.read_text())["settings"]
+            job = json.loads(manifest.read_text())
+            old = job["settings"]
             if not isinstance(old, dict):
                 raise TypeError("settings is not an object")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -296,9 +308,17 @@ def _check_manifest(out: Path, config: EvalConfig) -> None:
             k = diff[0]
             raise UsageError(f"--out {str(out)!r} holds a job with {k}={old.get(k)!r}, not {settings[k]!r}; "
                              f"use another --out or the same settings to resume it")
+        changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
+        if changed:
+            raise UsageError(f"--out {str(out)!r} holds samples of another S3 schedule for model {config.model!r} "
+                             f"at NFE {changed[0]} (the shipped one has changed since); use another --out or "
+                             "remove that folder")
+        if schedules and "s3_schedules" not in job:  # a job from before fingerprints: record them from now on
+            atomic_write(manifest, json.dumps({**job, "s3_schedules": schedules}, indent=2))
         return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(manifest, json.dumps({"settings": settings, "version": __version__}, indent=2))
+    atomic_write(manifest, json.dumps({"settings": settings, "version": __version__,
+                                       **({"s3_schedules": schedules} if schedules else {})}, indent=2))
 
 
 def estimate(metric: str, feats: np.ndarray, ref) -> float:
