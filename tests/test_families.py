@@ -46,17 +46,11 @@ def _final_denoise(denoiser, x, t):
     return denoiser(x, float(t)).denoised
 
 
-def _pack(model, z):
-    b, c, h, w = z.shape
-    return model.pipe._pack_latents(z, b, c, h, w)
-
-
 def _pipeline_latents(model, z, **kw):
     out = model.pipe(PROMPT, num_inference_steps=STEPS, num_images_per_prompt=z.shape[0], output_type="latent",
                      **kw).images
     if type(model).__name__ == "FluxModel":
-        b, c, h, w = z.shape
-        out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        out = model.unpack(out, *z.shape[2:])
     return out
 
 
@@ -78,7 +72,7 @@ def test_adapter_reproduces_the_pipeline(saved, family):
     pipe_kw = {"guidance_scale": guidance, **kw}
     if family == "flux-cfg":
         pipe_kw["true_cfg_scale"] = guidance
-    latents = _pack(model, z) if family.startswith("flux") else z
+    latents = model.pack(z) if family.startswith("flux") else z
     expected = _pipeline_latents(model, z, latents=latents.clone(), **pipe_kw)
     scheduler = model.pipe.scheduler
     denoiser = model.denoiser(Conditioning(prompt=PROMPT, guidance_scale=guidance), 2)

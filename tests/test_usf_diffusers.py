@@ -125,15 +125,14 @@ def test_flow_pipelines_run_the_usf_scheduler(flow_dirs, family):
     original = pipe.scheduler
     pipe.scheduler = USFScheduler.from_scheduler(original, schedule)
     z = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(4))
-    b, c, h, w = z.shape
-    latents = pipe._pack_latents(z.clone(), b, c, h, w) if family == "flux" else z.clone()
+    latents = model.pack(z.clone()) if family == "flux" else z.clone()
     try:
         out = pipe("a cat", num_inference_steps=schedule.nfe, guidance_scale=3.0, latents=latents,
                    output_type="latent").images
     finally:
         pipe.scheduler = original
     if family == "flux":
-        out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        out = model.unpack(out, *z.shape[2:])
     x = usf_sample(model.denoiser(Conditioning(None, "a cat", "", 3.0), 1), z.clone(), schedule)
     assert ((out - x).norm() / x.norm()).item() < 1e-5
 

@@ -71,7 +71,8 @@ def sample(model: str = "digits", *, solver: str = "dpmpp-2m", nfe: int | None =
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in pixels]
 
 
-def _features(images, ref: str, features: str, mode: str, device: str):
+def _features(images, ref: str, features: str = "digits", mode: str = "clean", device: str = "cpu"):
+    """The images' features and the reference, for ``fid_of`` / ``kid_of`` (one extraction serves both)."""
     from .metrics.extractors import get_extractor
     from .metrics.reference import get_reference
     from .metrics.scores import extract
@@ -88,20 +89,28 @@ def fid(images: Sequence[Any] | np.ndarray, *, ref: str = "digits-train", featur
     reference ``ref`` (a built-in name, a folder, an .npz or a cached name), with its 95% bootstrap interval: a
     ``metrics.intervals.Interval`` (``estimate``, ``low``, ``high``, ``n``). The estimate is the one ``samplebench
     eval --folder`` reports for the same images."""
-    from .evaluate import estimate
-    from .metrics.intervals import fid_interval
-
-    feats, reference = _features(images, ref, features, mode, device)
-    return fid_interval(feats, reference.mu, reference.sigma, estimate=estimate("fid", feats, reference),
-                        resamples=resamples)
+    return fid_of(*_features(images, ref, features, mode, device), resamples)
 
 
 def kid(images: Sequence[Any] | np.ndarray, *, ref: str = "digits-train", features: str = "digits",
         mode: str = "clean", device: str = "cpu", resamples: int = 1000):
     """The KID of ``images`` against ``ref`` with its 95% bootstrap interval, as ``fid`` (KID is unbiased, so a
     small set can read below zero)."""
+    return kid_of(*_features(images, ref, features, mode, device), resamples)
+
+
+def fid_of(feats: np.ndarray, reference, resamples: int = 1000):
+    """``fid`` of extracted features against a loaded reference."""
+    from .evaluate import estimate
+    from .metrics.intervals import fid_interval
+
+    return fid_interval(feats, reference.mu, reference.sigma, estimate=estimate("fid", feats, reference),
+                        resamples=resamples)
+
+
+def kid_of(feats: np.ndarray, reference, resamples: int = 1000):
+    """``kid`` of extracted features against a loaded reference."""
     from .evaluate import estimate
     from .metrics.intervals import kid_interval
 
-    feats, reference = _features(images, ref, features, mode, device)
     return kid_interval(feats, reference.feats, estimate=estimate("kid", feats, reference), resamples=resamples)

@@ -180,7 +180,7 @@ class CellResult:
         compute = s.get("compute") or {}
         if "block_fraction" in compute and compute["block_fraction"] < 1:
             text += f" · {compute['block_fraction']:.0%} blocks"
-        flops = compute.get("flop_fraction", s.get("flop_fraction"))
+        flops = compute.get("flop_fraction")
         if isinstance(flops, float) and flops < 1:
             text += f" · {flops:.0%} FLOPs"
         if "reward_mean" in s:
@@ -434,13 +434,14 @@ def cell_fid(images: Sequence[np.ndarray], model: str) -> dict[str, Any] | None:
     """The digits-FID and KID of a cell's own images against the model's reference, each with its 95% interval (few
     images give wide ones, and FIDs of different image counts are not comparable); None for a model without a
     reference."""
-    from ..api import fid, kid
+    from ..api import _features, fid_of, kid_of
     from ..evaluate import DEFAULT_REFS
 
     if model not in DEFAULT_REFS or len(images) < 2:
         return None
     ref = DEFAULT_REFS[model]
-    f, k = fid(np.stack(images), ref=ref), kid(np.stack(images), ref=ref)
+    feats, reference = _features(np.stack(images), ref)  # one feature pass for both numbers
+    f, k = fid_of(feats, reference), kid_of(feats, reference)
     return {"fid": f.estimate, "fid_low": f.low, "fid_high": f.high, "kid": k.estimate, "kid_low": k.low,
             "kid_high": k.high, "n": f.n, "ref": ref}
 

@@ -129,11 +129,6 @@ def guarded(fn=None, *, status: tuple[int, int] | None = None):
         updates[index] = f"**Error:** {error.message}"
         return updates[0] if count == 1 else tuple(updates)
 
-    def results():
-        if inspect.isgeneratorfunction(fn):
-            return fn
-        return lambda *a, **k: iter([fn(*a, **k)])
-
     if status is None and not inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
@@ -143,7 +138,7 @@ def guarded(fn=None, *, status: tuple[int, int] | None = None):
                 raise convert(e) from None
         return call
 
-    steps = results()
+    steps = fn if inspect.isgeneratorfunction(fn) else (lambda *a, **k: iter([fn(*a, **k)]))
 
     @functools.wraps(fn)
     def gen(*args, **kwargs):

@@ -104,17 +104,26 @@ class FluxModel(_TextModel):
     def _embedded_guidance(self) -> bool:
         return bool(self.pipe.transformer.config.guidance_embeds)
 
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] latents as the pipeline's (H/2)(W/2) tokens of 4C channels (``FluxPipeline._pack_latents``)."""
+        return self.pipe._pack_latents(x, *x.shape)
+
+    def unpack(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The pipeline's tokens back to [B, C, H, W] latents (``FluxPipeline._unpack_latents``)."""
+        f = self.pipe.vae_scale_factor
+        return self.pipe._unpack_latents(tokens, h * f, w * f, f)
+
     def _network(self, x, timestep, cond):
         b, c, h, w = x.shape
         pipe = self.pipe
-        tokens = pipe._pack_latents(x, b, c, h, w)
+        tokens = self.pack(x)
         img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
         text = cond["encoder_hidden_states"]
         txt_ids = torch.zeros(text.shape[1], 3, device=x.device, dtype=x.dtype)
         out = pipe.transformer(hidden_states=tokens, timestep=timestep / 1000.0, guidance=cond.get("guidance"),
                                pooled_projections=cond["pooled_projections"], encoder_hidden_states=text,
                                txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return self.unpack(out, h, w)
 
     def _encode(self, prompt, negative):
         def one(p):
@@ -157,7 +166,7 @@ class PixArtModel(_TextModel):
                                                max_sequence_length=self.max_sequence_length)
         extra = {}
         if self.pipe.transformer.config.sample_size == 128:
-            h, w = (self.sample_shape[1] * self.pipe.vae_scale_factor, self.sample_shape[2] * self.pipe.vae_scale_factor)
+            h, w = (side * self.pipe.vae_scale_factor for side in self.sample_shape[1:])
             extra = {"resolution": torch.tensor([[float(h), float(w)]], device=self.device),
                      "aspect_ratio": torch.tensor([[h / w]], device=self.device)}
         return ({"encoder_hidden_states": c, "encoder_attention_mask": cm, **extra},

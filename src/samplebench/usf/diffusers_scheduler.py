@@ -86,13 +86,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         """``pipe.scheduler = `` the USF scheduler of ``schedule``, with its Skip-Tuning coefficients (if any)
         applied to ``pipe.unet`` by forward pre-hooks (``remove_skip_tuning`` takes them off); returns it. The mean
         image of an analytical first step 'mean' is ``data_mean``, else the pipeline folder's ``data_mean.npy``."""
-        import numpy as np
-
+        from ..models.diffusers_models import _read_data_mean
         from ..models.skip_tuning import apply_skip_tuning
 
-        folder = Path(str(getattr(pipe.config, "_name_or_path", "") or "."))
-        if data_mean is None and schedule.afs == "mean" and (folder / "data_mean.npy").is_file():
-            data_mean = torch.from_numpy(np.load(folder / "data_mean.npy"))
+        if data_mean is None and schedule.afs == "mean":
+            data_mean = _read_data_mean(Path(str(getattr(pipe.config, "_name_or_path", "") or ".")), torch.float32)
         scheduler = cls.from_scheduler(pipe.scheduler, schedule, data_mean)
         if schedule.skip_coefficients is not None:
             unet = getattr(pipe, "unet", None)
