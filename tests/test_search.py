@@ -27,14 +27,19 @@ SPACE = Space(1.0, 1e-3, has_mean=True, num_skips=5)
 GMM = load_model("digits-gmm")
 
 
+@pytest.mark.parametrize("path", ["vp", "flow"])
 @pytest.mark.parametrize("name", KNOWN)
-def test_known_solvers_as_genes_reproduce_the_registry(name):
-    """Stage 0 holds every expressible registry solver exactly, and its genes rebuild it (so mutations start there)."""
+def test_known_solvers_as_genes_reproduce_the_registry(name, path):
+    """Stage 0 holds every expressible registry solver exactly, and its genes rebuild it (so mutations start there),
+    on the DDPM path and on the flow-matching path (alpha_t = 1 - t, sigma_t = t, its shifted grid too)."""
+    from samplebench.schedules import FlowMatching
+
     _, solver, options = KNOWN_SCHEDULES[name]
-    denoiser = AnalyticDenoiser(GMM.mixture, GMM.schedule)
+    noise = SCHEDULE if path == "vp" else FlowMatching()
+    denoiser = AnalyticDenoiser(GMM.mixture, noise)
     x = SampleGenerators(range(3)).randn(GMM.sample_shape, dtype=torch.float64)
-    for kind in ("logsnr", "time-quadratic"):
-        grid = make_grid(SCHEDULE, kind, 7)
+    for kind in ("logsnr", "time-quadratic") + (("flow-shift:3",) if path == "flow" else ()):
+        grid = make_grid(noise, kind, 7)
         schedule = known_solver(name, grid.tolist())
         assert build(schedule.timesteps, genes_of(schedule)) == schedule
         expected = get_solver(solver)(denoiser, x.clone(), grid, **options)
@@ -51,6 +56,22 @@ def test_stage_zero_holds_every_known_solver_on_every_grid_once():
     assert len(origins) == (len(KNOWN) - 1) * len(GRIDS) + 3
     few = [o for o, _ in _initial(SCHEDULE, 4, 1000)]  # at 4 steps 3M is 2M: it is there once, as 3M
     assert "dpmpp-3m/logsnr" in few and "dpmpp-2m/logsnr" not in few
+
+
+def test_stage_zero_of_a_flow_model_holds_its_pipelines_own_grid():
+    """A flow pipeline's shifted grid (SD3's shift 3) is a baseline grid too; with shift 1 it is time-uniform."""
+    from types import SimpleNamespace
+
+    from samplebench.schedules import FlowMatching
+    from samplebench.search.run import GRIDS, _grids, _initial
+
+    assert _grids(SimpleNamespace(default_grid=None)) == GRIDS == _grids(SimpleNamespace(default_grid="logsnr"))
+    grids = _grids(SimpleNamespace(default_grid="flow-shift:3"))
+    assert grids == (*GRIDS, "flow-shift:3")
+    origins = [o for o, _ in _initial(FlowMatching(), 6, 1000, grids)]
+    assert {o for o in origins if o.endswith("/flow-shift:3")} == {f"{k}/flow-shift:3" for k in set(KNOWN) - {"euler"}}
+    shift1 = [o for o, _ in _initial(FlowMatching(), 6, 1000, _grids(SimpleNamespace(default_grid="flow-shift:1")))]
+    assert not any(o.endswith("/flow-shift:1") for o in shift1)  # the same schedules as time-uniform: each once
 
 
 def _offspring(n: int, seed: int = 0):

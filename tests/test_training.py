@@ -116,6 +116,7 @@ def test_digits_flow_recipe_saves_a_flow_model_read_as_it_was_trained(tmp_path):
     model = load_model(str(out))
     assert isinstance(model.schedule, FlowMatching) and model.prediction_type == "flow"
     assert model.num_classes == 10 and model.pipe.uem is None and model.data_mean is not None
+    assert model.default_grid == "flow-shift:1"  # the scheduler's shift, as its pipeline samples
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([3, 7])
     pred = model.denoiser(Conditioning(class_labels=labels), 2)(x, 0.4)

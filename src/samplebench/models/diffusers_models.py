@@ -161,7 +161,8 @@ def is_dit_folder(path: str | Path) -> bool:
 
 def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """A pixel-space DiT from ``transformer/`` + ``scheduler/`` (+ ``uem/``, its DeeDiff uncertainty heads). The
-    scheduler config gives the path: a DDPM schedule with eps prediction, or a flow-matching one (velocity)."""
+    scheduler config gives the path: a DDPM schedule with eps prediction, or a flow-matching one (velocity, on the
+    scheduler's shifted grid by default, as its pipeline would sample)."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler, DiTTransformer2DModel
@@ -178,13 +179,16 @@ def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtyp
     except Exception as e:
         raise UsageError(f"could not load the DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
     cfg = transformer.config
+    flow = is_flow_config(config)
+    if flow:
+        from .families import _flow_grid
     return DiTPixelModel(name=name, schedule=schedule_from_config(config),
                          sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
                          num_classes=cfg.num_embeds_ada_norm,
                          data_mean=_read_data_mean(folder, dtype), directory=folder,
                          pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads),
-                         prediction_type="flow" if is_flow_config(config) else config.get("prediction_type",
-                                                                                          "epsilon"))
+                         default_grid=_flow_grid(config, (cfg.sample_size // cfg.patch_size) ** 2) if flow else None,
+                         prediction_type="flow" if flow else config.get("prediction_type", "epsilon"))
 
 
 HUB_TIMEOUT_S = 5.0

@@ -229,9 +229,10 @@ def _score(row: dict) -> float:
     return math.inf if row.get("score") is None else row["score"]
 
 
-def _initial(noise_schedule, nfe: int, limit: int) -> list[tuple[str, Any]]:
-    """Stage 0 at ``nfe``: every expressible registry solver on every grid, and three with the zero analytical first
-    step (one more step, the same NFE); at most ``limit``."""
+def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRIDS) -> list[tuple[str, Any]]:
+    """Stage 0 at ``nfe``: every expressible registry solver on every grid (``GRIDS``, and a pipeline's own, such as
+    a flow model's shift), and three with the zero analytical first step (one more step, the same NFE); at most
+    ``limit``."""
     from ..samplers import make_grid
 
     out, ids = [], set()
@@ -242,7 +243,7 @@ def _initial(noise_schedule, nfe: int, limit: int) -> list[tuple[str, Any]]:
             out.append((origin, schedule))
 
     for name in STAGE0:
-        for kind in GRIDS:
+        for kind in grids:
             add(f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist()))
     for name in ("dpmpp-3m", "unipc-bh2", "dpmpp-2m"):
         s = known_solver(name, make_grid(noise_schedule, "logsnr", nfe + 1).tolist())
@@ -331,7 +332,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         path = out / "stages" / f"stage-{stage:05d}.json"
         evals = load("evals")  # every process's results so far (after the barrier that ended the last stage)
         if state.is_main_process and not path.exists():
-            plan = _plan(config, stage, evals, space, ev.model.schedule)
+            plan = _plan(config, stage, evals, space, ev.model.schedule, _grids(ev.model))
             if plan:
                 atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
         state.wait_for_everyone()
@@ -440,14 +441,21 @@ def _rescored(folder: Path, cid: str) -> bool:
     return path.exists() and (json.loads(path.read_text())["fid"] is None or (folder / f"{cid}.npy").exists())
 
 
-def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule) -> list:
+def _grids(model) -> tuple[str, ...]:
+    """Stage 0's grids for ``model``: ``GRIDS``, and the model's own default (a flow pipeline's shift) after them."""
+    own = model.default_grid
+    return GRIDS if own is None or own in GRIDS else (*GRIDS, own)
+
+
+def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule,
+          grids: tuple[str, ...] = GRIDS) -> list:
     """The candidates of ``stage``: the known solvers at stage 0, then bred and predictor-ranked ones."""
     rng = np.random.default_rng([config.search_seed, stage])
     plan = []
     seen = set(evals)
     if stage == 0:
         for nfe in config.nfes:
-            for origin, s in _initial(noise_schedule, nfe, config.budget_for(nfe)):
+            for origin, s in _initial(noise_schedule, nfe, config.budget_for(nfe), grids):
                 cid = schedule_id(s)
                 if cid not in seen:
                     seen.add(cid)
