@@ -104,22 +104,29 @@ def test_images_depend_only_on_their_seeds(cascade_dir):
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)  # (random weights: values in the hundreds)
 
 
-def test_training_free_cascade_matches_the_exact_renoise_and_finish():
+@pytest.mark.parametrize("path", ["vp", "flow"])
+def test_training_free_cascade_matches_the_exact_renoise_and_finish(path):
     """x_{t*} = alpha Up(x_low) + sigma eps, then the exact Gaussian flow from t* to t_min; x_low is the plain
-    8x8 sample of the same seed, eps the next draw of that seed's generator."""
+    8x8 sample of the same seed, eps the next draw of that seed's generator. On the DDPM path and on the
+    flow-matching one (x_{t*} = (1 - t*) Up(x_low) + t* eps)."""
+    from dataclasses import replace
+
+    from samplebench.schedules import FlowMatching
+
+    high, low = (HIGH, LOW) if path == "vp" else (replace(m, schedule=FlowMatching()) for m in (HIGH, LOW))
     seeds, t_star = [3, 4, 5], 0.6
-    plan = _plan(HIGH, "8:40,16:40", solver="dpmpp-3m", low=LOW, t_start=t_star)
+    plan = _plan(high, "8:40,16:40", solver="dpmpp-3m", low=low, t_start=t_star)
     out = cascade_sample(plan, seeds, batch_size=2).x
     solver = get_solver("dpmpp-3m")
-    x_low = sample(LOW, solver, solver_grid(LOW, solver, 40), seeds).x
+    x_low = sample(low, solver, solver_grid(low, solver, 40), seeds).x
     eps = []
     for s in seeds:
         g = torch.Generator().manual_seed(s)
         torch.randn(1, 8, 8, generator=g)
         eps.append(torch.randn(1, 16, 16, generator=g))
-    sched, t = HIGH.schedule, torch.tensor(t_star, dtype=torch.float64)
+    sched, t = high.schedule, torch.tensor(t_star, dtype=torch.float64)
     x_start = float(sched.alpha(t)) * upsample(x_low, 16) + float(sched.sigma(t)) * torch.stack(eps)
-    exact = gaussian_ode_solution(HIGH.mixture, sched, x_start, t_star, sched.t_min)
+    exact = gaussian_ode_solution(high.mixture, sched, x_start, t_star, sched.t_min)
     assert (out - exact).abs().max() < 2e-3
 
 
