@@ -135,6 +135,25 @@ def _plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _replication(report: dict | None, final: dict) -> str:
+    """The baselines the search re-scored (seeds 600,000+) that run here on the same grid (seeds 0..num-1): how far
+    one setting's FID moves between two disjoint seed sets of the same size, the scale of any ranking by FID."""
+    pairs = []
+    for n, d in (report or {}).get("decisions", {}).items():
+        for r in d.get("rescored", []):
+            solver, _, grid = r["origin"].partition("/")
+            here = final.get((solver, int(n)))
+            if r["stage"] == 0 and here is not None and here["grid"] == grid and r.get("fid") is not None:
+                pairs.append((abs(here["fid"] - r["fid"]), r["origin"], int(n), r["fid"], here["fid"]))
+    if not pairs:
+        return ""
+    pairs.sort()
+    gap, origin, n, a, b = pairs[-1]
+    return (f" The same setting on two disjoint {report['rescore']:,}-seed sets ({len(pairs)} baselines the search "
+            f"re-scored that run here on the same grid): FID moves by {pairs[len(pairs) // 2][0]:.3f} (median) and at "
+            f"most {gap:.3f} ({origin} at NFE {n}: {a:.3f} there, {b:.3f} here).")
+
+
 def _diff(d) -> str:
     return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
 
@@ -190,6 +209,7 @@ def main() -> None:
                     f"re-scorings of {rep['rescore']}, {rep['network_evaluations']:,} network evaluations, "
                     f"{minutes:.0f} min of sampling (the report beside the schedules).")
         floor = f" FID of {args.num} exact mixture samples (the floor): {res['floor']:.3f}." if "floor" in res else ""
+        again = _replication(rep, f)
         sections.append(
             f"### {model}\n\n"
             + table(["NFE", "S3 [95%]"] + [f"{s} [95%] (grid)" for s in BASELINES]
@@ -203,7 +223,7 @@ def main() -> None:
             + (f" (interval holds zero, estimate above it, at k = {', '.join(map(str, unclear))})" if unclear else "")
             + ". Where the search did not beat the best baseline on its re-scoring seeds, S3 ships that baseline "
             "(marked '=')"
-            + f".{floor}{cost} The lowest FID per NFE is in bold."
+            + f".{floor}{cost}{again} The lowest FID per NFE is in bold."
             + f" Sampling time, as the jobs recorded it when their samples were drawn: "
             f"{sum(res['drawn_s'].values()) / 60:.0f} min ({res['drawn_s']['select'] / 60:.0f} min grid selection); "
             f"this run took {res['total_s'] / 60:.0f} min, reusing the jobs already complete under `{args.out}`.")
