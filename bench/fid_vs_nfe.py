@@ -9,7 +9,9 @@ digits UNet, the digits DiT and the digits Gaussian mixture, NFE 3-10.
 2. The benchmark: every baseline on its selected grid and S3 (the model's shipped schedule), ``--num`` samples with
    seeds 0 .. num - 1 (never searched), FID with its 95% interval against the model's reference; the paired
    interval of S3 minus the best baseline at the same NFE, and of S3 at k minus the best baseline at 2k (k <= 5),
-   on the shared seeds. On digits-gmm the FID of ``--num`` exact mixture samples is the floor.
+   on the shared seeds. On digits-gmm the FID of ``--num`` exact mixture samples is the floor; on a network model the
+   ODE solved near-exactly (DPM-Solver++(3M) at 100 NFE, same seeds) is, and each NFE's best baseline is paired
+   against it: where they agree, no schedule has much to win.
 Euler is DDIM (the same update) and DDPM is stochastic, so neither is a separate baseline; Heun runs at even NFEs.
 Every run is a resumable ``samplebench eval`` job under ``--out``; a killed benchmark resumes where it stopped. The
 search cost comes from each model's shipped search report. Writes the table, docs/fid-vs-nfe.png, and per model and
@@ -38,6 +40,8 @@ BASELINES = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2", "deis", "
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 NFES = (3, 4, 5, 6, 7, 8, 9, 10)
 SELECT_SEED = 1_000_000
+ODE = ("dpmpp-3m", 100)  # the converged reference of a network model: 100 NFE on the logSNR grid
+ANALYTIC = ("digits-gmm", "gaussian")  # their floor is exact samples instead
 
 
 def _nfes(solver: str) -> tuple[int, ...]:
@@ -94,9 +98,16 @@ def bench_model(model: str, args, root: Path) -> dict:
         final["s3", r["nfe"]] = {**r, "grid": "s3"}
         jobs["s3", r["nfe"]] = f"{root / model / 's3'}:s3:{r['nfe']}"
     best = {n: min((s for s in BASELINES if (s, n) in final), key=lambda s: final[s, n]["fid"]) for n in NFES}
-    paired, double = {}, {}
+    ode = None
+    if model not in ANALYTIC:  # the ODE itself, near-exactly solved: what no solver at 3-10 NFE can beat by much
+        (ode,) = _eval(root / model / "ode", model=model, solvers=(ODE[0],), nfes=(ODE[1],), num=args.num, seed=0,
+                       time_grid="logsnr")
+        drawn["final"] += ode["wall_time_s"]
+    paired, double, converged = {}, {}, {}
     for n in NFES:
         paired[n] = compare_runs(jobs["s3", n], jobs[best[n], n])[2]
+        if ode is not None:
+            converged[n] = compare_runs(jobs[best[n], n], f"{root / model / 'ode'}:{ODE[0]}:{ODE[1]}")[2]
         if 2 * n in best:
             double[n] = (best[2 * n], compare_runs(jobs["s3", n], jobs[best[2 * n], 2 * n])[2])
     strongest = {}
@@ -106,9 +117,9 @@ def bench_model(model: str, args, root: Path) -> dict:
         strongest[n] = {"solver": s, "grid": r["grid"], "nfe": n, "fid": r["fid"], "fid_low": r["fid_low"],
                         "fid_high": r["fid_high"], "num_samples": r["num_samples"], "seeds": r["seeds"],
                         "best_registry_solver": best[n], "best_registry_grid": final[best[n], n]["grid"]}
-    out = {"final": final, "best": best, "paired": paired, "double": double, "select_s": t_select,
-           "total_s": time.perf_counter() - t0, "drawn_s": drawn, "strongest": strongest}
-    if model == "digits-gmm":
+    out = {"final": final, "best": best, "paired": paired, "double": double, "ode": ode, "converged": converged,
+           "select_s": t_select, "total_s": time.perf_counter() - t0, "drawn_s": drawn, "strongest": strongest}
+    if model in ANALYTIC:
         out["floor"] = floor_fid(model, args.num)
     return out
 
@@ -130,12 +141,14 @@ def _plot(results: dict, path: Path) -> None:
                         label="S3 (searched)" if s == "s3" else s)
         if "floor" in res:
             ax.axhline(res["floor"], color="grey", ls="--", lw=1, label="exact samples")
+        if res.get("ode") is not None:
+            ax.axhline(res["ode"]["fid"], color="grey", ls=":", lw=1, label=f"{ODE[0]} at {ODE[1]} NFE")
         fid_panel(ax, "NFE", model)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def _replication(report: dict | None, final: dict) -> str:
+def _replication(report: dict | None, final: dict, num: int) -> str:
     """The baselines the search re-scored (seeds 600,000+) that run here on the same grid (seeds 0..num-1): how far
     one setting's FID moves between two disjoint seed sets of the same size, the scale of any ranking by FID."""
     pairs = []
@@ -149,8 +162,8 @@ def _replication(report: dict | None, final: dict) -> str:
         return ""
     pairs.sort()
     gap, origin, n, a, b = pairs[-1]
-    return (f" The same setting on two disjoint {report['rescore']:,}-seed sets ({len(pairs)} baselines the search "
-            f"re-scored that run here on the same grid): FID moves by {pairs[len(pairs) // 2][0]:.3f} (median) and at "
+    return (f" The same setting on the search's {report['rescore']:,} re-scoring seeds and on these {num:,} "
+            f"({len(pairs)} baselines the search re-scored that run here on the same grid): FID moves by {pairs[len(pairs) // 2][0]:.3f} (median) and at "
             f"most {gap:.3f} ({origin} at NFE {n}: {a:.3f} there, {b:.3f} here).")
 
 
@@ -201,7 +214,8 @@ def main() -> None:
             s3 = cell("s3")
             if n in shipped_baseline:
                 s3 += f" (= {shipped_baseline[n]})"
-            rows.append([str(n), s3] + [cell(s) for s in BASELINES] + [f"{_diff(d)} ({best[n]})", two])
+            ode = [f"{_diff(res['converged'][n])}"] if res["ode"] is not None else []
+            rows.append([str(n), s3] + [cell(s) for s in BASELINES] + [f"{_diff(d)} ({best[n]})", two] + ode)
         cost = ""
         if rep is not None:
             minutes = (rep["screening_time_s"] + rep["rescoring_time_s"] + rep["endpoint_time_s"]) / 60
@@ -209,11 +223,18 @@ def main() -> None:
                     f"re-scorings of {rep['rescore']}, {rep['network_evaluations']:,} network evaluations, "
                     f"{minutes:.0f} min of sampling (the report beside the schedules).")
         floor = f" FID of {args.num} exact mixture samples (the floor): {res['floor']:.3f}." if "floor" in res else ""
-        again = _replication(rep, f)
+        if res["ode"] is not None:
+            at = [n for n in NFES if res["converged"][n].low <= 0]
+            floor = (f" The ODE solved near-exactly ({ODE[0]} at {ODE[1]} NFE, logSNR grid, the same seeds): "
+                     f"{fid_cell(res['ode'])}; the best baseline is not shown worse than it (paired interval reaching zero) "
+                     f"at NFE {', '.join(map(str, at)) or 'none'}, where a schedule has little left to win.")
+        again = _replication(rep, f, args.num)
         sections.append(
             f"### {model}\n\n"
             + table(["NFE", "S3 [95%]"] + [f"{s} [95%] (grid)" for s in BASELINES]
-                    + ["S3 - best baseline, paired [95%]", "S3 at k - best baseline at 2k, paired"], rows)
+                    + ["S3 - best baseline, paired [95%]", "S3 at k - best baseline at 2k, paired"]
+                    + ([f"best baseline - ODE ({ODE[0]} at {ODE[1]} NFE), paired"] if res["ode"] is not None else []),
+                    rows)
             + "\n\nS3 lowest with the paired interval below zero at every NFE: "
             + ("yes" if not misses else f"no (not at {', '.join(map(str, misses))})")
             + ". S3 at k no worse than the best baseline at 2k for k <= 5: "
@@ -226,7 +247,8 @@ def main() -> None:
             + f".{floor}{cost}{again} The lowest FID per NFE is in bold."
             + f" Sampling time, as the jobs recorded it when their samples were drawn: "
             f"{sum(res['drawn_s'].values()) / 60:.0f} min ({res['drawn_s']['select'] / 60:.0f} min grid selection); "
-            f"this run took {res['total_s'] / 60:.0f} min, reusing the jobs already complete under `{args.out}`.")
+            f"this run took {res['total_s'] / 60:.0f} min (a job already complete under `{args.out}` is read, not "
+            "drawn again).")
     plot = DOC.parent / "fid-vs-nfe.png"
     _plot(results, plot)
     body = (f"## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\n`{command}` on {machine()}. {args.num} samples "
