@@ -1,6 +1,6 @@
 """Quality of the embedded digits models: digits-FID against the training split, confidence and class balance.
 
-    python bench/digits_quality.py [--num 2000] [--nfe 100] [--solver dpmpp-2m] [--models digits,digits-gmm,digits-dit]
+    python bench/digits_quality.py [--num 2000] [--nfe 100] [--solver dpmpp-2m] [--models digits,digits-gmm,digits-dit,digits-flow]
 
 The floor is the held-out (test) split against the training split. Targets for `digits`: FID at most twice the
 floor, >= 85% of samples classified with confidence >= 0.9, every class within 5 points of 10%.
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--nfe", type=int, default=100)
     p.add_argument("--solver", default="dpmpp-2m")
-    p.add_argument("--models", default="digits,digits-gmm,digits-dit")
+    p.add_argument("--models", default="digits,digits-gmm,digits-dit,digits-flow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true", help="print only; leave docs and model cards alone")
     args = p.parse_args()

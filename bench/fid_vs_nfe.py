@@ -250,7 +250,8 @@ def main() -> None:
             f"this run took {res['total_s'] / 60:.0f} min (a job already complete under `{args.out}` is read, not "
             "drawn again).")
     plot = DOC.parent / "fid-vs-nfe.png"
-    _plot(results, plot)
+    if not args.no_write:  # --no-write leaves docs/ alone, the figure included
+        _plot(results, plot)
     body = (f"## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\n`{command}` on {machine()}. {args.num} samples "
             f"per cell, seeds 0..{args.num - 1} (never searched); digits-FID (clean mode, the shipped classifier's "
             f"features) with its 95% bootstrap interval against each model's reference (`digits-train`; digits-gmm: "

@@ -104,10 +104,28 @@ def test_train_digits_dit_smoke(tmp_path):
         load_model(str(tmp_path))
 
 
+def test_digits_flow_is_a_flow_model_that_draws_the_asked_digits():
+    """The embedded flow-matching DiT: velocity prediction on x_t = (1 - t) x_0 + t eps, shift-1 grid, and its
+    class-conditional samples are the asked digits (a model that ignores its labels, or a sampler that treats the
+    velocity as eps, fails)."""
+    from samplebench.metrics.digits import digits_features
+    from samplebench.schedules import FlowMatching
+
+    model = load_model("digits-flow")
+    assert isinstance(model.schedule, FlowMatching) and model.prediction_type == "flow"
+    assert model.num_classes == 10 and model.default_grid == "flow-shift:1" and model.pipe.uem is None
+    card = json.loads((WEIGHTS / "digits-flow" / "model_card.json").read_text())
+    assert card["recipe"] == "digits-flow" and card["steps"] == 8000
+    solver = get_solver("dpmpp-2m")
+    images = sample(model, solver, solver_grid(model, solver, 10), range(40)).images
+    _, probs = digits_features(images)
+    assert (probs.argmax(1) == np.arange(40) % 10).mean() >= 0.9
+
+
 def test_shipped_models_hold_the_training_mean():
     """The AFS "mean" first step of the digits models reads the folders' data_mean.npy."""
     mean = load_digits("train")[0].mean(0)
-    for name in ("digits", "digits-dit"):
+    for name in ("digits", "digits-dit", "digits-flow"):
         assert torch.equal(load_model(name).data_mean, mean)
     assert load_model("digits", dtype="bfloat16").data_mean.dtype == torch.bfloat16
 

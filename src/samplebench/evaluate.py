@@ -36,8 +36,8 @@ from .results import format_seeds
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
 
 METRICS = ("fid", "kid", "is")
-DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-lowdiff": "digits-train",
-                "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
+DEFAULT_REFS = {"digits": "digits-train", "digits-dit": "digits-train", "digits-flow": "digits-train",
+                "digits-lowdiff": "digits-train", "digits-gmm": "digits-gmm", "gaussian": "gaussian"}
 KID_SUBSETS, KID_SUBSET_SIZE, IS_SPLITS, METRIC_SEED = 100, 1000, 10, 0
 RESAMPLES = 1000  # bootstrap resamples of every FID and KID interval
 

@@ -2,7 +2,7 @@
 model (``tests/test_cli.py`` holds each tuple equal to the registry it mirrors)."""
 
 DEFAULT_MODEL = "digits"
-MODELS = ("digits", "gaussian", "digits-gmm", "digits-dit", "digits-lowdiff")  # models.embedded.EMBEDDED
+MODELS = ("digits", "gaussian", "digits-gmm", "digits-dit", "digits-flow", "digits-lowdiff")  # models.embedded.EMBEDDED
 SOLVERS = ("ddim", "euler", "ddpm", "heun", "dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2", "deis",
            "ipndm")  # samplers.solver_names()
 ALIGN_METHODS = ("dts", "dts-star", "best-of-n", "fk")  # align.METHODS

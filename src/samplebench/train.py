@@ -348,7 +348,7 @@ def train_digits_flow(out: Path, seed: int = 0, device: str = "cpu", steps: int 
 
     from .data import load_digits
 
-    steps = 20000 if steps is None else steps
+    steps = 8000 if steps is None else steps
     start = time.perf_counter()
     data, labels = load_digits("train")
     data = data.to(device)

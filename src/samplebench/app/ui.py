@@ -340,7 +340,7 @@ def method_views(app: App, run_grid) -> None:
                     "(`deepcache:N`, `digits`); `fbcache:THRESHOLD` is diffusers' FirstBlockCache for transformers. "
                     "Shown next to the full network on the same seeds.")
         with gr.Row():
-            model = gr.Dropdown(app.offered("digits-dit", "digits"), value="digits-dit",
+            model = gr.Dropdown(app.offered("digits-dit", "digits", "digits-flow"), value="digits-dit",
                                 allow_custom_value=app.any_model, label="Model")
             solver = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Solver")
             nfe = gr.Number(10, precision=0, label="NFE")
@@ -413,7 +413,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
 
     with gr.Accordion("Start a small evaluation (digits features, FID and KID)", open=False):
         with gr.Row():
-            e_model = gr.Dropdown(app.offered("digits", "digits-gmm", "digits-dit"), value="digits",
+            e_model = gr.Dropdown(app.offered("digits", "digits-gmm", "digits-dit", "digits-flow"), value="digits",
                                   allow_custom_value=app.any_model, label="Model")
             e_solvers = gr.CheckboxGroup(SOLVERS, value=["dpmpp-2m"], label="Solvers")
             e_nfes = gr.Textbox("5,10", label="NFEs")

@@ -75,6 +75,12 @@ def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     return load_dit_folder(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype)
 
 
+def _digits_flow(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    from .diffusers_models import load_dit_folder
+
+    return load_dit_folder(WEIGHTS / "digits-flow", name="digits-flow", device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
@@ -95,6 +101,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         EmbeddedModel("digits-dit", "class-conditional DiTTransformer2DModel (0.78 M parameters, 8 blocks, patch 2) "
                                     "with DeeDiff uncertainty heads for early exit, trained on the 16x16 digits "
                                     "(samplebench train digits-dit)", _digits_dit),
+        EmbeddedModel("digits-flow", "class-conditional flow-matching DiTTransformer2DModel (0.78 M parameters, the "
+                                     "digits-dit transformer without uncertainty heads): velocity prediction on "
+                                     "x_t = (1 - t) x_0 + t eps, trained on the 16x16 digits "
+                                     "(samplebench train digits-flow)", _digits_flow),
         EmbeddedModel("digits-lowdiff", "LowDiff cascade UNet2DModel (1.1 M parameters) for 8x8 -> 16x16 digits: "
                                         "unconditional at 8x8, conditioned on the upsampled 8x8 sample at 16x16 "
                                         "(samplebench train digits-lowdiff; sample with --cascade 8:6,16:4)",
