@@ -83,7 +83,7 @@ def bench_model(model: str, args, root: Path) -> dict:
                     select[key] = (grid, r["fid"])
     t_select = time.perf_counter() - t0
     final: dict[tuple[str, int], dict] = {}
-    jobs: dict[tuple[str, int], str] = {}
+    jobs: dict[tuple[str, int] | str, str] = {}
     for s in BASELINES:
         for grid in GRIDS:
             nfes = tuple(n for n in _nfes(s) if select[s, n][0] == grid)
@@ -103,11 +103,12 @@ def bench_model(model: str, args, root: Path) -> dict:
         (ode,) = _eval(root / model / "ode", model=model, solvers=(ODE[0],), nfes=(ODE[1],), num=args.num, seed=0,
                        time_grid="logsnr")
         drawn["final"] += ode["wall_time_s"]
+        jobs["ode"] = f"{root / model / 'ode'}:{ODE[0]}:{ODE[1]}"
     paired, double, converged = {}, {}, {}
     for n in NFES:
         paired[n] = compare_runs(jobs["s3", n], jobs[best[n], n])[2]
         if ode is not None:
-            converged[n] = compare_runs(jobs[best[n], n], f"{root / model / 'ode'}:{ODE[0]}:{ODE[1]}")[2]
+            converged[n] = compare_runs(jobs[best[n], n], jobs["ode"])[2]
         if 2 * n in best:
             double[n] = (best[2 * n], compare_runs(jobs["s3", n], jobs[best[2 * n], 2 * n])[2])
     strongest = {}
@@ -150,7 +151,7 @@ def _plot(results: dict, path: Path) -> None:
 
 def _replication(report: dict | None, final: dict, num: int) -> str:
     """The baselines the search re-scored (seeds 600,000+) that run here on the same grid (seeds 0..num-1): how far
-    one setting's FID moves between two disjoint seed sets of the same size, the scale of any ranking by FID."""
+    one setting's FID moves between two disjoint seed sets, the scale of any ranking by FID."""
     pairs = []
     for n, d in (report or {}).get("decisions", {}).items():
         for r in d.get("rescored", []):
@@ -163,8 +164,9 @@ def _replication(report: dict | None, final: dict, num: int) -> str:
     pairs.sort()
     gap, origin, n, a, b = pairs[-1]
     return (f" The same setting on the search's {report['rescore']:,} re-scoring seeds and on these {num:,} "
-            f"({len(pairs)} baselines the search re-scored that run here on the same grid): FID moves by {pairs[len(pairs) // 2][0]:.3f} (median) and at "
-            f"most {gap:.3f} ({origin} at NFE {n}: {a:.3f} there, {b:.3f} here).")
+            f"({len(pairs)} baselines the search re-scored that run here on the same grid): FID moves by "
+            f"{pairs[len(pairs) // 2][0]:.3f} (median) and at most {gap:.3f} ({origin} at NFE {n}: {a:.3f} there, "
+            f"{b:.3f} here).")
 
 
 def _diff(d) -> str:
@@ -226,8 +228,8 @@ def main() -> None:
         if res["ode"] is not None:
             at = [n for n in NFES if res["converged"][n].low <= 0]
             floor = (f" The ODE solved near-exactly ({ODE[0]} at {ODE[1]} NFE, logSNR grid, the same seeds): "
-                     f"{fid_cell(res['ode'])}; the best baseline is not shown worse than it (paired interval reaching zero) "
-                     f"at NFE {', '.join(map(str, at)) or 'none'}, where a schedule has little left to win.")
+                     f"{fid_cell(res['ode'])}; the best baseline is not shown worse than it (paired interval "
+                     f"reaching zero) at NFE {', '.join(map(str, at)) or 'none'}, where a schedule has little left to win.")
         again = _replication(rep, f, args.num)
         sections.append(
             f"### {model}\n\n"

@@ -13,6 +13,7 @@ state machine is never used for sampling.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,17 @@ def is_dit_folder(path: str | Path) -> bool:
                                                                                         ).exists()
 
 
+def flow_grid(config: dict, image_seq_len: int) -> str:
+    """The pipeline's default shift as a ``flow-shift:S`` grid: SD3's fixed ``shift``, or FLUX's dynamic shift
+    S = exp(mu), mu linear in the number of image tokens (diffusers' ``calculate_shift``)."""
+    if config.get("use_dynamic_shifting"):
+        lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        b0, b1 = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        mu = b0 + (image_seq_len - lo) * (b1 - b0) / (hi - lo)
+        return f"flow-shift:{math.exp(mu):.6g}"
+    return f"flow-shift:{float(config.get('shift', 1.0)):.6g}"
+
+
 def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """A pixel-space DiT from ``transformer/`` + ``scheduler/`` (+ ``uem/``, its DeeDiff uncertainty heads). The
     scheduler config gives the path: a DDPM schedule with eps prediction, or a flow-matching one (velocity, on the
@@ -180,14 +192,12 @@ def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtyp
         raise UsageError(f"could not load the DiT in {str(folder)!r}: {str(e).splitlines()[0]}") from None
     cfg = transformer.config
     flow = is_flow_config(config)
-    if flow:
-        from .families import _flow_grid
     return DiTPixelModel(name=name, schedule=schedule_from_config(config),
                          sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size), device=device, dtype=dtype,
                          num_classes=cfg.num_embeds_ada_norm,
                          data_mean=_read_data_mean(folder, dtype), directory=folder,
                          pipe=SimpleNamespace(transformer=transformer.eval(), uem=heads),
-                         default_grid=_flow_grid(config, (cfg.sample_size // cfg.patch_size) ** 2) if flow else None,
+                         default_grid=flow_grid(config, (cfg.sample_size // cfg.patch_size) ** 2) if flow else None,
                          prediction_type="flow" if flow else config.get("prediction_type", "epsilon"))
 
 

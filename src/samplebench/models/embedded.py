@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -61,24 +62,11 @@ def _shipped_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Di
     return model
 
 
-def _digits(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    return _shipped_pipeline("digits", device, dtype)
-
-
-def _digits_lowdiff(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    return _shipped_pipeline("digits-lowdiff", device, dtype)
-
-
-def _digits_dit(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+def _shipped_dit(name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """A folder under weights/ written by ``samplebench train digits-dit`` or ``digits-flow``."""
     from .diffusers_models import load_dit_folder
 
-    return load_dit_folder(WEIGHTS / "digits-dit", name="digits-dit", device=device, dtype=dtype)
-
-
-def _digits_flow(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    from .diffusers_models import load_dit_folder
-
-    return load_dit_folder(WEIGHTS / "digits-flow", name="digits-flow", device=device, dtype=dtype)
+    return load_dit_folder(WEIGHTS / name, name=name, device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in [
         EmbeddedModel("digits", "UNet2DModel (1.1 M parameters, eps prediction, DDPM linear schedule) trained on the "
-                                "16x16 digits (samplebench train digits-unet)", _digits),
+                                "16x16 digits (samplebench train digits-unet)", partial(_shipped_pipeline, "digits")),
         EmbeddedModel("gaussian", "analytic: N(0, 0.5^2 I) data on 1x16x16 with its exact denoiser, DDPM linear schedule",
                       _gaussian),
         EmbeddedModel("digits-gmm", "analytic: 10-component full-covariance Gaussian mixture fitted to the 16x16 "
@@ -100,15 +88,15 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                       _digits_gmm),
         EmbeddedModel("digits-dit", "class-conditional DiTTransformer2DModel (0.78 M parameters, 8 blocks, patch 2) "
                                     "with DeeDiff uncertainty heads for early exit, trained on the 16x16 digits "
-                                    "(samplebench train digits-dit)", _digits_dit),
+                                    "(samplebench train digits-dit)", partial(_shipped_dit, "digits-dit")),
         EmbeddedModel("digits-flow", "class-conditional flow-matching DiTTransformer2DModel (0.78 M parameters, the "
                                      "digits-dit transformer without uncertainty heads): velocity prediction on "
                                      "x_t = (1 - t) x_0 + t eps, trained on the 16x16 digits "
-                                     "(samplebench train digits-flow)", _digits_flow),
+                                     "(samplebench train digits-flow)", partial(_shipped_dit, "digits-flow")),
         EmbeddedModel("digits-lowdiff", "LowDiff cascade UNet2DModel (1.1 M parameters) for 8x8 -> 16x16 digits: "
                                         "unconditional at 8x8, conditioned on the upsampled 8x8 sample at 16x16 "
                                         "(samplebench train digits-lowdiff; sample with --cascade 8:6,16:4)",
-                      _digits_lowdiff),
+                      partial(_shipped_pipeline, "digits-lowdiff")),
     ]
 }
 

@@ -17,12 +17,11 @@ PixArt's from the network's ``sample_size``, FLUX's from the pipeline's default 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from .diffusers_models import _PipelineModel, _vae_decode
+from .diffusers_models import _PipelineModel, _vae_decode, flow_grid
 from .protocol import NetworkDenoiser
 
 __all__ = ["SDXLModel", "SD3Model", "FluxModel", "PixArtModel", "family_model"]
@@ -173,17 +172,6 @@ class PixArtModel(_TextModel):
                 {"encoder_hidden_states": u, "encoder_attention_mask": um, **extra})
 
 
-def _flow_grid(config: dict, image_seq_len: int) -> str:
-    """The pipeline's default shift as a ``flow-shift:S`` grid: SD3's fixed ``shift``, or FLUX's dynamic shift
-    S = exp(mu), mu linear in the number of image tokens (diffusers' ``calculate_shift``)."""
-    if config.get("use_dynamic_shifting"):
-        lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-        b0, b1 = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-        mu = b0 + (image_seq_len - lo) * (b1 - b0) / (hi - lo)
-        return f"flow-shift:{math.exp(mu):.6g}"
-    return f"flow-shift:{float(config.get('shift', 1.0)):.6g}"
-
-
 FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
@@ -206,12 +194,12 @@ def family_model(pipe, common: dict) -> _PipelineModel | None:
         cfg = pipe.transformer.config
         s = cfg.sample_size
         return SD3Model(sample_shape=(cfg.in_channels, s, s),
-                        default_grid=_flow_grid(config, (s // cfg.patch_size) ** 2), **common)
+                        default_grid=flow_grid(config, (s // cfg.patch_size) ** 2), **common)
     if family == "flux":
         c = pipe.transformer.config.in_channels // 4
         pixels = pipe.default_sample_size * pipe.vae_scale_factor
         s = 2 * (pixels // (pipe.vae_scale_factor * 2))
-        return FluxModel(sample_shape=(c, s, s), default_grid=_flow_grid(config, (s // 2) ** 2), **common)
+        return FluxModel(sample_shape=(c, s, s), default_grid=flow_grid(config, (s // 2) ** 2), **common)
     cfg = pipe.transformer.config
     return PixArtModel(sample_shape=(cfg.in_channels, cfg.sample_size, cfg.sample_size),
                        max_sequence_length=300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120, **common)

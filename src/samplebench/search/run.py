@@ -332,7 +332,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         path = out / "stages" / f"stage-{stage:05d}.json"
         evals = load("evals")  # every process's results so far (after the barrier that ended the last stage)
         if state.is_main_process and not path.exists():
-            plan = _plan(config, stage, evals, space, ev.model.schedule, _grids(ev.model))
+            plan = _plan(config, stage, evals, space, ev.model)
             if plan:
                 atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
         state.wait_for_everyone()
@@ -447,15 +447,14 @@ def _grids(model) -> tuple[str, ...]:
     return GRIDS if own is None or own in GRIDS else (*GRIDS, own)
 
 
-def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, noise_schedule,
-          grids: tuple[str, ...] = GRIDS) -> list:
+def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, model) -> list:
     """The candidates of ``stage``: the known solvers at stage 0, then bred and predictor-ranked ones."""
     rng = np.random.default_rng([config.search_seed, stage])
     plan = []
     seen = set(evals)
     if stage == 0:
         for nfe in config.nfes:
-            for origin, s in _initial(noise_schedule, nfe, config.budget_for(nfe), grids):
+            for origin, s in _initial(model.schedule, nfe, config.budget_for(nfe), _grids(model)):
                 cid = schedule_id(s)
                 if cid not in seen:
                     seen.add(cid)
