@@ -170,6 +170,39 @@ def test_two_processes_give_the_same_samples_and_metrics(reference_job, tmp_path
     assert len(rows) == 4 and {row["num_processes"] for row in rows} == {2}
 
 
+def test_a_finished_job_read_again_returns_its_rows_and_rescores_only_what_changed(reference_job, tmp_path,
+                                                                                    monkeypatch):
+    """Re-reading a finished job (a benchmark run again) takes its stored rows; a shard drawn again since, another
+    bootstrap count or a moved folder is scored again."""
+    import shutil
+
+    import samplebench.evaluate as evaluate
+
+    out, _ = reference_job
+    scored = []
+    real = evaluate._scores
+    monkeypatch.setattr(evaluate, "_scores", lambda *a, **k: scored.append(1) or real(*a, **k))
+    config = EvalConfig(model="digits", solvers=("ddim", "dpmpp-2m"), nfes=(3, 4), num=60, shard_size=10,
+                        metrics=("fid", "kid", "is"))
+    stored = json.loads((out / "results.json").read_text())
+    assert run_eval(config, out, db=tmp_path / "a.db", progress=False) == stored and not scored
+    assert len(ResultsDB(tmp_path / "a.db").query()) == 4  # into the database it was asked for
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)  # the copy keeps its files' times, but its rows name the old folder
+    with one_thread():
+        run_eval(config, moved, db=None, progress=False)
+        assert len(scored) == 4
+        run_eval(config, moved, db=None, progress=False)
+        assert len(scored) == 4
+        shard = moved / "features" / "digits-clean" / "dpmpp-2m-nfe4" / "shard-00002.npz"
+        later = (moved / "results.json").stat().st_mtime_ns + 10**9
+        os.utime(shard, ns=(later, later))  # as if drawn again after the rows were written
+        again = run_eval(config, moved, db=None, progress=False)
+        assert len(scored) == 5 and [r["fid"] for r in again] == [r["fid"] for r in stored]
+        fewer = run_eval(config, moved, db=None, progress=False, resamples=200)
+    assert len(scored) == 9 and {r["interval_resamples"] for r in fewer} == {200}
+
+
 def test_resume_with_other_settings_is_refused(reference_job, capsys):
     out, db = reference_job
     args = ["eval", *JOB, "--out", str(out), "--db", str(db)]
