@@ -106,6 +106,8 @@ def main() -> None:
         todo += competitors(model, name)  # a --dit folder meets the shipped DiT's strongest settings
     for model, label, solver, nfes, options in todo:
         name = f"{Path(model).name}-{label.replace(' ', '-').replace(':', '').replace('/', '-')}-{solver}"
+        if label.startswith("strongest"):  # one folder per NFE: the strongest setting may repeat across NFEs
+            name += f"-nfe{nfes[0]}"
         config = EvalConfig(model=model, solvers=(solver,), nfes=nfes, num=args.num, metrics=("fid",),
                             ref="digits-train", **options)  # named, so that a --dit folder has it too
         for r in run_eval(config, root / name, db=root / "runs.db", progress=False):
