@@ -1,7 +1,7 @@
 """digits-FID vs NFE: the shipped S3 schedules against every registry ODE solver, each on its best time grid, on the
-digits UNet, the digits DiT and the digits Gaussian mixture, NFE 3-10.
+digits UNet, the digits DiT, the digits flow-matching DiT and the digits Gaussian mixture, NFE 3-10.
 
-    python bench/fid_vs_nfe.py [--num 5000] [--select-num 500] [--models digits,digits-gmm,digits-dit]
+    python bench/fid_vs_nfe.py [--num 5000] [--select-num 500] [--models digits,digits-gmm,digits-dit,digits-flow]
                                [--out evals/fid-vs-nfe]
 
 1. Grid selection: every baseline at every NFE on the logSNR, time-uniform, time-quadratic and Karras grids,
@@ -177,7 +177,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num", type=int, default=5000)
     p.add_argument("--select-num", type=int, default=500)
-    p.add_argument("--models", default="digits,digits-gmm,digits-dit")
+    p.add_argument("--models", default="digits,digits-gmm,digits-dit,digits-flow")
     p.add_argument("--out", default="evals/fid-vs-nfe")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()

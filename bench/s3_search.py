@@ -1,7 +1,7 @@
 """The S3 searches behind the shipped schedules: per model and NFE the best re-scored baseline and searched
 schedule, their paired difference, what ships, the screening signals' rank correlation and the search cost.
 
-    python bench/s3_search.py [--models digits,digits-gmm,digits-dit]
+    python bench/s3_search.py [--models digits,digits-gmm,digits-dit,digits-flow]
 
 Reads each model's ``s3/report.json`` (written by ``samplebench search`` beside the schedules it chose).
 """
@@ -22,7 +22,7 @@ from samplebench.usf.shipped import s3_folder  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--models", default="digits,digits-gmm,digits-dit")
+    p.add_argument("--models", default="digits,digits-gmm,digits-dit,digits-flow")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     parts = []

@@ -283,3 +283,29 @@ def test_errors_speak_of_the_app_fields():
         "model 'digits' is unconditional, so \"Guidance scale\" must be 1"
     assert app_terms("--cascade-noise must be >= 0") == '"cascade noise" must be >= 0'  # no field: plain words
     assert app_terms("a - b, x--y") == "a - b, x--y"  # only flags are rewritten
+
+
+def test_the_s3_view_offers_every_embedded_model_that_ships_schedules(tmp_path):
+    """The S3 tab's model list follows what ships: each embedded model with an ``s3/`` folder, the flow model
+    among them, and no model without one (a schedule it cannot load)."""
+    import gradio as gr
+
+    from samplebench.app.ui import App, build
+    from samplebench.models.embedded import EMBEDDED
+    from samplebench.usf.shipped import s3_nfes
+
+    app = App(db=str(tmp_path / "runs.db"))
+    try:
+        demo = build(app)
+        (tab,) = [b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.label == "S3 schedules"]
+        def within(block):
+            for child in getattr(block, "children", []):
+                yield child
+                yield from within(child)
+
+        (model,) = [c for c in within(tab) if isinstance(c, gr.Dropdown) and c.label == "Model"]
+        offered = [choice for choice, _ in model.choices]
+    finally:
+        app.close()
+    assert offered == [m for m in EMBEDDED if s3_nfes(m)]
+    assert {"digits", "digits-gmm", "digits-dit", "digits-flow"} <= set(offered) and "gaussian" not in offered

@@ -282,7 +282,7 @@ def test_solver_s3_uses_the_models_shipped_schedule(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("model", ["digits", "digits-gmm"])
+@pytest.mark.parametrize("model", ["digits", "digits-gmm", "digits-flow"])
 def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path):
     from samplebench.sampling import load_schedule, resolve_solver, sample, skips_applied
     from samplebench.usf.shipped import s3_nfes
@@ -303,7 +303,7 @@ def test_shipped_schedules_are_what_their_search_report_decided():
     from samplebench.search.run import schedule_id
     from samplebench.usf.shipped import s3_folder, s3_nfes
 
-    for model in ("digits-gmm", "digits", "digits-dit"):
+    for model in ("digits-gmm", "digits", "digits-dit", "digits-flow"):
         report = json.loads((s3_folder(model) / "report.json").read_text())
         assert report["model"] == model and report["rescore"] >= 5000 and report["evaluations"] >= 800
         assert sorted(map(int, report["decisions"])) == s3_nfes(model) == list(range(3, 11))

@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..models.embedded import DEFAULT_MODEL, EMBEDDED
 from ..results import plot_runs
 from ..samplers import solver_names
+from ..usf.shipped import s3_nfes
 from . import core
 
 log = logging.getLogger("samplebench.app")
@@ -293,7 +294,7 @@ def method_views(app: App, run_grid) -> None:
                     "solver at the same NFE. Use the model's shipped schedule or upload one from "
                     "`samplebench search`.")
         with gr.Row():
-            model = gr.Dropdown(app.offered("digits", "digits-gmm", "digits-dit"), value="digits",
+            model = gr.Dropdown(app.offered(*(m for m in EMBEDDED if s3_nfes(m))), value="digits",
                                 allow_custom_value=app.any_model, label="Model")
             nfe = gr.Dropdown(list(range(3, 11)), value=5, label="NFE (shipped schedule)")
             baseline = gr.Dropdown(solver_names(), value="dpmpp-2m", label="Baseline solver")
