@@ -298,6 +298,7 @@ def test_the_s3_view_offers_every_embedded_model_that_ships_schedules(tmp_path):
     try:
         demo = build(app)
         (tab,) = [b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.label == "S3 schedules"]
+
         def within(block):
             for child in getattr(block, "children", []):
                 yield child
