@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from pathlib import Path
@@ -14,14 +15,31 @@ HEADER = "# Benchmarks\n\nEvery table below is written by a script under `bench/
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+    procs = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    threads = f"{torch.get_num_threads()} torch threads" + (f" in each of {procs} processes" if procs > 1 else "")
+    return f"{platform.processor() or platform.machine()}, {threads}, {gpu}, torch {torch.__version__}"
 
 
-def write_section(name: str, body: str) -> None:
+def _block(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+
+
+def has_section(name: str) -> bool:
+    return DOC.exists() and _block(name).search(DOC.read_text()) is not None
+
+
+def write_section(name: str, body: str, after: str | None = None) -> None:
+    """Replace section ``name`` in place; a new one goes right after section ``after`` (when it exists), else at
+    the end."""
     text = DOC.read_text() if DOC.exists() else HEADER
     block = f"<!-- bench:{name} -->\n{body.rstrip()}\n<!-- /bench:{name} -->"
-    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    pattern, anchor = _block(name), _block(after) if after else None
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    elif anchor is not None and (m := anchor.search(text)):
+        text = text[:m.end()] + "\n\n" + block + text[m.end():]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 

@@ -4,6 +4,9 @@ digits UNet, the digits DiT, the digits flow-matching DiT and the digits Gaussia
     python bench/fid_vs_nfe.py [--num 5000] [--select-num 500] [--models digits,digits-gmm,digits-dit,digits-flow]
                                [--out evals/fid-vs-nfe]
 
+(or ``accelerate launch --multi_gpu --num_processes 2 bench/fid_vs_nfe.py ...``: every job's shards split across the
+processes).
+
 1. Grid selection: every baseline at every NFE on the logSNR, time-uniform, time-quadratic and Karras grids,
    ``--select-num`` samples with seeds 1,000,000 + i (disjoint from the benchmark's and the search's).
 2. The benchmark: every baseline on its selected grid and S3 (the model's shipped schedule), ``--num`` samples with
@@ -14,9 +17,10 @@ digits UNet, the digits DiT, the digits flow-matching DiT and the digits Gaussia
    against it: where they agree, no schedule has much to win.
 Euler is DDIM (the same update) and DDPM is stochastic, so neither is a separate baseline; Heun runs at even NFEs.
 Every run is a resumable ``samplebench eval`` job under ``--out``; a killed benchmark resumes where it stopped. The
-search cost comes from each model's shipped search report. Writes the table, docs/fid-vs-nfe.png, and per model and
-NFE the strongest setting (lowest FID: a baseline on its grid, or S3) to docs/baselines.json, which the cascade and
-compute-skipping benchmarks match against.
+search cost comes from each model's shipped search report. Writes per model its table and docs/fid-vs-nfe-MODEL.png
+(a run rewrites only the models it ran: a model's row takes hours on a CPU, so models run one at a time), and per
+model and NFE the strongest setting (lowest FID: a baseline on its grid, or S3) to docs/baselines.json, which the
+cascade and compute-skipping benchmarks match against.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import sys
 import time
 from pathlib import Path
 
+from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_cell, fid_panel, machine, table, write_baselines, write_section  # noqa: E402
+from _report import DOC, fid_cell, fid_panel, has_section, machine, table, write_baselines, write_section  # noqa: E402
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -39,6 +44,7 @@ from samplebench.usf.shipped import s3_folder  # noqa: E402
 BASELINES = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2", "deis", "ipndm", "heun")
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 NFES = (3, 4, 5, 6, 7, 8, 9, 10)
+MODELS = ("digits", "digits-gmm", "digits-dit", "digits-flow")  # the default, and the order of the tables
 SELECT_SEED = 1_000_000
 ODE = ("dpmpp-3m", 100)  # the converged reference of a network model: 100 NFE on the logSNR grid
 ANALYTIC = ("digits-gmm", "gaussian")  # their floor is exact samples instead
@@ -50,7 +56,13 @@ def _nfes(solver: str) -> tuple[int, ...]:
 
 
 def _eval(out: Path, **kw) -> list[dict]:
-    return run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
+    """One resumable job; under ``accelerate launch`` its shards split across the processes, and every process gets
+    the rows (which grid each baseline's final job runs on depends on them)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    rows = run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
+    return broadcast_object_list([rows])[0] if PartialState().num_processes > 1 else rows
 
 
 def floor_fid(model: str, num: int) -> float:
@@ -177,7 +189,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--num", type=int, default=5000)
     p.add_argument("--select-num", type=int, default=500)
-    p.add_argument("--models", default="digits,digits-gmm,digits-dit,digits-flow")
+    p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--out", default="evals/fid-vs-nfe")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -185,7 +197,9 @@ def main() -> None:
     command = (f"python bench/fid_vs_nfe.py --num {args.num} --select-num {args.select_num} --models {args.models} "
                f"--out {args.out}")
     results = {m: bench_model(m, args, root) for m in args.models.split(",")}
-    sections = []
+    if not PartialState().is_main_process:
+        return
+    sections = {}
     for model, res in results.items():
         f, best = res["final"], res["best"]
         rows, misses, slower, unclear = [], [], [], []
@@ -231,8 +245,10 @@ def main() -> None:
                      f"{fid_cell(res['ode'])}; the best baseline is not shown worse than it (paired interval "
                      f"reaching zero) at NFE {', '.join(map(str, at)) or 'none'}, where a schedule has little left to win.")
         again = _replication(rep, f, args.num)
-        sections.append(
-            f"### {model}\n\n"
+        plot = DOC.parent / f"fid-vs-nfe-{model}.png"
+        sections[model] = (
+            f"### {model}\n\n`{command}` on {machine()}: {args.num} samples per cell (seeds 0..{args.num - 1}), grids "
+            f"selected on {args.select_num}.\n\n"
             + table(["NFE", "S3 [95%]"] + [f"{s} [95%] (grid)" for s in BASELINES]
                     + ["S3 - best baseline, paired [95%]", "S3 at k - best baseline at 2k, paired"]
                     + ([f"best baseline - ODE ({ODE[0]} at {ODE[1]} NFE), paired"] if res["ode"] is not None else []),
@@ -250,23 +266,27 @@ def main() -> None:
             + f" Sampling time, as the jobs recorded it when their samples were drawn: "
             f"{sum(res['drawn_s'].values()) / 60:.0f} min ({res['drawn_s']['select'] / 60:.0f} min grid selection); "
             f"this run took {res['total_s'] / 60:.0f} min (a job already complete under `{args.out}` is read, not "
-            "drawn again).")
-    plot = DOC.parent / "fid-vs-nfe.png"
-    if not args.no_write:  # --no-write leaves docs/ alone, the figure included
-        _plot(results, plot)
-    body = (f"## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\n`{command}` on {machine()}. {args.num} samples "
-            f"per cell, seeds 0..{args.num - 1} (never searched); digits-FID (clean mode, the shipped classifier's "
-            f"features) with its 95% bootstrap interval against each model's reference (`digits-train`; digits-gmm: "
-            f"10,000 exact samples). Each baseline runs on its best time grid, chosen per NFE on {args.select_num} "
-            f"other samples (seeds {SELECT_SEED:,}+) among {', '.join(GRIDS)}; S3 is the shipped schedule, screened on "
-            "seeds 500,000+ and re-scored on 600,000+. Paired differences resample the shared seeds jointly; below "
-            "zero means S3 is lower.\n\n" + "\n\n".join(sections) + f"\n\n![FID vs NFE]({plot.relative_to(DOC.parent)})")
-    print(body)
+            "drawn again)."
+            + f"\n\n![FID vs NFE, {model}]({plot.relative_to(DOC.parent)})")
+        if not args.no_write:  # --no-write leaves docs/ alone, the figures included
+            _plot({model: res}, plot)
+    header = ("## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\nOne table per model, each written by "
+              "`python bench/fid_vs_nfe.py --models MODEL` (the default runs all four; each table names the command "
+              "and machine that made it, and a run rewrites only its models' tables). Per cell, samples with seeds 0, "
+              "1, ... (never searched); digits-FID (clean mode, the shipped classifier's features) with its 95% bootstrap "
+              "interval against each model's reference (`digits-train`; digits-gmm: 10,000 exact samples). Each "
+              f"baseline runs on its best time grid, chosen per NFE on other samples (seeds {SELECT_SEED:,}+) among "
+              f"{', '.join(GRIDS)}; S3 is the shipped schedule, screened on seeds 500,000+ and re-scored on 600,000+. "
+              "Paired differences resample the shared seeds jointly; below zero means S3 is lower.")
+    print(header + "\n\n" + "\n\n".join(sections.values()))
     if not args.no_write:
-        write_section("fid-vs-nfe", body)
+        write_section("fid-vs-nfe", header)
+        for model, body in sections.items():  # in the models' order, each after the one before it that is there
+            k = MODELS.index(model) if model in MODELS else len(MODELS)
+            before = [f"fid-vs-nfe:{m}" for m in MODELS[:k] if has_section(f"fid-vs-nfe:{m}")]
+            write_section(f"fid-vs-nfe:{model}", body, after=(["fid-vs-nfe"] + before)[-1])
         for model, res in results.items():  # what the cascade and compute-skipping benches match against
             write_baselines(model, res["strongest"])
-
 
 if __name__ == "__main__":
     main()
