@@ -58,7 +58,6 @@ def _nfes(solver: str) -> tuple[int, ...]:
 def _eval(out: Path, **kw) -> list[dict]:
     """One resumable job; under ``accelerate launch`` its shards split across the processes, and every process gets
     the rows (which grid each baseline's final job runs on depends on them)."""
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     rows = run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
@@ -273,10 +272,11 @@ def main() -> None:
     header = ("## S3 schedules vs solvers: digits-FID at 3-10 NFE\n\nOne table per model, each written by "
               "`python bench/fid_vs_nfe.py --models MODEL` (the default runs all four; each table names the command "
               "and machine that made it, and a run rewrites only its models' tables). Per cell, samples with seeds 0, "
-              "1, ... (never searched); digits-FID (clean mode, the shipped classifier's features) with its 95% bootstrap "
-              "interval against each model's reference (`digits-train`; digits-gmm: 10,000 exact samples). Each "
-              f"baseline runs on its best time grid, chosen per NFE on other samples (seeds {SELECT_SEED:,}+) among "
-              f"{', '.join(GRIDS)}; S3 is the shipped schedule, screened on seeds 500,000+ and re-scored on 600,000+. "
+              "1, ... (never searched); digits-FID (clean mode, the shipped classifier's features) with its 95% "
+              "bootstrap interval against each model's reference (`digits-train`; digits-gmm: 10,000 exact "
+              "samples). Each baseline runs on its best time grid, chosen per NFE on other samples "
+              f"(seeds {SELECT_SEED:,}+) among {', '.join(GRIDS)}; S3 is the shipped schedule, screened on seeds "
+              "500,000+ and re-scored on 600,000+. "
               "Paired differences resample the shared seeds jointly; below zero means S3 is lower.")
     print(header + "\n\n" + "\n\n".join(sections.values()))
     if not args.no_write:
@@ -287,6 +287,7 @@ def main() -> None:
             write_section(f"fid-vs-nfe:{model}", body, after=(["fid-vs-nfe"] + before)[-1])
         for model, res in results.items():  # what the cascade and compute-skipping benches match against
             write_baselines(model, res["strongest"])
+
 
 if __name__ == "__main__":
     main()
