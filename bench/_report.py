@@ -16,7 +16,8 @@ HEADER = "# Benchmarks\n\nEvery table below is written by a script under `bench/
 def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     procs = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    threads = f"{torch.get_num_threads()} torch threads" + (f" in each of {procs} processes" if procs > 1 else "")
+    n = torch.get_num_threads()
+    threads = f"{n} torch thread{'s' * (n != 1)}" + (f" in each of {procs} processes" if procs > 1 else "")
     return f"{platform.processor() or platform.machine()}, {threads}, {gpu}, torch {torch.__version__}"
 
 

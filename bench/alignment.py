@@ -77,6 +77,11 @@ def coverage(row: dict) -> str:
     return f"{int((share >= 0.05).sum())}/{len(wanted)}, min {100 * share.min():.0f}%"
 
 
+def _reward(v: float) -> str:
+    """A mean log-probability reward: three decimals, or two significant digits near its maximum 0."""
+    return f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.1e}"
+
+
 def targets_met(rows: list[dict], target: str, budgets: list[int]) -> list[str]:
     """The paper's two 5x claims, checked on point estimates at every budget pair (small, big >= 5 small): DTS at
     small against the lower-FID baseline (best-of-N or FK) at big, and DTS* at small against best-of-N's mean reward
@@ -92,7 +97,7 @@ def targets_met(rows: list[dict], target: str, budgets: list[int]) -> list[str]:
         fid.append(f"DTS at {b} {fid_cell(dts, digits=2)} {'<=' if met else '>'} {base['method']} at {big} "
                    f"{fid_cell(base, digits=2)}{' (intervals apart)' if apart else ''}")
         s, n = cell["dts-star", b]["reward"], cell["best-of-n", big]["reward"]
-        star.append(f"DTS* at {b} {s:.3f} {'>=' if s >= n else '<'} best-of-N at {big} {n:.3f}")
+        star.append(f"DTS* at {b} {_reward(s)} {'>=' if s >= n else '<'} best-of-N at {big} {_reward(n)}")
     if not pairs:
         return [f"{target}: no budget pair 5x apart"]
     return [f"{target}, FID: " + "; ".join(fid), f"{target}, mean reward: " + "; ".join(star)]
@@ -154,7 +159,7 @@ def main() -> None:
             for r in cell:
                 fid = fid_cell(r, digits=2)
                 body_rows.append([target, str(per_sample), f"{r['nfe']:,}", r["method"],
-                                  f"**{fid}**" if r["fid"] == low else fid, f"{r['reward']:.3f}",
+                                  f"**{fid}**" if r["fid"] == low else fid, _reward(r["reward"]),
                                   f"{100 * r['on_target']:.0f}%", coverage(r) if "classes" in r else "-",
                                   f"{r['diversity']:.3f}", str(r["unique"]), f"{r['wall_time_s']:.0f}"])
     verdict = [v for target in targets for v in targets_met(rows, target, budgets)]
