@@ -1,14 +1,15 @@
 """Reward alignment on the digits model: DTS, DTS*, best-of-N and FK steering at equal NFE budgets.
 
-    python bench/alignment.py [--targets class:3,even] [--num 500] [--per-sample 20,100,500,2000] [--nfe 20]
+    python bench/alignment.py [--targets class:3,even] [--num 500] [--per-sample 20x3,100x3,500,2000] [--nfe 20]
                               [--out searches/alignment] [--device cuda]
 
-For each target reward and NFE budget (``--per-sample`` network evaluations per output sample, so the run's budget is
-num x per-sample), every method makes ``--num`` samples with seed 0 and a ``--nfe``-step DDPM chain branching at 5
-evenly spaced steps. Reported: digits-FID with its 95% interval against the real digits of the target class(es)
-(all 1,797 digits), mean reward, the fraction classified as the target, for set rewards the coverage of the set's
-classes, diversity (mean pairwise cosine distance of the samples' digits features), and wall time. Each cell's
-numbers are a small JSON file in ``--out`` (committed, so a long run continues where it stopped in a later run).
+For each target reward and NFE budget (``--per-sample`` network evaluations per output sample, so a run's budget is
+num x per-sample; ``BUDGETxRUNS`` asks for that many independent runs), every method makes ``--num`` samples per run
+from a ``--nfe``-step DDPM chain branching at 5 evenly spaced steps. Reported: digits-FID against the real digits of
+the target class(es) (all 1,797 digits), the median over runs or one run's with its 95% interval, mean reward, the
+fraction classified as the target, for set rewards the coverage of the set's classes, diversity (mean pairwise cosine
+distance of the samples' digits features), and wall time. Each cell's numbers are a small JSON file in ``--out``
+(committed, so a long run continues where it stopped in a later run).
 Targets (Jain et al. 2025): DTS reaches the best baseline's FID with 5x fewer NFE; DTS* reaches best-of-N's mean
 reward with 5x fewer NFE.
 """
@@ -34,6 +35,21 @@ from samplebench.metrics.digits import digits_features, fid_interval_from_featur
 from samplebench.models import load_model  # noqa: E402
 
 
+RUN_SEED = 1_000_000  # run r has seed r x RUN_SEED: best-of-N's sample i draws from seed + i, so no two runs share one
+
+
+def parse_budgets(spec: str) -> dict[int, int]:
+    """``"20x3,100x3,500,2000"``: NFE per sample -> number of independent runs (default 1)."""
+    out = {}
+    for part in spec.split(","):
+        budget, _, runs = part.partition("x")
+        if not budget.isdigit() or not (runs or "1").isdigit() or int(budget) < 1 or int(runs or 1) < 1:
+            raise argparse.ArgumentTypeError(f"bad entry {part!r}; valid: BUDGET or BUDGETxRUNS, positive integers, "
+                                             "e.g. 20x3,500")
+        out[int(budget)] = int(runs or 1)
+    return out
+
+
 def target_classes(target: str) -> tuple[int, ...]:
     return {"even": EVEN, "odd": ODD}.get(target) or (int(target.split(":")[1]),)
 
@@ -45,16 +61,20 @@ def diversity(feats: np.ndarray) -> float:
     return float((n * n - sim.sum()) / (n * (n - 1)))
 
 
-def run(model, target: str, method: str, per_sample: int, args, ref_feats: np.ndarray) -> dict:
-    path = Path(args.out) / target.replace(":", "-") / f"{method}-{per_sample}.json"
+def run(model, target: str, method: str, per_sample: int, index: int, args, ref_feats: np.ndarray) -> dict:
+    """Run ``index`` (one tree, particle system or set of chains making ``--num`` samples, seed index x RUN_SEED);
+    cached as a JSON file."""
+    name = f"{method}-{per_sample}" + (f"-run{index}" if index else "")
+    path = Path(args.out) / target.replace(":", "-") / f"{name}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return {"seed": 0} | json.loads(path.read_text())
+    seed = index * RUN_SEED
     config = AlignConfig(method=method, reward=target, budget=per_sample * args.num, num=args.num, nfe=args.nfe,
-                         seed=0, batch_size=16 if method.startswith("dts") else 64)
+                         seed=seed, batch_size=16 if method.startswith("dts") else 64)
     result = align_sample(model, get_reward(target), config)
     feats, probs = digits_features(result.images)
     fid = fid_interval_from_features(feats, ref_feats)
-    row = {"target": target, "method": method, "per_sample": per_sample, "nfe": result.nfe,
+    row = {"target": target, "method": method, "per_sample": per_sample, "seed": seed, "nfe": result.nfe,
            "fid": fid.estimate, "fid_low": fid.low, "fid_high": fid.high, "num_samples": len(feats),
            "reward": float(result.rewards.mean()), "diversity": diversity(feats),
            "unique": len(torch.unique(result.x.flatten(1), dim=0)),
@@ -82,45 +102,79 @@ def _reward(v: float) -> str:
     return f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.1e}"
 
 
-def targets_met(rows: list[dict], target: str, budgets: list[int]) -> list[str]:
-    """The paper's two 5x claims, checked on point estimates at every budget pair (small, big >= 5 small): DTS at
-    small against the lower-FID baseline (best-of-N or FK) at big, and DTS* at small against best-of-N's mean reward
-    at big; a FID comparison says whether the two 95% intervals are disjoint."""
-    cell = {(r["method"], r["per_sample"]): r for r in rows if r["target"] == target}
+def _median(runs: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
+
+
+def _fids(runs: list[dict]) -> str:
+    """One run: its FID and 95% interval; several: their median and each run's FID."""
+    if len(runs) == 1:
+        return fid_cell(runs[0], digits=2)
+    each = ", ".join(f"{r['fid']:.2f}" for r in runs)
+    return f"{_median(runs, 'fid'):.2f} (median of {each})"
+
+
+def _spread(cells: dict) -> str:
+    """The cell whose runs disagree most, against run 0's interval."""
+    multi = [(k, runs) for k, runs in cells.items() if len(runs) > 1]
+    if not multi:
+        return ""
+    def ratio(item):
+        fids = [r["fid"] for r in item[1]]
+        return max(fids) / max(min(fids), 1e-9)
+
+    (target, b, method), runs = max(multi, key=ratio)
+    return (f" (most here: {method} on {target} at {b} NFE/sample, run 0 {fid_cell(runs[0], digits=2)}, runs from "
+            f"{min(r['fid'] for r in runs):.2f} to {max(r['fid'] for r in runs):.2f})")
+
+
+def targets_met(cells: dict, target: str, budgets: list[int]) -> list[str]:
+    """The paper's two 5x claims at every budget pair (small, big >= 5 small): DTS at small against the lower-FID
+    baseline (best-of-N or FK) at big, and DTS* at small against best-of-N's mean reward at big, on the median over
+    runs. A FID comparison says when it holds in every pair of runs, or, for single runs, with disjoint intervals."""
     pairs = [(b, big) for b in budgets for big in budgets if big >= 5 * b]
+    if not pairs:
+        return [f"{target}: no two budgets 5x apart"]
     fid, star = [], []
     for b, big in pairs:
-        dts = cell["dts", b]
-        base = min((cell[m, big] for m in ("best-of-n", "fk")), key=lambda r: r["fid"])
-        met = dts["fid"] <= base["fid"]
-        apart = dts["fid_high"] < base["fid_low"] if met else dts["fid_low"] > base["fid_high"]
-        fid.append(f"DTS at {b} {fid_cell(dts, digits=2)} {'<=' if met else '>'} {base['method']} at {big} "
-                   f"{fid_cell(base, digits=2)}{' (intervals apart)' if apart else ''}")
-        s, n = cell["dts-star", b]["reward"], cell["best-of-n", big]["reward"]
+        dts = cells[target, b, "dts"]
+        base = min((cells[target, big, m] for m in ("best-of-n", "fk")), key=lambda runs: _median(runs, "fid"))
+        met = _median(dts, "fid") <= _median(base, "fid")
+        if len(dts) == len(base) == 1:
+            lo, hi = (dts[0], base[0]) if met else (base[0], dts[0])
+            sure = " (intervals apart)" if lo["fid_high"] < hi["fid_low"] else ""
+        else:
+            sure = (" (in every pair of runs)" if all((d["fid"] <= r["fid"]) == met for d in dts for r in base)
+                    else "")
+        fid.append(f"DTS at {b} {_fids(dts)} {'<=' if met else '>'} {base[0]['method']} at {big} {_fids(base)}{sure}")
+        s, n = _median(cells[target, b, "dts-star"], "reward"), _median(cells[target, big, "best-of-n"], "reward")
         star.append(f"DTS* at {b} {_reward(s)} {'>=' if s >= n else '<'} best-of-N at {big} {_reward(n)}")
-    if not pairs:
-        return [f"{target}: no budget pair 5x apart"]
     return [f"{target}, FID: " + "; ".join(fid), f"{target}, mean reward: " + "; ".join(star)]
 
 
-def _plot(rows: list[dict], targets: list[str], out: Path) -> None:
+def _plot(cells: dict, targets: list[str], budgets: list[int], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    budgets = sorted({r["per_sample"] for r in rows})
     fig, axes = plt.subplots(2, len(targets), figsize=(5 * len(targets), 7), squeeze=False, sharex=True)
     for col, target in enumerate(targets):
-        for method in METHODS:
-            pts = sorted((r["per_sample"], r) for r in rows if r["target"] == target and r["method"] == method)
-            x = [b for b, _ in pts]
-            fid = np.array([[r["fid"], r["fid"] - r["fid_low"], r["fid_high"] - r["fid"]] for _, r in pts])
-            axes[0, col].errorbar(x, fid[:, 0], yerr=fid[:, 1:].T, marker="o", capsize=3, label=method)
-            axes[1, col].plot(x, [r["reward"] for _, r in pts], marker="o", label=method)
-        axes[0, col].set(xscale="log", yscale="log", ylabel="digits-FID to the target [95%]", title=target)
-        axes[1, col].set(xscale="log", xlabel="NFE per sample", ylabel="mean reward (log p)")
+        for k, method in enumerate(METHODS):
+            color = f"C{k}"
+            runs = [cells[target, b, method] for b in budgets]
+            first = np.array([[r[0]["fid"], r[0]["fid"] - r[0]["fid_low"], r[0]["fid_high"] - r[0]["fid"]]
+                              for r in runs])
+            axes[0, col].errorbar(budgets, first[:, 0], yerr=first[:, 1:].T, fmt="none", ecolor=color, capsize=3)
+            axes[0, col].plot(budgets, [_median(r, "fid") for r in runs], marker="o", color=color, label=method)
+            for b, r in zip(budgets, runs):
+                if len(r) > 1:
+                    axes[0, col].scatter([b] * len(r), [x["fid"] for x in r], s=10, color=color, alpha=0.5)
+            axes[1, col].plot(budgets, [_median(r, "reward") for r in runs], marker="o", color=color, label=method)
+        axes[0, col].set(xscale="log", yscale="log", title=target,
+                         ylabel="digits-FID to the target\n(median of runs; dots: runs; bars: 95%, run 0)")
+        axes[1, col].set(xscale="log", xlabel="NFE per sample", ylabel="mean reward (log p), median of runs")
         for ax in axes[:, col]:
             ax.set_xticks(budgets, [str(b) for b in budgets])
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -134,56 +188,66 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--targets", default="class:3,even")
     p.add_argument("--num", type=int, default=500)
-    p.add_argument("--per-sample", default="20,100,500,2000")
+    p.add_argument("--per-sample", default="20x3,100x3,500,2000", type=parse_budgets,
+                   help="NFE per sample, each with its number of independent runs (BUDGETxRUNS)")
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--out", default="searches/alignment")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     targets = args.targets.split(",")
-    budgets = [int(b) for b in args.per_sample.split(",")]
+    budgets = sorted(args.per_sample)
+    if budgets[0] < args.nfe:
+        p.error(f"--per-sample {budgets[0]} is below one {args.nfe}-step chain per sample; valid: >= --nfe {args.nfe}")
+    spec = ",".join(f"{b}x{n}" if n > 1 else str(b) for b, n in args.per_sample.items())
     model = load_model("digits", device=args.device)
     images, labels = load_digits("all", 16)
     start = time.perf_counter()
-    rows = []
+    cells = {}
     for target in targets:
         ref_feats, _ = digits_features(images[np.isin(labels.numpy(), target_classes(target))])
-        for per_sample in budgets:
+        for b in budgets:
             for method in METHODS:
-                rows.append(run(model, target, method, per_sample, args, ref_feats))
+                cells[target, b, method] = [run(model, target, method, b, i, args, ref_feats)
+                                            for i in range(args.per_sample[b])]
     body_rows = []
     for target in targets:
-        for per_sample in budgets:
-            cell = [r for r in rows if r["target"] == target and r["per_sample"] == per_sample]
-            low = min(r["fid"] for r in cell)
-            for r in cell:
-                fid = fid_cell(r, digits=2)
-                body_rows.append([target, str(per_sample), f"{r['nfe']:,}", r["method"],
-                                  f"**{fid}**" if r["fid"] == low else fid, _reward(r["reward"]),
-                                  f"{100 * r['on_target']:.0f}%", coverage(r) if "classes" in r else "-",
-                                  f"{r['diversity']:.3f}", str(r["unique"]), f"{r['wall_time_s']:.0f}"])
-    verdict = [v for target in targets for v in targets_met(rows, target, budgets)]
+        for b in budgets:
+            low = min(_median(cells[target, b, m], "fid") for m in METHODS)
+            for method in METHODS:
+                runs = cells[target, b, method]
+                r, fid = runs[0], _fids(runs)
+                body_rows.append([target, str(b), f"{r['nfe']:,}", method, str(len(runs)),
+                                  f"**{fid}**" if _median(runs, "fid") == low else fid,
+                                  fid_cell(r, digits=2) if len(runs) > 1 else "= FID",
+                                  ", ".join(_reward(x["reward"]) for x in runs),
+                                  f"{100 * r['on_target']:.0f}%", coverage(r), f"{r['diversity']:.3f}",
+                                  str(r["unique"]), f"{r['wall_time_s']:.0f}"])
+    verdict = [v for target in targets for v in targets_met(cells, target, budgets)]
     plot = DOC.parent / "alignment.png"
     if not args.no_write:
-        _plot(rows, targets, plot)
-    command = (f"python bench/alignment.py --targets {args.targets} --num {args.num} --per-sample {args.per_sample} "
+        _plot(cells, targets, budgets, plot)
+    command = (f"python bench/alignment.py --targets {args.targets} --num {args.num} --per-sample {spec} "
                f"--nfe {args.nfe}")
     body = (f"## Reward alignment: DTS, DTS*, best-of-N, FK steering on digits\n\n`{command}` on {machine()}, "
-            f"{(time.perf_counter() - start) / 60:.0f} min (runs cached in {args.out}). {args.num} samples per cell "
-            f"(seed 0) from a {args.nfe}-step DDPM chain (DDIM eta = 1) branching/resampling at 5 evenly spaced steps; "
-            "lambda = 1; DTS widening C = 2, alpha = 0.8, 16 rollouts per iteration; FK 'diff' potential. NFE = all "
-            "network evaluations of the run. FID: digits-FID against all real digits of the target class(es); "
-            "on-target: share classified as a target class; diversity: mean pairwise cosine distance of digits "
-            "features; coverage (set rewards): the set's classes holding >= 5% of the on-target samples, and the "
-            "smallest share; unique: distinct samples among the outputs (DTS draws may repeat a leaf). Lowest FID per "
-            "budget in bold. NFE is the measure of compute here; wall s is for orientation only (cached "
-            "runs keep the time of the run that made them).\n\n"
-            + table(["target", "NFE/sample", "NFE", "method", "FID [95%]", "mean reward", "on-target", "coverage",
-                     "diversity", "unique", "wall s"], body_rows)
+            f"{(time.perf_counter() - start) / 60:.0f} min (runs cached in {args.out}). A run makes {args.num} "
+            f"samples (run r: seed r x {RUN_SEED:,}) from a {args.nfe}-step DDPM chain (DDIM eta = 1) "
+            "branching/resampling at 5 evenly spaced steps; lambda = 1; DTS widening C = 2, alpha = 0.8, 16 rollouts "
+            "per iteration; FK 'diff' potential. NFE = all network evaluations of a run. FID: digits-FID against all "
+            "real digits of the target class(es), the median over independent runs where there are several (with "
+            "each run's FID), else one run's with its 95% bootstrap interval. That interval resamples the outputs of "
+            "one run as if they were independent; DTS's draws share a tree and FK's a particle system, so it "
+            f"understates how much a rerun moves{_spread(cells)}. Columns after the rewards are run 0's: on-target "
+            "(share classified as a target class), coverage (set rewards: the set's classes holding >= 5% of the "
+            "on-target samples, and the smallest share), diversity (mean pairwise cosine distance of digits features), unique (distinct outputs; DTS "
+            "draws may repeat a leaf). Lowest FID per budget in bold. NFE is the measure of compute; wall s is for "
+            "orientation only (cached runs keep the time of the run that made them).\n\n"
+            + table(["target", "NFE/sample", "NFE", "method", "runs", "FID", "FID [95%], run 0",
+                     "mean reward, each run", "on-target", "coverage", "diversity", "unique", "wall s"], body_rows)
             + "\n\nTargets (Jain et al. 2025): DTS reaches the best baseline's FID, and DTS* best-of-N's mean reward, "
             "with >= 5x fewer NFE per sample. Every pair of budgets 5x or more apart:\n\n"
             + "\n".join(f"- {v}." for v in verdict)
-            + f"\n\n![FID vs NFE]({plot.relative_to(DOC.parent)})")
+            + f"\n\n![FID and reward vs NFE]({plot.relative_to(DOC.parent)})")
     print(body)
     if not args.no_write:
         write_section("alignment", body)
