@@ -219,7 +219,7 @@ def main() -> None:
                 r, fid = runs[0], _fids(runs)
                 body_rows.append([target, str(b), f"{r['nfe']:,}", method, str(len(runs)),
                                   f"**{fid}**" if _median(runs, "fid") == low else fid,
-                                  fid_cell(r, digits=2) if len(runs) > 1 else "= FID",
+                                  fid_cell(r, digits=2),
                                   ", ".join(_reward(x["reward"]) for x in runs),
                                   f"{100 * r['on_target']:.0f}%", coverage(r), f"{r['diversity']:.3f}",
                                   str(r["unique"]), f"{r['wall_time_s']:.0f}"])
