@@ -68,6 +68,8 @@ def run(model, target: str, method: str, per_sample: int, index: int, args, ref_
     path = Path(args.out) / target.replace(":", "-") / f"{name}.json"
     if path.exists():
         return {"seed": 0} | json.loads(path.read_text())
+    if args.cached_only:
+        return None
     seed = index * RUN_SEED
     config = AlignConfig(method=method, reward=target, budget=per_sample * args.num, num=args.num, nfe=args.nfe,
                          seed=seed, batch_size=16 if method.startswith("dts") else 64)
@@ -133,23 +135,25 @@ def targets_met(cells: dict, target: str, budgets: list[int]) -> list[str]:
     baseline (best-of-N or FK) at big, and DTS* at small against best-of-N's mean reward at big, on the median over
     runs. A FID comparison says when it holds in every pair of runs, or, for single runs, with disjoint intervals."""
     pairs = [(b, big) for b in budgets for big in budgets if big >= 5 * b]
-    if not pairs:
-        return [f"{target}: no two budgets 5x apart"]
     fid, star = [], []
     for b, big in pairs:
-        dts = cells[target, b, "dts"]
-        base = min((cells[target, big, m] for m in ("best-of-n", "fk")), key=lambda runs: _median(runs, "fid"))
-        met = _median(dts, "fid") <= _median(base, "fid")
-        if len(dts) == len(base) == 1:
-            lo, hi = (dts[0], base[0]) if met else (base[0], dts[0])
-            sure = " (intervals apart)" if lo["fid_high"] < hi["fid_low"] else ""
-        else:
-            sure = (" (in every pair of runs)" if all((d["fid"] <= r["fid"]) == met for d in dts for r in base)
-                    else "")
-        fid.append(f"DTS at {b} {_fids(dts)} {'<=' if met else '>'} {base[0]['method']} at {big} {_fids(base)}{sure}")
-        s, n = _median(cells[target, b, "dts-star"], "reward"), _median(cells[target, big, "best-of-n"], "reward")
-        star.append(f"DTS* at {b} {_reward(s)} {'>=' if s >= n else '<'} best-of-N at {big} {_reward(n)}")
-    return [f"{target}, FID: " + "; ".join(fid), f"{target}, mean reward: " + "; ".join(star)]
+        dts, bon, fk = cells[target, b, "dts"], cells[target, big, "best-of-n"], cells[target, big, "fk"]
+        if dts and bon and fk:
+            base = min((bon, fk), key=lambda runs: _median(runs, "fid"))
+            met = _median(dts, "fid") <= _median(base, "fid")
+            if len(dts) == len(base) == 1:
+                lo, hi = (dts[0], base[0]) if met else (base[0], dts[0])
+                sure = " (intervals apart)" if lo["fid_high"] < hi["fid_low"] else ""
+            else:
+                sure = (" (in every pair of runs)" if all((d["fid"] <= r["fid"]) == met for d in dts for r in base)
+                        else "")
+            fid.append(f"DTS at {b} {_fids(dts)} {'<=' if met else '>'} {base[0]['method']} at {big} "
+                       f"{_fids(base)}{sure}")
+        if cells[target, b, "dts-star"] and bon:
+            s, n = _median(cells[target, b, "dts-star"], "reward"), _median(bon, "reward")
+            star.append(f"DTS* at {b} {_reward(s)} {'>=' if s >= n else '<'} best-of-N at {big} {_reward(n)}")
+    return [f"{target}, FID: " + ("; ".join(fid) or "no two budgets 5x apart with runs to compare"),
+            f"{target}, mean reward: " + ("; ".join(star) or "no two budgets 5x apart with runs to compare")]
 
 
 def _plot(cells: dict, targets: list[str], budgets: list[int], out: Path) -> None:
@@ -163,15 +167,16 @@ def _plot(cells: dict, targets: list[str], budgets: list[int], out: Path) -> Non
     for col, target in enumerate(targets):
         for k, method in enumerate(METHODS):
             color = f"C{k}"
-            runs = [cells[target, b, method] for b in budgets]
+            done = [b for b in budgets if cells[target, b, method]]
+            runs = [cells[target, b, method] for b in done]
             first = np.array([[r[0]["fid"], r[0]["fid"] - r[0]["fid_low"], r[0]["fid_high"] - r[0]["fid"]]
                               for r in runs])
-            axes[0, col].errorbar(budgets, first[:, 0], yerr=first[:, 1:].T, fmt="none", ecolor=color, capsize=3)
-            axes[0, col].plot(budgets, [_median(r, "fid") for r in runs], marker="o", color=color, label=method)
-            for b, r in zip(budgets, runs):
+            axes[0, col].errorbar(done, first[:, 0], yerr=first[:, 1:].T, fmt="none", ecolor=color, capsize=3)
+            axes[0, col].plot(done, [_median(r, "fid") for r in runs], marker="o", color=color, label=method)
+            for b, r in zip(done, runs):
                 if len(r) > 1:
                     axes[0, col].scatter([b] * len(r), [x["fid"] for x in r], s=10, color=color, alpha=0.5)
-            axes[1, col].plot(budgets, [_median(r, "reward") for r in runs], marker="o", color=color, label=method)
+            axes[1, col].plot(done, [_median(r, "reward") for r in runs], marker="o", color=color, label=method)
         axes[0, col].set(xscale="log", yscale="log", title=target,
                          ylabel="digits-FID to the target\n(median of runs; dots: runs; bars: 95%, run 0)")
         axes[1, col].set(xscale="log", xlabel="NFE per sample", ylabel="mean reward (log p), median of runs")
@@ -193,6 +198,8 @@ def main() -> None:
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--out", default="searches/alignment")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--cached-only", action="store_true",
+                   help="draw nothing: report the runs already in --out, a missing one as not run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     targets = args.targets.split(",")
@@ -208,14 +215,17 @@ def main() -> None:
         ref_feats, _ = digits_features(images[np.isin(labels.numpy(), target_classes(target))])
         for b in budgets:
             for method in METHODS:
-                cells[target, b, method] = [run(model, target, method, b, i, args, ref_feats)
-                                            for i in range(args.per_sample[b])]
+                runs = [run(model, target, method, b, i, args, ref_feats) for i in range(args.per_sample[b])]
+                cells[target, b, method] = [r for r in runs if r is not None]
     body_rows = []
     for target in targets:
         for b in budgets:
-            low = min(_median(cells[target, b, m], "fid") for m in METHODS)
+            low = min((_median(cells[target, b, m], "fid") for m in METHODS if cells[target, b, m]), default=None)
             for method in METHODS:
                 runs = cells[target, b, method]
+                if not runs:
+                    body_rows.append([target, str(b), "-", method, "0", "not run"] + ["-"] * 7)
+                    continue
                 r, fid = runs[0], _fids(runs)
                 body_rows.append([target, str(b), f"{r['nfe']:,}", method, str(len(runs)),
                                   f"**{fid}**" if _median(runs, "fid") == low else fid,
@@ -228,7 +238,7 @@ def main() -> None:
     if not args.no_write:
         _plot(cells, targets, budgets, plot)
     command = (f"python bench/alignment.py --targets {args.targets} --num {args.num} --per-sample {spec} "
-               f"--nfe {args.nfe}")
+               f"--nfe {args.nfe}" + " --cached-only" * args.cached_only)
     body = (f"## Reward alignment: DTS, DTS*, best-of-N, FK steering on digits\n\n`{command}` on {machine()}, "
             f"{(time.perf_counter() - start) / 60:.0f} min (runs cached in {args.out}). A run makes {args.num} "
             f"samples (run r: seed r x {RUN_SEED:,}) from a {args.nfe}-step DDPM chain (DDIM eta = 1) "
@@ -239,9 +249,10 @@ def main() -> None:
             "one run as if they were independent; DTS's draws share a tree and FK's a particle system, so it "
             f"understates how much a rerun moves{_spread(cells)}. Columns after the rewards are run 0's: on-target "
             "(share classified as a target class), coverage (set rewards: the set's classes holding >= 5% of the "
-            "on-target samples, and the smallest share), diversity (mean pairwise cosine distance of digits features), unique (distinct outputs; DTS "
-            "draws may repeat a leaf). Lowest FID per budget in bold. NFE is the measure of compute; wall s is for "
-            "orientation only (cached runs keep the time of the run that made them).\n\n"
+            "on-target samples, and the smallest share), diversity (mean pairwise cosine distance of digits "
+            "features), unique (distinct outputs; DTS draws may repeat a leaf). Lowest FID per budget in bold. NFE "
+            "is the measure of compute; wall s is for orientation only (cached runs keep the time of the run that "
+            "made them).\n\n"
             + table(["target", "NFE/sample", "NFE", "method", "runs", "FID", "FID [95%], run 0",
                      "mean reward, each run", "on-target", "coverage", "diversity", "unique", "wall s"], body_rows)
             + "\n\nTargets (Jain et al. 2025): DTS reaches the best baseline's FID, and DTS* best-of-N's mean reward, "
