@@ -1,7 +1,7 @@
 """Reward alignment on the digits model: DTS, DTS*, best-of-N and FK steering at equal NFE budgets.
 
     python bench/alignment.py [--targets class:3,even] [--num 500] [--per-sample 20x3,100x3,500,2000] [--nfe 20]
-                              [--out searches/alignment] [--device cuda]
+                              [--out searches/alignment] [--no-write] [--cached-only] [--device cuda]
 
 For each target reward and NFE budget (``--per-sample`` network evaluations per output sample, so a run's budget is
 num x per-sample; ``BUDGETxRUNS`` asks for that many independent runs), every method makes ``--num`` samples per run
@@ -35,6 +35,8 @@ from samplebench.metrics.digits import digits_features, fid_interval_from_featur
 from samplebench.models import load_model  # noqa: E402
 
 
+COLUMNS = ["target", "NFE/sample", "NFE", "method", "runs", "FID", "FID [95%], run 0", "mean reward, each run",
+           "on-target", "coverage", "diversity", "unique", "wall s"]
 RUN_SEED = 1_000_000  # run r has seed r x RUN_SEED: best-of-N's sample i draws from seed + i, so no two runs share one
 
 
@@ -61,13 +63,13 @@ def diversity(feats: np.ndarray) -> float:
     return float((n * n - sim.sum()) / (n * (n - 1)))
 
 
-def run(model, target: str, method: str, per_sample: int, index: int, args, ref_feats: np.ndarray) -> dict:
+def run(model, target: str, method: str, per_sample: int, index: int, args, ref_feats: np.ndarray) -> dict | None:
     """Run ``index`` (one tree, particle system or set of chains making ``--num`` samples, seed index x RUN_SEED);
-    cached as a JSON file."""
+    cached as a JSON file. None for a run not in the cache under ``--cached-only``."""
     name = f"{method}-{per_sample}" + (f"-run{index}" if index else "")
     path = Path(args.out) / target.replace(":", "-") / f"{name}.json"
     if path.exists():
-        return {"seed": 0} | json.loads(path.read_text())
+        return json.loads(path.read_text())
     if args.cached_only:
         return None
     seed = index * RUN_SEED
@@ -121,13 +123,15 @@ def _spread(cells: dict) -> str:
     multi = [(k, runs) for k, runs in cells.items() if len(runs) > 1]
     if not multi:
         return ""
+
     def ratio(item):
         fids = [r["fid"] for r in item[1]]
         return max(fids) / max(min(fids), 1e-9)
 
     (target, b, method), runs = max(multi, key=ratio)
+    fids = [r["fid"] for r in runs]
     return (f" (most here: {method} on {target} at {b} NFE/sample, run 0 {fid_cell(runs[0], digits=2)}, runs from "
-            f"{min(r['fid'] for r in runs):.2f} to {max(r['fid'] for r in runs):.2f})")
+            f"{min(fids):.2f} to {max(fids):.2f})")
 
 
 def targets_met(cells: dict, target: str, budgets: list[int]) -> list[str]:
@@ -224,7 +228,7 @@ def main() -> None:
             for method in METHODS:
                 runs = cells[target, b, method]
                 if not runs:
-                    body_rows.append([target, str(b), "-", method, "0", "not run"] + ["-"] * 7)
+                    body_rows.append([target, str(b), "-", method, "0", "not run"] + ["-"] * (len(COLUMNS) - 6))
                     continue
                 r, fid = runs[0], _fids(runs)
                 body_rows.append([target, str(b), f"{r['nfe']:,}", method, str(len(runs)),
@@ -253,8 +257,7 @@ def main() -> None:
             "features), unique (distinct outputs; DTS draws may repeat a leaf). Lowest FID per budget in bold. NFE "
             "is the measure of compute; wall s is for orientation only (cached runs keep the time of the run that "
             "made them).\n\n"
-            + table(["target", "NFE/sample", "NFE", "method", "runs", "FID", "FID [95%], run 0",
-                     "mean reward, each run", "on-target", "coverage", "diversity", "unique", "wall s"], body_rows)
+            + table(COLUMNS, body_rows)
             + "\n\nTargets (Jain et al. 2025): DTS reaches the best baseline's FID, and DTS* best-of-N's mean reward, "
             "with >= 5x fewer NFE per sample. Every pair of budgets 5x or more apart:\n\n"
             + "\n".join(f"- {v}." for v in verdict)
