@@ -205,11 +205,67 @@ def test_a_finished_job_read_again_returns_its_rows_and_rescores_only_what_chang
 
 def test_resume_with_other_settings_is_refused(reference_job, capsys):
     out, db = reference_job
-    args = ["eval", *JOB, "--out", str(out), "--db", str(db)]
-    args[args.index("60")] = "80"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for flag, value, message in (("--seed", "7", "holds a job with seed=0, not 7"),
+                                 ("--model", "digits-gmm", "holds a job with model='digits', not 'digits-gmm'"),
+                                 ("--ref", "digits-test", "holds a job with ref='digits-train', not 'digits-test'"),
+                                 ("--time-grid", "karras", "holds a job with time_grid=None, not 'karras'")):
+        assert main(["eval", *JOB, "--out", str(out), "--db", str(db), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "damaged" not in err, err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing read as damaged, nothing written
+    # the default reference named explicitly is the same job
+    config = EvalConfig(model="digits", solvers=("ddim", "dpmpp-2m"), nfes=(3, 4), num=60, shard_size=10,
+                        metrics=("fid", "kid", "is"), ref="digits-train")
+    assert len(run_eval(config, out, db=None, progress=False)) == 4
+
+
+def test_a_job_grows_to_the_samples_and_numbers_of_a_fresh_one(tmp_path, monkeypatch):
+    """50 -> 80 samples keeps the full shards, draws the missing one and the half-full one again whole (one batch, as a
+    fresh job draws it), and ends with the files and numbers of a fresh 80-sample job; 80 -> 50 scores the first 50
+    as the 50-sample job did, deleting nothing."""
+    import samplebench.evaluate as evaluate
+
+    def config(num):
+        return EvalConfig(model="digits", solvers=("dpmpp-2m",), nfes=(3,), num=num, shard_size=20, metrics=("fid", "kid"))
+
+    drawn = []
+    real = evaluate._Job.sample_shard
+    monkeypatch.setattr(evaluate._Job, "sample_shard",
+                        lambda self, s, n, j, p=0: drawn.append(j) or real(self, s, n, j, p))
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    with one_thread():
+        small = run_eval(config(50), grown, db=None, progress=False)
+        assert drawn == [0, 1, 2]
+        drawn.clear()
+        rows = run_eval(config(80), grown, db=None, progress=False)
+        assert drawn == [2, 3]  # full shards 0 and 1 kept
+        expected = run_eval(config(80), fresh, db=None, progress=False)
+        assert _same(_shards(grown), _shards(fresh))
+        for key in ("fid", "fid_low", "fid_high", "kid", "kid_low", "kid_high", "seeds", "num_samples", "nfe"):
+            assert rows[0][key] == expected[0][key], key
+        files = sorted(p for p in grown.rglob("*.npz"))
+        again = run_eval(config(50), grown, db=None, progress=False)
+        assert sorted(p for p in grown.rglob("*.npz")) == files  # nothing deleted
+        assert again[0]["seeds"] == small[0]["seeds"] and again[0]["num_samples"] == 50
+        # shard 2 was drawn again as a batch of 20, not 10: a few pixels a level apart, FID nearly the same
+        assert again[0]["fid"] == pytest.approx(small[0]["fid"], abs=0.01)
+        assert json.loads((grown / "job.json").read_text())["settings"]["num"] == 80
+        drawn.clear()
+        assert run_eval(config(80), grown, db=None, progress=False)[0]["fid"] == rows[0]["fid"]
+        assert drawn == []  # nothing drawn again
+
+
+def test_only_a_file_that_cannot_be_read_is_damaged(tmp_path, capsys):
+    out = tmp_path / "job"
+    args = ["eval", "--num", "30", "--shard-size", "20", "--nfe", "2", "--metrics", "fid", "--quiet", "--out",
+            str(out), "--db", str(tmp_path / "r.db")]
+    assert main(args) == 0
+    shard = out / "samples" / "dpmpp-2m-nfe2" / "shard-00001.npz"
+    shard.write_bytes(shard.read_bytes()[:-40])
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds a job with num=60, not 80" in err
+    assert "shard-00001.npz' is damaged" in err and err.count("\n") == 1
 
 
 def test_eval_folder(tmp_path, capsys):

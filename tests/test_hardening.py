@@ -130,6 +130,18 @@ CASES = [
     (["runs", "--csv", "folder", "--db", "r.db"], "is a folder; give a file path"),
     (["plot", "--out", "file/p.png", "--db", "r.db"], "which is a file"),
     (["runs", "--db", "file/r.db"], "which is a file"),
+    (["sample", "--out", "/proc/samplebench-out"], "'/proc' cannot hold files"),
+    (["sample", "--out", "/sys/samplebench-out/sub"], "'/sys' cannot hold files"),
+    (["eval", "--out", "/proc/samplebench-job"], "'/proc' cannot hold files"),
+    (["runs", "--csv", "/proc/runs.csv", "--db", "r.db"], "'/proc' cannot hold files"),
+    (["runs", "--csv", "/sys/runs.csv", "--db", "r.db"], "'/sys' cannot hold files"),
+    # conditioning a model does not take: refused before an eval job writes its job.json
+    (["eval", "--model", "digits-dit", "--class-label", "12", "--num", "4", "--nfe", "2", "--out", "j"],
+     "--class-label 12 is not a class of model 'digits-dit'; valid: 0..9"),
+    (["eval", "--guidance-scale", "2", "--num", "4", "--nfe", "2", "--out", "j"],
+     "model 'digits' is unconditional, so --guidance-scale must be 1"),
+    (["sample", "--model", "digits-dit", "--class-label", "10", "--nfe", "2"], "--class-label 10 is not a class"),
+    (["sample", "--model", "./no/such/model"], "model folder './no/such/model' does not exist"),
     (["runs", "--db", "folder"], "is a folder"),
     (["runs", "--db", "file"], "is not a samplebench results database"),
     # files that are not what they claim
@@ -151,7 +163,7 @@ CASES = [
     (["eval", "--model", "digits-gmm", "--solver", "ddim", "--nfe", "3", "--num", "20", "--shard-size", "10",
       "--metrics", "fid", "--quiet", "--out", "job-feature", "--db", "r.db"], "delete it and run the job again"),
     (["eval", "--model", "digits-gmm", "--solver", "ddim", "--nfe", "3", "--num", "20", "--shard-size", "10",
-      "--metrics", "fid", "--quiet", "--out", "job-seeds", "--db", "r.db"], "not seeds 10..19"),
+      "--metrics", "fid", "--quiet", "--out", "job-seeds", "--db", "r.db"], "holds seeds 11..20, which this job"),
     ([*SEARCH, "--out", "search-manifest"], "search.json' is damaged"),
     ([*SEARCH, "--out", "search-eval"], "0123456789abcdef.json' is damaged"),
     ([*SEARCH, "--out", "search-rescore"], "not a JSON object"),
@@ -237,6 +249,14 @@ def test_an_unreachable_hub_fails_at_once(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert time.perf_counter() - start < 10 and err.count("\n") == 1, err
     assert "cannot reach the Hugging Face hub (http://127.0.0.1:9) to fetch 'someone/not-cached-anywhere'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unknown_hub_id_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["sample", "--model", "someone/not-cached-anywhere", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not in the Hugging Face hub cache, and HF_HUB_OFFLINE is set" in err, err
     assert not (tmp_path / "x").exists()
 
 

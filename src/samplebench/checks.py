@@ -67,6 +67,18 @@ def _check_base(path: Path, folder: Path, name: str) -> None:
         raise UsageError(f"{name} {str(path)!r} lies under {str(base)!r}, which is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise UsageError(f"{name} {str(path)!r}: {str(base)!r} is not writable")
+    # os.access answers yes for root everywhere, /proc and /sys included: a file made and removed at once tells (and
+    # the folder keeps its times, so a refused command leaves the tree as it was)
+    import tempfile
+
+    try:
+        times = base.stat()
+        fd, probe = tempfile.mkstemp(prefix=".samplebench-probe-", suffix=".tmp", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+        os.utime(base, ns=(times.st_atime_ns, times.st_mtime_ns))
+    except OSError as e:
+        raise UsageError(f"{name} {str(path)!r}: {str(base)!r} cannot hold files ({e.strerror or e})") from None
 
 
 def check_out_dir(path: str | Path, name: str = "--out") -> Path:

@@ -8,12 +8,20 @@ Layout under ``--out``::
     features/<extractor>-<mode>/<solver>-nfe<k>/...   features (and logits) of the same shard
     results.json                                    one row per (solver, NFE), also written to the results database
 
-Shard j of every (solver, NFE) holds global sample indices [jS, (j+1)S) with seeds ``seed + index``, sampled in one
-batch; every file appears whole (temporary file, then rename). So a killed job restarts at the first missing shard
-and ends with exactly the files and numbers of an uninterrupted one, and under ``accelerate launch`` the shards are
-dealt round-robin to the processes (no duplicates, no gaps) with the same result as one process. The main process
-then scores every (solver, NFE) from the shard files. "The same" means bit for bit on the same device and thread
-count: CPU kernels may round differently with more threads (a pixel then differs by one level).
+Shard j of every (solver, NFE) holds global sample indices [jS, (j+1)S) with seeds ``seed + index``, or the first
+part of that range; every file appears whole (temporary file, then rename). So a killed job restarts at the first
+missing shard and ends with exactly the files and numbers of an uninterrupted one, and under ``accelerate launch`` the
+shards are dealt round-robin to the processes (no duplicates, no gaps) with the same result as one process. The main
+process then scores every (solver, NFE) from the shard files. "The same" means bit for bit on the same device and
+thread count: CPU kernels may round differently with more threads (a pixel then differs by one level).
+
+Jobs grow: since every image has its own seed, the same job run again with a larger ``--num`` keeps every full
+shard and draws only the shards it lacks, so it ends with the files and numbers of a job made at that size. The one
+shard a smaller job left part-full is drawn again whole: a shard is one batch, and CPU kernels round differently
+with the batch size (a few pixels one level apart), so completing it from a second batch would not be bit for bit
+a fresh job's. A smaller ``--num`` scores the first N samples and deletes nothing (the sampling time and compute
+counters of a shard read in part are prorated). Any other change (seed, model, solver settings, reference, ...) is
+refused before anything is read or written.
 """
 
 from __future__ import annotations
@@ -219,6 +227,7 @@ class _Job:
         return self._plans[solver]
 
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
+        """Draw shard ``shard`` (its whole range up to ``num``) as one batch."""
         from .cascade import cascade_sample
         from .sampling import load_schedule, resolve_solver, sample, skips_applied, to_uint8
 
@@ -237,8 +246,7 @@ class _Job:
                 result = sample(model, solver, grid, seeds, **common, **c.skipping())
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
-        work = {k: (result.compute or {}).get(k) or 0 for k in ("blocks_evaluated", "blocks_full", "gflops",
-                                                                "gflops_full")}
+        work = {k: (result.compute or {}).get(k) or 0 for k in WORK}
         atomic_savez(path, images=to_uint8(result.images), seeds=np.array(seeds), nfe=result.nfe,
                      wall_time_s=result.wall_time_s, process=process, **work)
 
@@ -254,15 +262,28 @@ class _Job:
         atomic_savez(path, **arrays)
 
 
+WORK = ("blocks_evaluated", "blocks_full", "gflops", "gflops_full")  # compute counters summed over a shard
+
+
+def _rows(path: Path, key: str) -> int:
+    """Rows of a shard file that ``_check_shards`` has read; 0 when it does not exist."""
+    if not path.exists():
+        return 0
+    with np.load(path) as z:
+        return len(z[key])
+
+
 def _check_shards(job: _Job) -> None:
-    """Read every shard a resume would use (its arrays, their CRCs, its seeds); a damaged one is named with how to
-    recover. Shards appear whole (``files.atomic_write``), so damage comes from outside: a copy cut short, a disk."""
+    """Read every shard a resume would use (its arrays, their CRCs, its seeds). One that cannot be read is damaged
+    and named with how to recover; shards appear whole (``files.atomic_write``), so damage comes from outside: a copy
+    cut short, a disk. A shard holding part of its range is the start of a smaller job (it is completed); one
+    holding other seeds belongs to another job."""
     c = job.config
     redo = "delete it and run the job again to redo that shard (the others are kept)"
     for s in c.solvers:
         for n in c.nfes:
             for j in range(c.num_shards):
-                lo, hi = j * c.shard_size, min(c.num, (j + 1) * c.shard_size)
+                lo, hi = j * c.shard_size, (j + 1) * c.shard_size
                 for path, keys in ((job.sample_file(s, n, j), ("images", "seeds", "nfe", "wall_time_s")),
                                    (job.feature_file(s, n, j), ("feats",))):
                     if not path.exists():
@@ -274,11 +295,13 @@ def _check_shards(job: _Job) -> None:
                                 z["logits"]
                     except Exception as e:  # zipfile, zlib, pickle and format errors alike
                         raise damaged(path, describe(e), redo) from None
-                    rows = len(arrays["images"] if "images" in arrays else arrays["feats"])
-                    if rows != hi - lo or ("seeds" in arrays and not np.array_equal(
-                            arrays["seeds"], np.arange(c.seed + lo, c.seed + hi))):
-                        raise damaged(path, f"it holds {rows} samples, not seeds {c.seed + lo}..{c.seed + hi - 1}",
-                                       redo)
+                    seeds = arrays.get("seeds")
+                    if seeds is not None and not (0 < len(seeds) <= hi - lo and np.array_equal(
+                            seeds, np.arange(c.seed + lo, c.seed + lo + len(seeds)))):
+                        held = f"{seeds[0]}..{seeds[-1]}" if len(seeds) else "none"
+                        raise UsageError(f"{str(path)!r} holds seeds {held}, which this job (--seed {c.seed}, "
+                                         f"--shard-size {c.shard_size}) does not draw there; move it away or use "
+                                         "another --out")
 
 
 def _stored_rows(job: _Job, ref_sha256: str, resamples: int) -> dict[str, dict[str, Any]]:
@@ -317,34 +340,53 @@ def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
     return {str(n): _key(load_schedule(config.model, S3, n, None).to_dict()) for n in config.nfes}
 
 
-def _check_manifest(out: Path, config: EvalConfig) -> None:
+GROWS = ("num",)  # settings a job may change when run again: it grows (or is scored on its first samples)
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as compared between runs of a job: ``ref`` resolved to the model's default reference."""
+    return {**settings, "ref": settings.get("ref") or DEFAULT_REFS.get(settings.get("model"))}
+
+
+def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
+    """The job's ``job.json``, checked against ``config`` without writing anything: a setting other than
+    ``GROWS`` that differs is refused, naming it; None for a new job."""
     manifest = out / "job.json"
-    settings = config.settings()
+    if not manifest.exists():
+        return None
+    try:
+        job = json.loads(manifest.read_text())
+        old = job["settings"]
+        if not isinstance(old, dict):
+            raise TypeError("settings is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise damaged(manifest, describe(e), "restore it, or remove the folder to start the job over") from None
+    settings, held = _comparable(config.settings()), _comparable(old)
+    diff = [k for k in dict.fromkeys([*settings, *held]) if k not in GROWS and held.get(k) != settings.get(k)]
+    if diff:
+        k = diff[0]
+        raise UsageError(f"--out {str(out)!r} holds a job with {k}={held.get(k)!r}, not {settings.get(k)!r}; "
+                         f"use another --out, or the same settings to resume it (a job may change only --num)")
     schedules = s3_fingerprints(config)
-    if manifest.exists():
-        try:
-            job = json.loads(manifest.read_text())
-            old = job["settings"]
-            if not isinstance(old, dict):
-                raise TypeError("settings is not an object")
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            raise damaged(manifest, describe(e), "restore it, or remove the folder to start the job over") from None
-        diff = [k for k in settings if old.get(k) != settings[k]]
-        if diff:
-            k = diff[0]
-            raise UsageError(f"--out {str(out)!r} holds a job with {k}={old.get(k)!r}, not {settings[k]!r}; "
-                             f"use another --out or the same settings to resume it")
-        changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
-        if changed:
-            raise UsageError(f"--out {str(out)!r} holds samples of another S3 schedule for model {config.model!r} "
-                             f"at NFE {changed[0]} (the shipped one has changed since); use another --out or "
-                             "remove that folder")
-        if schedules and "s3_schedules" not in job:  # a job from before fingerprints: record them from now on
-            atomic_write(manifest, json.dumps({**job, "s3_schedules": schedules}, indent=2))
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(manifest, json.dumps({"settings": settings, "version": __version__,
-                                       **({"s3_schedules": schedules} if schedules else {})}, indent=2))
+    changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
+    if changed:
+        raise UsageError(f"--out {str(out)!r} holds samples of another S3 schedule for model {config.model!r} "
+                         f"at NFE {changed[0]} (the shipped one has changed since); use another --out or "
+                         "remove that folder")
+    return job
+
+
+def _write_manifest(out: Path, config: EvalConfig, job: dict[str, Any] | None) -> None:
+    """Record the job's settings (``num``: the most samples it has been asked for) and S3 fingerprints."""
+    settings = config.settings()
+    if job is not None:
+        settings["num"] = max(int(job["settings"].get("num") or 0), config.num)
+    schedules = {**((job or {}).get("s3_schedules") or {}), **s3_fingerprints(config)}
+    record = {"settings": settings, "version": (job or {}).get("version", __version__),
+              **({"s3_schedules": schedules} if schedules else {})}
+    if record != job:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "job.json", json.dumps(record, indent=2))
 
 
 def estimate(metric: str, feats: np.ndarray, ref) -> float:
@@ -395,7 +437,8 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from .metrics.reference import get_reference
     from .models import parse_device
     from .results import ResultsDB
-    from .sampling import S3, load_schedule
+    from .models import Conditioning
+    from .sampling import S3, default_labels, load_schedule
 
     from .metrics.intervals import LEVEL, check
 
@@ -423,9 +466,13 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
         for s in c.solvers:
             job.plan(s)
+    model = job.model()
+    model.check_conditioning(Conditioning(default_labels(model, [c.seed], c.class_label), c.prompt, "",
+                                          c.guidance_scale))
     if state.is_main_process:
+        manifest = _read_manifest(out, c)  # another job's folder is refused before anything is read as damaged
         _check_shards(job)  # a damaged file is named before anything is written
-        _check_manifest(out, c)
+        _write_manifest(out, c, manifest)
         for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below
             stale.unlink()
     state.wait_for_everyone()
@@ -436,14 +483,17 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     bar = tqdm(mine, desc=f"eval {c.model} [process {state.process_index}]", unit="shard",
                disable=not progress or not state.is_main_process)
     for s, n, j in bar:
+        need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
+        have = _rows(job.sample_file(s, n, j), "seeds")
+        if have < need:  # missing, or the part a smaller job drew: drawn whole, as one batch like a fresh job's
+            bar.set_postfix_str(f"{s} nfe={n} shard {j}")
+            job.sample_shard(s, n, j, state.process_index)
+            have = need
         ffile = job.feature_file(s, n, j)
         if ffile.exists():
             with np.load(ffile) as z:
-                if not want_logits or "logits" in z.files:
+                if len(z["feats"]) == have and (not want_logits or "logits" in z.files):
                     continue
-        if not job.sample_file(s, n, j).exists():
-            bar.set_postfix_str(f"{s} nfe={n} shard {j}")
-            job.sample_shard(s, n, j, state.process_index)
         job.feature_shard(extractor, s, n, j, want_logits)
     bar.close()
     state.wait_for_everyone()
@@ -464,17 +514,19 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
                 continue
             t0 = time.perf_counter()
             feats, logits, seeds, wall, nfe = [], [], [], 0.0, None
-            work = dict.fromkeys(("blocks_evaluated", "blocks_full", "gflops", "gflops_full"), 0.0)
+            work = dict.fromkeys(WORK, 0.0)
             for j in range(c.num_shards):
+                need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
                 with np.load(job.feature_file(s, n, j)) as z:
-                    feats.append(z["feats"])
-                    logits.append(z["logits"] if want_logits else None)
+                    feats.append(z["feats"][:need])
+                    logits.append(z["logits"][:need] if want_logits else None)
                 with np.load(job.sample_file(s, n, j)) as z:
-                    seeds.append(z["seeds"])
-                    wall += float(z["wall_time_s"])
+                    seeds.append(z["seeds"][:need])
+                    share = need / len(z["seeds"])  # a shard read in part: its time and work prorated
+                    wall += float(z["wall_time_s"]) * share
                     nfe = int(z["nfe"])
                     for k in work:
-                        work[k] += float(z[k]) if k in z.files else 0.0
+                        work[k] += float(z[k]) * share if k in z.files else 0.0
             row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
                    "seed": c.seed, "num_samples": c.num, "seeds": format_seeds(np.concatenate(seeds)),
                    "compute": c.compute_label,

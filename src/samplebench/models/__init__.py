@@ -66,5 +66,10 @@ def _load_model(name: str, device, dtype, local_files_only: bool | None) -> Diff
         if is_dit_folder(name):
             return load_dit_folder(name, name=name, device=device, dtype=dtype)
         return load_pipeline_model(name, device=device, dtype=dtype, local_files_only=local_files_only)
+    if name.startswith((".", "/", "~")) or Path(name).exists():
+        what = "is a file, not a folder" if Path(name).exists() else "does not exist"
+        raise UsageError(f"model folder {name!r} {what}; give a local pipeline folder saved with save_pretrained, "
+                         f"a folder from 'samplebench train', an embedded model ({', '.join(EMBEDDED)}) or a hub id "
+                         "(owner/name)")
     raise UsageError(f"unknown model {name!r}; valid: {', '.join(EMBEDDED)}, a diffusers hub id (owner/name), "
                      "a local directory saved with save_pretrained, or a folder from 'samplebench train digits-dit'")

@@ -66,8 +66,11 @@ class DiffusionModel:
     def check_conditioning(self, cond: Conditioning) -> None:
         if cond.class_labels is not None and self.num_classes is None:
             raise UsageError(f"model {self.name!r} is not class-conditional; drop --class-label")
-        if cond.class_labels is not None and bool(((cond.class_labels < 0) | (cond.class_labels >= self.num_classes)).any()):
-            raise UsageError(f"--class-label must be in 0..{self.num_classes - 1} for model {self.name!r}")
+        if cond.class_labels is not None:
+            bad = cond.class_labels[(cond.class_labels < 0) | (cond.class_labels >= self.num_classes)]
+            if bad.numel():
+                raise UsageError(f"--class-label {int(bad[0])} is not a class of model {self.name!r}; valid: "
+                                 f"0..{self.num_classes - 1}")
         if cond.prompt is not None and not self.takes_prompt:
             raise UsageError(f"model {self.name!r} takes no prompt; drop --prompt")
         if cond.low_res is not None and not self.takes_low_res:

@@ -125,8 +125,8 @@ def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _quiet_diffusers():
-    """No loading progress bars, deprecation notes or info logs from diffusers or transformers (the CLI owns
-    stderr)."""
+    """No loading progress bars, warnings or info logs from diffusers, transformers or huggingface_hub (the CLI owns
+    stderr: its errors are one line)."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -136,8 +136,7 @@ def _quiet_diffusers():
         log.disable_progress_bar()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore")
             yield
     finally:
         for log, verbosity, bars in saved:
@@ -242,7 +241,11 @@ def load_pipeline_model(name: str, *, device: torch.device, dtype: torch.dtype,
 
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if not local_files_only and not Path(name).is_dir() and not _in_hub_cache(name):
+    if not Path(name).is_dir() and not _in_hub_cache(name):
+        if local_files_only:
+            raise UsageError(f"model {name!r} is not in the Hugging Face hub cache, and HF_HUB_OFFLINE is set, so "
+                             "nothing is downloaded; give an embedded model (see 'samplebench models'), a local "
+                             "pipeline folder, or a hub id already in the cache")
         _check_hub_reachable(name)
     try:
         with _quiet_diffusers():
