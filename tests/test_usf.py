@@ -218,10 +218,17 @@ def test_json_round_trip_is_exact(tmp_path):
     (lambda d: d["steps"][0]["corrector"].update(kind="magic"), "step 0 corrector: unknown kind 'magic'"),
     (lambda d: d["steps"][1]["corrector"]["derivatives"][1].update(relaxation="linear"),
      "step 1 corrector derivative 2: derivative 2 takes relaxation 'none' or 'half' only, got 'linear'"),
-    (lambda d: d.update(afs="x"), "afs: unknown kind 'x'; valid: none, zero, mean"),
-    (lambda d: d["steps"][2].update(corrector={"kind": "pseudo", "order": 2,
-                                               "derivatives": [{"active_points": [-1]}]}),
-     "step 2 corrector: the last step cannot have a corrector"),
+    (lambda d: d.update(afs="x"), "afs: unknown kind 'x'; valid: none, zero, zero-official, mean"),
+    (lambda d: d["steps"][2].update(corrector={"kind": "pseudo", "order": 2, "start_point": -1,
+                                               "derivatives": [{"active_points": [-2]}]}),
+     "step 2 corrector: start point -1 is not an earlier point of the history (positions -2..-4"),
+    (lambda d: d["steps"][1].update(corrector={"kind": "pseudo", "order": 4, "start_point": -2,
+                                               "derivatives": [{"active_points": [-1, -3]}] * 3}),
+     "step 1 corrector: order 4 is above the available history (at most 3)"),
+    (lambda d: d["steps"][0].update(corrector={"kind": "none", "start_point": -3}),
+     "step 0 corrector: kind 'none' takes no order, derivatives or start point"),
+    (lambda d: d["steps"][0].update(corrector={"kind": "pseudo", "order": 2, "colour": 1}),
+     "step 0: unknown corrector fields ['colour']"),
     (lambda d: d["steps"][1]["derivatives"][0].update(active_points=[-3]),
      "step 1 derivative 1: active point -3 is not in the history (positions -1..-2)"),
     (lambda d: d["steps"][1].update(derivatives=[]), "step 1: order 2 needs 1 derivative estimates, got 0"),
@@ -263,3 +270,178 @@ def test_sample_with_a_schedule_file(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "c").exists()
+
+
+# --- the decision space of the official code (thu-nics/USF uni_sampler.py) and its schedule format ----------------
+
+class _data_polynomial:
+    """A denoiser whose data prediction is the polynomial sum_k c_k lambda^k (the same for every x): a data-prediction
+    step of Taylor order K with exact derivative estimates is exact for degree < K."""
+
+    def __init__(self, coefficients, schedule):
+        self.coefficients, self.schedule = coefficients, schedule
+
+    def __call__(self, x, t):
+        from samplebench.models import Prediction
+
+        t = float(t)
+        lam = self.schedule.lambda_(t)
+        x0 = torch.full_like(x, sum(c * lam**k for k, c in enumerate(self.coefficients)))
+        return Prediction(x0, (x - self.schedule.alpha(t) * x0) / self.schedule.sigma(t))
+
+
+def _exact_data_ode(coefficients, schedule, x_s, t_s, t_t):
+    """x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^lambda D(lambda) dlambda (Gauss-Legendre)."""
+    ls, lt = schedule.lambda_(t_s), schedule.lambda_(t_t)
+    z, w = np.polynomial.legendre.leggauss(64)
+    lam = 0.5 * (lt - ls) * z + 0.5 * (lt + ls)
+    integral = float(np.sum(0.5 * (lt - ls) * w * np.exp(lam) * sum(c * lam**k for k, c in enumerate(coefficients))))
+    return schedule.sigma(t_t) / schedule.sigma(t_s) * x_s + schedule.sigma(t_t) * integral
+
+
+def test_an_order_5_corrector_on_the_last_step_is_exact_for_a_degree_4_data_prediction():
+    """The official search corrects a step to one order more than its Taylor order 4; on the last step it costs
+    the evaluation at the end point (+1 NFE). A data prediction of degree 4 in lambda: the order-4 predictor is
+    not exact, the order-5 corrector with four differences is."""
+    coefficients = [0.3, -0.2, 0.05, 0.01, -0.002]
+    ts = (1.0, 0.7, 0.5, 0.3, 0.15)
+    d = _data_polynomial(coefficients, SCHEDULE)
+    x = torch.full((1, *SHAPE), 0.7, dtype=torch.float64)
+    ders = lambda pts: tuple(Derivative(pts) for _ in range(len(pts)))  # noqa: E731
+    steps = [Step("data", 1), Step("data", 2, ders((-2,))), Step("data", 3, ders((-2, -3))),
+             Step("data", 4, ders((-2, -3, -4)))]
+    predicted = usf_sample(d, x, SolverSchedule(ts, tuple(steps)))
+    steps[3] = Step("data", 4, ders((-2, -3, -4)), corrector=Corrector("pseudo", 5, ders((-1, -3, -4, -5)), -2))
+    schedule = SolverSchedule(ts, tuple(steps))
+    counted = CountingDenoiser(d)
+    corrected = usf_sample(counted, x, schedule)
+    assert counted.nfe == schedule.nfe == 5  # four steps, and the corrector's evaluation at the end
+    x_3 = usf_sample(d, x, SolverSchedule(ts[:4], tuple(steps[:3])))
+    exact = _exact_data_ode(coefficients, SCHEDULE, x_3, ts[3], ts[4])
+    assert float((corrected - exact).abs().max()) < 1e-10 < float((predicted - exact).abs().max())
+
+
+def test_a_corrector_starts_where_it_says():
+    """A first-order corrector from start point -3 is the DDIM step from the point two before the new one, with
+    that point's prediction."""
+    coefficients = [0.3, -0.2, 0.05]
+    ts = (1.0, 0.6, 0.3, 0.1)
+    d = _data_polynomial(coefficients, SCHEDULE)
+    x = torch.full((1, *SHAPE), 0.7, dtype=torch.float64)
+    first = [Step("data", 1), Step("data", 1)]
+    corrected = usf_sample(d, x, SolverSchedule(ts, (*first, Step("data", 1, corrector=Corrector("pseudo", 1, (), -3)))))
+    x_1 = usf_sample(d, x, SolverSchedule(ts[:2], tuple(first[:1])))
+    a, s, lam = (float(f(ts[3])) for f in (SCHEDULE.alpha, SCHEDULE.sigma, SCHEDULE.lambda_))
+    x0_1 = sum(c * SCHEDULE.lambda_(ts[1]) ** k for k, c in enumerate(coefficients))
+    h = lam - SCHEDULE.lambda_(ts[1])
+    expected = s / SCHEDULE.sigma(ts[1]) * x_1 + a * -math.expm1(-h) * x0_1
+    assert float((corrected - expected).abs().max()) < 1e-12
+
+
+def test_implicit_and_last_step_correctors_are_counted_as_evaluated():
+    ts = tuple(make_grid(SCHEDULE, "logsnr", 3).tolist())
+    c = Corrector("implicit", 2, (Derivative((-1,)),))
+    for steps, nfe in (((Step("data", 1, corrector=c), Step("data", 1), Step("data", 1)), 4),
+                       ((Step("data", 1), Step("data", 1), Step("data", 1, corrector=c)), 4),
+                       ((Step("data", 1), Step("data", 1), Step("data", 1, corrector=Corrector(
+                           "pseudo", 2, (Derivative((-1,)),)))), 4)):
+        schedule = SolverSchedule(ts, steps)
+        counted = CountingDenoiser(AnalyticDenoiser(MIXTURE, SCHEDULE))
+        usf_sample(counted, X_T.clone(), schedule)
+        assert counted.nfe == schedule.nfe == nfe
+
+
+def test_afs_zero_in_both_conventions():
+    """samplebench's ``zero`` is USF's x0 = 0 with eps = x_T / sigma_T; the official code's ``zero_x0`` keeps that eps
+    but takes x0 from eps = x_T: (1 - sigma_T) x_T / alpha_T. They differ only in data-prediction steps."""
+    ts = (0.9, 0.5, 0.1)
+    x = X_T.clone()
+    d = AnalyticDenoiser(MIXTURE, SCHEDULE)
+    run = lambda afs, prediction: usf_sample(d, x, SolverSchedule(ts, (Step(prediction, 1),) * 2, afs))  # noqa: E731
+    assert torch.equal(run("zero", "noise"), run("zero-official", "noise"))
+    a, s = SCHEDULE.alpha(ts[0]), SCHEDULE.sigma(ts[0])
+    a1, s1, lam0, lam1 = SCHEDULE.alpha(ts[1]), SCHEDULE.sigma(ts[1]), SCHEDULE.lambda_(ts[0]), SCHEDULE.lambda_(ts[1])
+    one_step = lambda afs, x0: s1 / s * x + a1 * -math.expm1(-(lam1 - lam0)) * x0  # noqa: E731
+    assert torch.allclose(usf_sample(d, x, SolverSchedule(ts[:2], (Step("data", 1),), "zero-official")),
+                          one_step("zero-official", (1 - s) * x / a), rtol=0, atol=1e-12)
+    assert torch.allclose(usf_sample(d, x, SolverSchedule(ts[:2], (Step("data", 1),), "zero")),
+                          one_step("zero", torch.zeros_like(x)), rtol=0, atol=1e-12)
+
+
+OFFICIAL = {  # a hand-written decisions dict in the official format, every kind of decision
+    "timesteps": [1.0, 0.7, 0.45, 0.25, 0.1, 0.02],
+    "orders": [1, 2, 3, 2, 4],
+    "prediction_types": ["noise_prediction", "data_prediction", "data_prediction", "noise_prediction",
+                         "data_prediction"],
+    "start_points": [-1, -1, -1, -2, -1],
+    "derivative_types": [
+        [],
+        [{"estimate": "Difference_1", "active_points": [-2], "relaxation": "linear", "relaxation_coefficient": 0.05}],
+        [{"estimate": "Difference_2", "active_points": [-3, -2], "relaxation": None},
+         {"estimate": "Difference_2", "active_points": [-2, -3], "relaxation": "linear", "relaxation_coefficient": 9}],
+        [{"estimate": "Difference_1", "relaxation": "unipc-bh1"}],
+        [{"estimate": "Difference_3", "active_points": None, "relaxation": "no_relaxation"}] * 3],
+    "corrector_types": [
+        {"type": "pseudo", "start_point": -2, "taylor_order": 2,
+         "derivative_type": [{"estimate": "Difference_1", "active_points": [-1], "relaxation": None}]},
+        {"type": "no_corrector", "start_point": None, "taylor_order": None, "derivative_type": None},
+        {"type": "implicit", "start_point": -2, "taylor_order": 4,
+         "derivative_type": [{"estimate": "Difference_3", "active_points": [-4, -3, -1], "relaxation": None}] * 3},
+        {"type": "no_corrector"},
+        {"type": "pseudo", "start_point": -3, "taylor_order": 5,
+         "derivative_type": [{"estimate": "Difference_4", "active_points": None, "relaxation": None}] * 4}],
+    "afs": "zero_x0",
+    "skip_coefficients": [1.0, 1.0, 1.0],
+}
+
+
+def test_the_official_decisions_dict_is_imported_decision_for_decision(tmp_path):
+    import json
+
+    schedule = SolverSchedule.from_dict(json.loads(json.dumps(OFFICIAL)))
+    assert schedule.afs == "zero-official" and schedule.skip_coefficients is None  # all ones scale nothing
+    s0, s1, s2, s3, s4 = schedule.steps
+    assert s0 == Step("noise", 1, (), -1, Corrector("pseudo", 2, (Derivative((-1,)),), -2))
+    assert s1 == Step("data", 2, (Derivative((-2,), "linear", 0.05),))
+    # the official code relaxes the first derivative only
+    assert s2.derivatives == (Derivative((-3, -2)), Derivative((-2, -3))) and s2.corrector.kind == "implicit"
+    # missing active points as the official get_diff_derivative picks them: after the start, then before it
+    assert s3 == Step("noise", 2, (Derivative((-1,), "unipc-bh1"),), -2)
+    assert s4.derivatives == (Derivative((-2, -3, -4)),) * 3
+    assert s4.corrector == Corrector("pseudo", 5, (Derivative((-2, -1, -4, -5)),) * 4, -3)
+    assert schedule.nfe == 5 - 1 + 1 + 1  # AFS, the implicit corrector, the last step's corrector
+    counted = CountingDenoiser(AnalyticDenoiser(MIXTURE, SCHEDULE))
+    assert bool(torch.isfinite(usf_sample(counted, X_T.clone(), schedule)).all()) and counted.nfe == schedule.nfe
+    # the same dict as a .pth file, as the official repository ships its schedules
+    torch.save({**OFFICIAL, "timesteps": torch.tensor(OFFICIAL["timesteps"]),
+                "skip_coefficients": torch.tensor([0.9, 1.0, 1.0])}, tmp_path / "nfe6.pth")
+    loaded = SolverSchedule.load(tmp_path / "nfe6.pth")
+    assert loaded.steps == schedule.steps and loaded.skip_coefficients == pytest.approx((0.9, 1.0, 1.0))
+    # and it writes as a samplebench schedule that reads back the same
+    assert SolverSchedule.from_json(loaded.to_json()) == loaded
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["prediction_types"].__setitem__(2, "dpmsolver_v3_prediction"),
+     "step 2: a DPM-Solver-v3 prediction needs the model's empirical model statistics (EMS)"),
+    (lambda d: d.update(afs="mean_x0"), "afs: unknown 'mean_x0'; valid: no_afs, zero_x0, average_x0"),
+    (lambda d: d["derivative_types"][1][0].update(estimate="Difference_2"),
+     "step 1 derivative 1: estimate Difference_2 needs 2 active points, got [-2]"),
+    (lambda d: d["derivative_types"][1][0].update(relaxation="vary_coeff"),
+     "step 1 derivative 1: unknown relaxation 'vary_coeff'"),
+    (lambda d: d["orders"].append(1), "timesteps: 6 timesteps for 6 steps"),
+    (lambda d: d["corrector_types"].__setitem__(1, {"type": "magic"}), "step 1 corrector: unknown corrector"),
+])
+def test_official_dicts_that_cannot_run_here_are_refused_in_one_line(mutate, message, tmp_path, capsys):
+    import copy
+    import json
+
+    from samplebench.cli import main
+
+    d = copy.deepcopy(OFFICIAL)
+    mutate(d)
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    assert main(["sample", "--schedule", str(tmp_path / "s.json"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "official USF schedule: " + message in err, err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from pipelines import save_ddpm, save_sd
 from samplebench.models import Conditioning, CountingDenoiser, load_model
 from samplebench.samplers import make_grid
 from samplebench.search.space import Gene, build
-from samplebench.usf import SolverSchedule, USFScheduler, usf_sample
+from samplebench.usf import SolverSchedule, Step, USFScheduler, usf_sample
 
 
 def _mixed(model, steps: int, afs: str = "none") -> SolverSchedule:
@@ -25,10 +25,17 @@ def dirs(tmp_path_factory):
     return {"ddpm": save_ddpm(root / "ddpm"), "sd": save_sd(root / "sd")}
 
 
-@pytest.mark.parametrize("afs", ["none", "zero"])
-def test_ddpm_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs, afs):
+@pytest.mark.parametrize("afs, last_corrector", [("none", False), ("zero", False), ("zero-official", True)])
+def test_ddpm_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs, afs, last_corrector):
+    import dataclasses
+
+    from samplebench.usf import Corrector, Derivative
+
     model = load_model(str(dirs["ddpm"]))
     schedule = _mixed(model, 5, afs)
+    if last_corrector:  # the pipeline evaluates once more, at the end point, for the corrector
+        last = dataclasses.replace(schedule.steps[-1], corrector=Corrector("pseudo", 3, (Derivative((-1, -3)),) * 2))
+        schedule = dataclasses.replace(schedule, steps=(*schedule.steps[:-1], last))
     pipe = DDPMPipeline.from_pretrained(dirs["ddpm"])
     pipe.scheduler = USFScheduler.from_scheduler(pipe.scheduler, schedule)
     calls = schedule.nfe + (afs != "none")  # a pipeline cannot skip its first call
@@ -182,3 +189,39 @@ def test_a_registry_solver_as_a_pipeline_scheduler(dirs, solver):
     x_t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     x = get_solver(solver)(model.denoiser(Conditioning(), 2), x_t, make_grid(model.schedule, "logsnr", 5))
     assert np.abs(images - (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("config", [{}, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+                                    {"beta_schedule": "squaredcos_cap_v2"}, {"trained_betas": [0.1, 0.3]}])
+def test_the_training_schedule_is_exposed_as_diffusers_schedulers_expose_it(config, tmp_path):
+    """``betas``, ``alphas`` and ``alphas_cumprod`` as DDPMScheduler computes them, kept through save and load (the
+    check of diffusers' ``SchedulerCommonTest.test_trained_betas``), and the noise schedule built from the same."""
+    from diffusers import DDPMScheduler
+
+    schedule = SolverSchedule((1.0, 0.5, 0.1), (Step(), Step()))
+    scheduler = USFScheduler(usf_schedule=schedule.to_dict(), **config)
+    ddpm = DDPMScheduler(**config)
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        assert getattr(scheduler, name).dtype == torch.float32
+        assert torch.equal(getattr(scheduler, name), getattr(ddpm, name)), name
+    scheduler.save_pretrained(tmp_path)
+    loaded = USFScheduler.from_pretrained(tmp_path)
+    assert scheduler.betas.tolist() == loaded.betas.tolist()
+    assert torch.equal(scheduler.noise_schedule.alphas_cumprod, ddpm.alphas_cumprod.double())
+
+
+@pytest.mark.filterwarnings("ignore")  # each scheduler warns of the config keys it does not take
+def test_configs_carry_over_to_compatible_schedulers_and_back():
+    """``compatibles`` (diffusers' ``SchedulerCommonTest.test_compatibles``): each compatible scheduler is made from a
+    USF config, and a USF scheduler made from theirs has the same config, its schedule included."""
+    from diffusers import DPMSolverSDEScheduler
+
+    schedule = SolverSchedule((1.0, 0.5, 0.1), (Step(), Step()))
+    scheduler = USFScheduler(usf_schedule=schedule.to_dict())
+    assert len(scheduler.compatibles) > 5
+    for cls in scheduler.compatibles:
+        if cls is DPMSolverSDEScheduler:  # needs torchsde, not a dependency here
+            continue
+        other = cls.from_config(scheduler.config)
+        back = USFScheduler.from_config(other.config)
+        assert {k: v for k, v in back.config.items() if k in scheduler.config} == dict(scheduler.config), cls

@@ -72,7 +72,9 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --out: remove the files its summary.json lists, keep the rest")
     p.add_argument("--time-grid", default=None,
-                   help="logsnr, time-uniform, time-quadratic, karras, or a comma-separated list of decreasing times "
+                   help="logsnr, time-uniform, time-quadratic, karras, flow-shift:S, pipeline (the loaded "
+                        "pipeline's own scheduler grid), or a comma-separated list of decreasing times, which may "
+                        "start at t = 1 on a flow path and end in 0 (the last step lands on the x0 prediction) "
                         "(default: the solver's own)")
     p.add_argument("--class-label", type=_int, default=None,
                    help="class for class-conditional models (default: seed mod num_classes per image)")

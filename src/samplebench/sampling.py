@@ -29,6 +29,7 @@ from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionMode
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
+from .samplers.grids import PIPELINE, ends_at_zero
 
 __all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "write_samples", "to_uint8",
            "command_line", "a1111_parameters"]
@@ -147,16 +148,27 @@ def default_grid(model: DiffusionModel, solver: SolverSpec) -> str:
 
 
 def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: str | None = None) -> torch.Tensor:
-    """The time grid that makes ``solver`` use exactly ``nfe`` network evaluations."""
-    steps = solver.steps_for_nfe(nfe)
+    """The time grid that makes ``solver`` use exactly ``nfe`` network evaluations. A grid ending in 0 (explicit, or
+    a pipeline's own) spends 1 NFE on its last step, the x0 prediction (``SolverSpec.__call__``)."""
     spec = parse_grid(time_grid) if time_grid is not None else default_grid(model, solver)
     if isinstance(spec, list):
         grid = validate_grid(model.schedule, torch.tensor(spec, dtype=torch.float64))
+        solver.check_start(model.schedule, grid)
+        steps = solver.steps_for_nfe(nfe, ends_at_zero(grid))
         if len(grid) - 1 != steps:
-            raise UsageError(f"explicit time grid has {len(grid) - 1} steps but solver {solver.name!r} needs "
-                             f"{steps} steps for --nfe {nfe}")
+            ending = " (ending in 0: its last step costs 1 NFE)" if ends_at_zero(grid) else ""
+            raise UsageError(f"explicit time grid has {len(grid) - 1} steps{ending} but solver {solver.name!r} "
+                             f"needs {steps} steps for --nfe {nfe}")
         return grid
-    return make_grid(model.schedule, spec, steps)
+    if spec == PIPELINE:
+        steps = solver.steps_for_nfe(nfe, ends_at_zero(model.pipeline_grid(2)))
+        grid = validate_grid(model.schedule, model.pipeline_grid(steps))
+        solver.check_start(model.schedule, grid)
+        if len(grid) - 1 != steps:
+            raise UsageError(f"the pipeline's scheduler gives {len(grid) - 1} steps for {steps} inference steps, "
+                             f"so solver {solver.name!r} cannot spend exactly --nfe {nfe} on its grid")
+        return grid
+    return make_grid(model.schedule, spec, solver.steps_for_nfe(nfe))
 
 
 GRID_IMAGES = 256  # images shown in grid.png (every image has its own PNG)

@@ -27,6 +27,7 @@ __all__ = [
     "VE",
     "FlowMatching",
     "flow_shift",
+    "noise_end",
     "is_flow_config",
     "schedule_from_config",
 ]
@@ -236,6 +237,7 @@ class FlowMatching:
     T: float = 1.0 - 1e-4
     t_min: float = 1e-3
     timestep_scale: float = 1000.0
+    t_noise = 1.0  # pure noise (alpha = 0): where a pipeline's own grid starts (``noise_end``)
 
     def log_alpha(self, t: Time) -> Time:
         return _out(t, torch.log1p(-_as_tensor(t)))
@@ -261,6 +263,13 @@ class FlowMatching:
 
     def to_config(self) -> dict[str, Any]:
         return {"kind": "flow-matching", "T": self.T, "t_min": self.t_min, "timestep_scale": self.timestep_scale}
+
+
+def noise_end(schedule: NoiseSchedule) -> float:
+    """The largest time an explicit grid may start from: t = 1 (pure noise, alpha = 0) on a flow path, where the
+    pipelines' own grids start (diffusers' FlowMatch schedulers, ComfyUI), else ``T``. Samplers run from there in
+    float64: lambda = -inf makes every exponential integrator's first step the exact DDIM step from pure noise."""
+    return float(getattr(schedule, "t_noise", schedule.T))
 
 
 def flow_shift(t: torch.Tensor, shift: float) -> torch.Tensor:

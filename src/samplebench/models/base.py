@@ -63,6 +63,12 @@ class DiffusionModel:
         """Samples in image space, values nominally in [-1, 1], shape [B, C, H, W]."""
         return x
 
+    def pipeline_grid(self, steps: int) -> torch.Tensor:
+        """The times at which the model's own diffusers pipeline would evaluate it for ``num_inference_steps =
+        steps`` (``--time-grid pipeline``), ending in 0 where its scheduler's last step lands on x0."""
+        raise UsageError(f"model {self.name!r} has no diffusers pipeline scheduler, so --time-grid pipeline does not "
+                         "apply; give logsnr, time-uniform, time-quadratic, karras or a list of times")
+
     def check_conditioning(self, cond: Conditioning) -> None:
         if cond.class_labels is not None and self.num_classes is None:
             raise UsageError(f"model {self.name!r} is not class-conditional; drop --class-label")

@@ -13,6 +13,7 @@ state machine is never used for sampling.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import warnings
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..schedules import is_flow_config, schedule_from_config
+from ..schedules import FlowMatching, is_flow_config, schedule_from_config
 from .base import Conditioning, DiffusionModel
 from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser
 
@@ -45,6 +46,18 @@ class _PipelineModel(DiffusionModel):
 
     def _cond(self, cond: Conditioning, batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def _scheduler_kwargs(self, steps: int) -> dict[str, Any]:
+        """What the pipeline passes to its scheduler's ``set_timesteps`` besides the step count."""
+        return {}
+
+    def pipeline_grid(self, steps: int) -> torch.Tensor:
+        scheduler = getattr(self.pipe, "scheduler", None)
+        if scheduler is None:
+            return super().pipeline_grid(steps)
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(steps, device="cpu", **self._scheduler_kwargs(steps))
+        return scheduler_grid(scheduler, self.schedule)
 
     def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
         self.check_conditioning(cond)
@@ -159,15 +172,44 @@ def is_dit_folder(path: str | Path) -> bool:
                                                                                         ).exists()
 
 
+def dynamic_shift(config: dict, image_seq_len: int, max_shift: float = 1.15) -> float:
+    """FLUX's (and SD3.5's) resolution-dependent mu, linear in the number of image tokens (diffusers'
+    ``calculate_shift``; the FLUX pipeline's default ``max_shift`` is 1.15, SD3's 1.16)."""
+    lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    b0, b1 = config.get("base_shift", 0.5), config.get("max_shift", max_shift)
+    return b0 + (image_seq_len - lo) * (b1 - b0) / (hi - lo)
+
+
 def flow_grid(config: dict, image_seq_len: int) -> str:
     """The pipeline's default shift as a ``flow-shift:S`` grid: SD3's fixed ``shift``, or FLUX's dynamic shift
-    S = exp(mu), mu linear in the number of image tokens (diffusers' ``calculate_shift``)."""
+    S = exp(mu)."""
     if config.get("use_dynamic_shifting"):
-        lo, hi = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-        b0, b1 = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-        mu = b0 + (image_seq_len - lo) * (b1 - b0) / (hi - lo)
-        return f"flow-shift:{math.exp(mu):.6g}"
+        return f"flow-shift:{math.exp(dynamic_shift(config, image_seq_len)):.6g}"
     return f"flow-shift:{float(config.get('shift', 1.0)):.6g}"
+
+
+def scheduler_grid(scheduler, schedule) -> torch.Tensor:
+    """A diffusers scheduler's times after ``set_timesteps``, in the schedule's t, ending where its last step lands.
+
+    A flow path's t is the scheduler's sigma. On a discrete VP schedule timestep n is t = (n + 1) / N (also
+    fractional ones); the end is the last sigma (0: the x0 prediction) or, for schedulers without sigmas (DDIM,
+    DDPM), their final alpha (1: the x0 prediction). Repeated times (Heun's, PNDM's) appear once."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(schedule, FlowMatching):
+        if sigmas is None:
+            raise UsageError(f"{type(scheduler).__name__} gives no sigmas, so its flow grid is unknown")
+        times = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    else:
+        n = scheduler.config.num_train_timesteps
+        times = (torch.as_tensor(scheduler.timesteps, dtype=torch.float64).flatten() + 1.0) / n
+        if sigmas is not None:
+            last = float(torch.as_tensor(sigmas).flatten()[-1])
+            end = 0.0 if last == 0 else float(schedule.inverse_lambda(-math.log(last)))
+        else:
+            final = float(getattr(scheduler, "final_alpha_cumprod", 1.0))
+            end = 0.0 if final >= 1 else float(schedule.inverse_lambda(0.5 * math.log(final / (1.0 - final))))
+        times = torch.cat([times, torch.tensor([end], dtype=torch.float64)])
+    return torch.unique_consecutive(times)
 
 
 def load_dit_folder(folder: str | Path, *, name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:

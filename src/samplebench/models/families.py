@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusers_models import _PipelineModel, _vae_decode, flow_grid
+from .diffusers_models import _PipelineModel, _vae_decode, dynamic_shift, flow_grid
 from .protocol import NetworkDenoiser
 
 __all__ = ["SDXLModel", "SD3Model", "FluxModel", "PixArtModel", "family_model"]
@@ -76,6 +76,14 @@ class SD3Model(_TextModel):
 
     max_sequence_length: int = 256
 
+    def _scheduler_kwargs(self, steps):
+        config = self.pipe.scheduler.config
+        if not config.get("use_dynamic_shifting"):
+            return {}
+        tokens = (self.sample_shape[1] // self.pipe.transformer.config.patch_size) * (
+            self.sample_shape[2] // self.pipe.transformer.config.patch_size)
+        return {"mu": dynamic_shift(config, tokens, max_shift=1.16)}  # SD3's pipeline default
+
     def _network(self, x, timestep, cond):
         return self.pipe.transformer(hidden_states=x, timestep=timestep,
                                      encoder_hidden_states=cond["encoder_hidden_states"],
@@ -102,6 +110,16 @@ class FluxModel(_TextModel):
     @property
     def _embedded_guidance(self) -> bool:
         return bool(self.pipe.transformer.config.guidance_embeds)
+
+    def _scheduler_kwargs(self, steps):
+        """As ``FluxPipeline``: sigmas linear from 1 to 1/steps (unless the scheduler makes its own) and the dynamic
+        shift of the image's token count."""
+        import numpy as np
+
+        config = self.pipe.scheduler.config
+        sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1.0 / steps, steps)
+        tokens = (self.sample_shape[1] // 2) * (self.sample_shape[2] // 2)
+        return {"sigmas": sigmas, "mu": dynamic_shift(config, tokens)}
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] latents as the pipeline's (H/2)(W/2) tokens of 4C channels (``FluxPipeline._pack_latents``)."""

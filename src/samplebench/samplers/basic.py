@@ -48,7 +48,7 @@ def ddim_update(x0: torch.Tensor, eps: torch.Tensor, alpha_s: float, sigma_s: fl
     return x
 
 
-@register("heun", nfe_per_step=2, order=2, default_grid="karras",
+@register("heun", nfe_per_step=2, order=2, default_grid="karras", from_pure_noise=False,
           description="Heun's 2nd-order method (Karras et al. 2022, Alg. 1, S_churn = 0)")
 def heun(denoiser, x: torch.Tensor, grid: torch.Tensor, *, generator: SampleGenerators | None = None,
          callback: Callback | None = None) -> torch.Tensor:

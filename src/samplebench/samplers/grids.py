@@ -5,7 +5,12 @@
 - ``karras``: uniform in rho_t^(1/rho), rho_t = sigma_t / alpha_t, rho = 7 (Karras et al. 2022, Eq. 5);
 - ``flow-shift:S``: uniform u mapped by SD3's shift t = S u / (1 + (S - 1) u) (Esser et al. 2024, Eq. 23; S = 3
   for SD3, FLUX's dynamic shift is S = exp(mu)); meant for flow-matching schedules;
+- ``pipeline``: a diffusers pipeline's own scheduler grid (``sampling.solver_grid`` asks the model for it);
 - an explicit list of times, e.g. ``"1.0,0.5,0.2,0.001"``.
+
+An explicit grid may start at the model's noise end (``schedules.noise_end``: t = 1 for flow paths) and may end in
+0, as k-diffusion's, diffusers' and ComfyUI's sigmas do: the step to 0 lands on the denoiser's x0 prediction at the
+grid's last nonzero time (one network evaluation, ``registry.SolverSpec.__call__``).
 """
 
 from __future__ import annotations
@@ -15,22 +20,31 @@ import math
 import torch
 
 from ..errors import UsageError
-from ..schedules import NoiseSchedule, flow_shift
+from ..schedules import NoiseSchedule, flow_shift, noise_end
 
-__all__ = ["GRID_KINDS", "make_grid", "parse_grid", "validate_grid"]
+__all__ = ["GRID_KINDS", "PIPELINE", "make_grid", "parse_grid", "validate_grid", "ends_at_zero"]
 
 GRID_KINDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
+PIPELINE = "pipeline"  # the loaded pipeline's own scheduler grid
+
+
+def ends_at_zero(grid: torch.Tensor) -> bool:
+    """Whether the grid's last step goes to t = 0: it lands on the denoiser's x0 prediction."""
+    return len(grid) > 1 and float(grid[-1]) == 0.0
 
 
 def validate_grid(schedule: NoiseSchedule, grid: torch.Tensor) -> torch.Tensor:
+    """A float64 grid, strictly decreasing, from at most the schedule's noise end to at least ``t_min`` or to 0."""
     grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
     if grid.numel() < 2:
         raise UsageError("a time grid needs at least 2 points (1 step)")
-    if not bool((grid[1:] < grid[:-1]).all()):
+    if not bool(torch.isfinite(grid).all()) or not bool((grid[1:] < grid[:-1]).all()):
         raise UsageError(f"time grid must be strictly decreasing, got {grid.tolist()}")
-    lo, hi = schedule.t_min, schedule.T
-    if float(grid[0]) > hi * (1 + 1e-9) or float(grid[-1]) < lo * (1 - 1e-9):
-        raise UsageError(f"time grid {grid.tolist()} leaves the schedule's range [{lo}, {hi}]")
+    lo, hi = schedule.t_min, noise_end(schedule)
+    last = float(grid[-2] if ends_at_zero(grid) else grid[-1])
+    if float(grid[0]) > hi * (1 + 1e-9) or last < lo * (1 - 1e-9):
+        raise UsageError(f"time grid {grid.tolist()} leaves the schedule's range [{lo}, {hi}] (a final 0 is also "
+                         "valid: the last step then lands on the x0 prediction)")
     return grid
 
 
@@ -58,9 +72,12 @@ def make_grid(schedule: NoiseSchedule, kind: str, steps: int, *, t_start: float 
         r0, r1 = math.exp(-schedule.lambda_(t0)), math.exp(-schedule.lambda_(t1))
         r = (r0 ** (1 / rho) + u * (r1 ** (1 / rho) - r0 ** (1 / rho))) ** rho
         grid = schedule.inverse_lambda(-torch.log(r))
+    elif kind == PIPELINE:
+        raise UsageError("time grid 'pipeline' is the loaded pipeline's own grid: it comes from the model "
+                         "(sampling.solver_grid), not from a noise schedule")
     else:
-        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, or a "
-                         "comma-separated list of decreasing times")
+        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, {PIPELINE}, "
+                         "or a comma-separated list of decreasing times")
     grid[0], grid[-1] = t0, t1  # exact end points (no round trip through lambda)
     return validate_grid(schedule, grid)
 
@@ -77,7 +94,7 @@ def _shift(kind: str) -> float:
 
 def parse_grid(spec: str) -> str | list[float]:
     """A grid kind name, or the times of an explicit comma-separated list."""
-    if spec in GRID_KINDS:
+    if spec in GRID_KINDS or spec == PIPELINE:
         return spec
     if spec.startswith("flow-shift:"):
         _shift(spec)
@@ -85,8 +102,8 @@ def parse_grid(spec: str) -> str | list[float]:
     try:
         times = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS)}, or a comma-separated list "
-                         "of decreasing times") from None
+        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, {PIPELINE}, "
+                         "or a comma-separated list of decreasing times") from None
     if len(times) < 2:
         raise UsageError(f"an explicit time grid needs at least 2 times, got {spec!r}")
     return times

@@ -83,7 +83,7 @@ def _unipc_differences(m: list[torch.Tensor], lam: list[float], start: int, h: f
 
 @register("unipc-bh2", order=3, default_grid="logsnr", variant="bh2",
           description="UniPC, B(h) = e^h - 1, predictor order 2 + UniC (Zhao et al. 2023, Alg. 2)")
-@register("unipc-bh1", order=3, default_grid="logsnr", variant="bh1",
+@register("unipc-bh1", order=3, default_grid="logsnr", variant="bh1", from_pure_noise=False,
           description="UniPC, B(h) = h, predictor order 2 + UniC (Zhao et al. 2023, Alg. 2)")
 def unipc(denoiser, x: torch.Tensor, grid: torch.Tensor, *, variant: str = "bh2", solver_order: int = 2,
           lower_order_final: bool = True, generator: SampleGenerators | None = None,
@@ -144,7 +144,7 @@ def _lagrange_integrals(schedule, nodes: list[float], t_s: float, t_t: float, ba
     return coeffs
 
 
-@register("deis", order=3, default_grid="logsnr", basis="t", solver_order=3,
+@register("deis", order=3, default_grid="logsnr", basis="t", solver_order=3, from_pure_noise=False,
           description="DEIS tAB3: exponential integrator with eps extrapolated in t (Zhang & Chen 2023, Eq. 15)")
 def deis(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 3, basis: str = "t",
          lower_order_final: bool = True, generator: SampleGenerators | None = None,
@@ -173,7 +173,7 @@ def deis(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 3
 _AB = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-@register("ipndm", order=2, default_grid="karras", solver_order=4,
+@register("ipndm", order=2, default_grid="karras", solver_order=4, from_pure_noise=False,
           description="improved PNDM: 4-step Adams-Bashforth on dx~/drho = eps (Zhang & Chen 2023, App. B); "
                       "fixed-step weights give global order 2 on non-uniform grids")
 def ipndm(denoiser, x: torch.Tensor, grid: torch.Tensor, *, solver_order: int = 4,

@@ -220,7 +220,7 @@ def encode(schedule: SolverSchedule, space: Space) -> np.ndarray:
         v[o + 3 + len(RELAX) + ("none", "pseudo", "implicit").index(g.corrector)] = 1.0
         v[o + 6 + len(RELAX)] = float(g.relaxation2 == "half")
     o = MAX_STEPS * _PER_STEP
-    x[o + ("none", "zero", "mean").index(schedule.afs)] = 1.0
+    x[o + ("none", "zero", "mean").index("zero" if schedule.afs == "zero-official" else schedule.afs)] = 1.0
     x[o + 3 + min(schedule.nfe, MAX_NFE) - 1] = 1.0
     skip = np.array(schedule.skip_coefficients or [1.0])
     x[-2:] = skip.mean(), skip.min()

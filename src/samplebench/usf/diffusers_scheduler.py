@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from ..models.protocol import convert_output
 from ..schedules import FlowMatching, is_flow_config, schedule_from_config
@@ -44,10 +44,24 @@ def _noise_schedule(config: dict, flow: bool):
         schedule_from_config(config)
 
 
+def _training_tensors(config: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``betas``, ``alphas`` and ``alphas_cumprod`` (float32) of the config's beta schedule, computed by diffusers."""
+    import inspect
+
+    from diffusers import DDPMScheduler
+
+    accepted = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
+    ddpm = DDPMScheduler.from_config({k: v for k, v in config.items() if k in accepted})
+    return ddpm.betas, ddpm.alphas, ddpm.alphas_cumprod
+
+
 class USFScheduler(SchedulerMixin, ConfigMixin):
     """Runs ``usf_schedule`` (a ``SolverSchedule.to_dict()``) on the training schedule of the config's betas."""
 
     order = 1
+    # configs that carry over both ways (``pipe.scheduler.compatibles``, ``from_config``): every DDPM-family scheduler's
+    # and the flow-matching Euler scheduler's; a USF config keeps its schedule through theirs
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
@@ -57,6 +71,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("USFScheduler needs usf_schedule (a SolverSchedule.to_dict())")
         # a flow-matching pipeline: the path x_t = (1 - t) x_0 + t eps and a velocity-predicting network
         self.noise_schedule = _noise_schedule(dict(self.config), flow)
+        if not flow:  # the training schedule's tensors, as diffusers' DDPM-family schedulers expose them
+            self.betas, self.alphas, self.alphas_cumprod = _training_tensors(dict(self.config))
         self.prediction = "flow" if flow else prediction_type
         self.schedule = SolverSchedule.from_dict(usf_schedule)
         self.data_mean = None if data_mean is None else torch.tensor(data_mean)
@@ -135,9 +151,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         """The schedule's own times; ``sigmas``, ``timesteps`` and ``mu`` from a pipeline are ignored."""
         sched = self.schedule
         indices = [0]  # the pipeline's first call, at T (ignored with an analytical first step)
-        for i, st in enumerate(sched.steps[:-1]):
-            indices.append(i + 1)
-            if st.corrector.kind == "implicit":
+        last = sched.num_steps - 1
+        for i, st in enumerate(sched.steps):
+            if i < last or st.corrector.kind != "none":  # a corrector on the last step evaluates at its end
+                indices.append(i + 1)
+            if i < last and st.corrector.kind == "implicit":
                 indices.append(i + 1)
         if num_inference_steps is not None and num_inference_steps != len(indices):
             raise ValueError(f"this USF schedule makes {len(indices)} network calls; call the pipeline with "

@@ -100,6 +100,8 @@ def usf_steps(x: torch.Tensor, schedule: SolverSchedule, a: list[float], s: list
         first = _Point(0, x, eps, x0)
     elif schedule.afs == "zero":  # x0 ~ 0, so eps(x_T) = x_T / sigma_T (= x_T for sigma_T = 1)
         first = _Point(0, x, x / s[0], torch.zeros_like(x))
+    elif schedule.afs == "zero-official":  # thu-nics/USF zero_x0: eps = x_T / sigma_T, x0 from eps = x_T
+        first = _Point(0, x, x / s[0], (x - s[0] * x) / a[0])
     else:
         if data_mean is None:
             raise UsageError("afs 'mean' needs the data mean (the model's mean training image)")
@@ -110,14 +112,14 @@ def usf_steps(x: torch.Tensor, schedule: SolverSchedule, a: list[float], s: list
     for i, st in enumerate(schedule.steps):
         x = _update(hist, st.start_point, st.order, st.derivatives, st.prediction, i + 1, a, s, lam)
         report(callback, i, schedule.timesteps[i], x, hist[-1].x0)
-        if i == last:
-            break
-        eps, x0 = yield x, i + 1
-        hist.append(_Point(i + 1, x, eps, x0))
         c = st.corrector
+        if i == last and c.kind == "none":
+            break
+        eps, x0 = yield x, i + 1  # the next step's evaluation, or the last step's corrector's
+        hist.append(_Point(i + 1, x, eps, x0))
         if c.kind != "none":
-            x = _update(hist, -2, c.order, c.derivatives, st.prediction, i + 1, a, s, lam)
-            if c.kind == "implicit":
+            x = _update(hist, c.start_point, c.order, c.derivatives, st.prediction, i + 1, a, s, lam)
+            if c.kind == "implicit" and i < last:
                 eps, x0 = yield x, i + 1
             hist[-1] = _Point(i + 1, x, eps, x0)  # pseudo: the outputs at the uncorrected point
     return x

@@ -5,10 +5,19 @@ Step i goes from ``timesteps[i]`` to ``timesteps[i + 1]``. History positions are
 evaluated so far (-1 = the newest). A step expands, in the step's prediction type, from its ``start_point`` to
 Taylor ``order`` k; derivative n (n = 1..k-1) is estimated from the differences to its ``active_points`` (Sec. 3.2,
 "Difference_K"); the first derivative may be relaxed, and a higher one halved (``half``: the weight DPM-Solver++(3M)
-puts on its second-derivative term, Lu et al. 2022b, App. B). A ``pseudo`` corrector recomputes the step from the same
-start (position -2 once the new point is added) with the new point available, at no extra NFE; ``implicit`` then
-re-evaluates the model at the corrected point (+1 NFE). ``afs`` replaces the first evaluation analytically.
-NFE = steps - [afs != none] + implicit correctors (the model is not evaluated after the last step).
+puts on its second-derivative term, Lu et al. 2022b, App. B). A ``pseudo`` corrector evaluates the model at the new
+point (the evaluation the next step needs anyway) and recomputes the step from its own ``start_point`` (-2, the step's
+start once the new point is added, by default; the official search code starts one point before the predictor's)
+to its own order with the new point available; ``implicit`` then re-evaluates the model at the corrected point
+(+1 NFE). A corrector on the last step costs the evaluation at its end point (+1 NFE; an implicit one re-evaluates
+nothing after it). ``afs`` replaces the first evaluation analytically:
+- ``zero``: x0_pred = 0, eps = x_T / sigma_T, USF's definition ("assume x0 ~ 0", Liu et al. 2024, Sec. 3.3) with a
+  consistent eps (the default);
+- ``zero-official``: the official code's ``zero_x0`` (thu-nics/USF ``uni_sampler.py``): eps = x_T / sigma_T for noise
+  prediction but x0_pred = (1 - sigma_T) x_T / alpha_T (the x0 of eps = x_T) for data prediction; it differs from
+  ``zero`` by (1 - sigma_T) / alpha_T x_T, a few thousandths of x_T at the usual T;
+- ``mean``: x0_pred = the mean training image.
+NFE = steps - [afs != none] + implicit correctors before the last step + [the last step has a corrector].
 """
 
 from __future__ import annotations
@@ -22,14 +31,15 @@ from typing import Any
 from ..errors import UsageError
 
 __all__ = ["Derivative", "Corrector", "Step", "SolverSchedule", "PREDICTIONS", "RELAXATIONS", "CORRECTORS",
-           "AFS_KINDS", "FORMAT"]
+           "AFS_KINDS", "FORMAT", "MAX_ORDER", "MAX_CORRECTOR_ORDER"]
 
 PREDICTIONS = ("noise", "data")
 RELAXATIONS = ("none", "linear", "dpmsolver-2", "unipc-bh1", "unipc-bh2", "0.5exp", "-0.5exp", "half")
 HIGHER_RELAXATIONS = ("none", "half")  # the only ones a derivative of order >= 2 takes
 CORRECTORS = ("none", "pseudo", "implicit")
-AFS_KINDS = ("none", "zero", "mean")
-MAX_ORDER = 4
+AFS_KINDS = ("none", "zero", "zero-official", "mean")
+MAX_ORDER = 4  # of a step's Taylor expansion: the official search's largest
+MAX_CORRECTOR_ORDER = MAX_ORDER + 1  # the official search corrects a step to one order more
 FORMAT = "samplebench.usf/1"
 
 
@@ -47,6 +57,7 @@ class Corrector:
     kind: str = "none"
     order: int = 0  # Taylor order of the corrected update (0 with kind "none")
     derivatives: tuple[Derivative, ...] = ()
+    start_point: int = -2  # where the corrected update starts, once the new point is -1
 
 
 @dataclass(frozen=True)
@@ -130,16 +141,17 @@ class SolverSchedule:
             if c.kind not in CORRECTORS:
                 _fail(f"{where} corrector", f"unknown kind {c.kind!r}; valid: {', '.join(CORRECTORS)}")
             if c.kind == "none":
-                if c.order or c.derivatives:
-                    _fail(f"{where} corrector", "kind 'none' takes no order or derivatives")
+                if c.order or c.derivatives or c.start_point != -2:
+                    _fail(f"{where} corrector", "kind 'none' takes no order, derivatives or start point")
                 continue
-            if i == last:
-                _fail(f"{where} corrector", "the last step cannot have a corrector (the model is not evaluated "
-                                            "after it)")
-            if not 1 <= c.order <= min(MAX_ORDER, available + 1):
+            if not 1 <= c.order <= min(MAX_CORRECTOR_ORDER, available + 1):
                 _fail(f"{where} corrector", f"order {c.order} is above the available history "
-                                            f"(at most {min(MAX_ORDER, available + 1)})")
-            _check_derivatives(f"{where} corrector", c.order, c.derivatives, -2, available + 1)
+                                            f"(at most {min(MAX_CORRECTOR_ORDER, available + 1)})"
+                      if c.order > 1 else f"order must be >= 1, got {c.order}")
+            if not -(available + 1) <= c.start_point <= -2:
+                _fail(f"{where} corrector", f"start point {c.start_point} is not an earlier point of the history "
+                                            f"(positions -2..-{available + 1}; -1 is the point it corrects)")
+            _check_derivatives(f"{where} corrector", c.order, c.derivatives, c.start_point, available + 1)
 
     @property
     def num_steps(self) -> int:
@@ -147,14 +159,20 @@ class SolverSchedule:
 
     @property
     def nfe(self) -> int:
-        """Network evaluations per sample (USF Sec. 3 / reference ``get_nfe``)."""
-        implicit = sum(s.corrector.kind == "implicit" for s in self.steps)
-        return self.num_steps - (self.afs != "none") + implicit
+        """Network evaluations per sample, every one counted: one per step but the first with an AFS, one more per
+        implicit correction before the last step, one for a corrector on the last step (the official ``get_nfe``
+        counts implicit ones wherever they are and misses the last step's)."""
+        *inner, final = self.steps
+        implicit = sum(s.corrector.kind == "implicit" for s in inner)
+        return self.num_steps - (self.afs != "none") + implicit + (final.corrector.kind != "none")
 
     # --- JSON ---------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {"format": FORMAT, **_lists(d)}
+        d = _lists(asdict(self))
+        for step in d["steps"]:  # the default corrector start is implied, so older files read the same
+            if step["corrector"]["start_point"] == -2:
+                del step["corrector"]["start_point"]
+        return {"format": FORMAT, **d}
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -163,6 +181,10 @@ class SolverSchedule:
     def from_dict(cls, d: dict[str, Any]) -> "SolverSchedule":
         if not isinstance(d, dict):
             _fail("file", "expected a JSON object")
+        from .official import from_official, is_official
+
+        if is_official(d):  # the official USF decisions dict (thu-nics/USF)
+            return from_official(d)
         if d.get("format", FORMAT) != FORMAT:
             _fail("format", f"{d.get('format')!r} is not {FORMAT!r}")
         unknown = set(d) - {"format", "timesteps", "steps", "afs", "skip_coefficients"}
@@ -203,6 +225,10 @@ class SolverSchedule:
         if p.stat().st_size > MAX_FILE_BYTES:
             raise UsageError(f"solver schedule {str(p)!r} is {p.stat().st_size} bytes; a schedule is JSON of at most "
                              f"{MAX_FILE_BYTES} bytes")
+        if p.suffix == ".pth":  # an official USF schedule file
+            from .official import load_official
+
+            return load_official(p)
         try:
             text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
@@ -237,7 +263,10 @@ def _step(d: dict[str, Any]) -> Step:
     if unknown:
         raise ValueError(f"unknown step fields {sorted(unknown)}")
     c = d.get("corrector") or {}
+    unknown = set(c) - {"kind", "order", "derivatives", "start_point"}
+    if unknown:
+        raise ValueError(f"unknown corrector fields {sorted(unknown)}")
     corrector = Corrector(c.get("kind", "none"), int(c.get("order", 0)),
-                          tuple(_derivative(x) for x in c.get("derivatives", ())))
+                          tuple(_derivative(x) for x in c.get("derivatives", ())), int(c.get("start_point", -2)))
     return Step(d.get("prediction", "data"), int(d.get("order", 1)),
                 tuple(_derivative(x) for x in d.get("derivatives", ())), int(d.get("start_point", -1)), corrector)
