@@ -107,12 +107,13 @@ def test_the_names_in_the_help_are_the_registries():
     from samplebench.models.embedded import DEFAULT_MODEL, EMBEDDED
     from samplebench.models.lowdiff import UPSAMPLE_MODES
     from samplebench.samplers import solver_names
-    from samplebench.samplers.grids import GRID_KINDS
+    from samplebench.samplers.grids import GRID_KINDS, LEARNED_KINDS
     from samplebench.train import RECIPES
 
     assert names.SOLVERS == tuple(solver_names()) and names.MODELS == tuple(EMBEDDED)
     assert names.DEFAULT_MODEL == DEFAULT_MODEL and names.ALIGN_METHODS == tuple(METHODS)
-    assert names.GRIDS == GRID_KINDS and names.RECIPES == tuple(RECIPES) and names.METRICS == METRICS
+    assert names.GRIDS == GRID_KINDS and names.LEARNED_GRIDS == LEARNED_KINDS
+    assert names.RECIPES == tuple(RECIPES) and names.METRICS == METRICS
     assert names.EXTRACTORS == tuple(EXTRACTORS) and names.MODES == tuple(MODES)
     assert names.DTYPES == tuple(DTYPES) and names.POTENTIALS == POTENTIALS and names.UPSAMPLE_MODES == UPSAMPLE_MODES
 

@@ -58,6 +58,21 @@ def test_stage_zero_holds_every_known_solver_on_every_grid_once():
     assert "dpmpp-3m/logsnr" in few and "dpmpp-2m/logsnr" not in few
 
 
+def test_stage_zero_holds_the_learned_grids_too():
+    """Every stage-0 solver on GITS and DMN grids (and LD3's where the model has it), after the fixed grids; their
+    one-off cost is returned to be charged to the search."""
+    from samplebench.search.run import GRIDS, STAGE0, _initial, _learned
+
+    model = load_model("digits-gmm")
+    learned, costs = _learned(model, 4)
+    assert {f"{n}/{k}" for n in STAGE0 for k in ("gits", "dmn")} <= set(learned)
+    assert costs["gits.json"]["network_evaluations"] == 256 * 60
+    origins = [o for o, _ in _initial(model.schedule, 4, 1000, learned=learned)]
+    assert any(o.endswith("/gits") for o in origins) and any(o.endswith("/dmn") for o in origins)
+    fixed = [i for i, o in enumerate(origins) if o.split("/")[1] in GRIDS]
+    assert max(fixed) < min(i for i, o in enumerate(origins) if o.split("/")[1] in ("gits", "dmn", "ld3"))
+
+
 def test_stage_zero_of_a_flow_model_holds_its_pipelines_own_grid():
     """A flow pipeline's shifted grid (SD3's shift 3) is a baseline grid too; with shift 1 it is time-uniform."""
     from types import SimpleNamespace
@@ -141,7 +156,7 @@ def _evals(out, folder="evals"):
 
 
 def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
-    from samplebench.search.run import _initial, report_table
+    from samplebench.search.run import _initial, _learned, report_table
 
     out = tmp_path / "s"
     report = run_search(SearchConfig(**TINY), out, progress=False)
@@ -149,7 +164,10 @@ def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
     assert len(evals) == report["evaluations"] == 64 and len(rescored) == report["rescored"] >= 8
     schedule = load_model("gaussian").schedule
     for nfe in (3, 4):
-        assert sum(r["stage"] == 0 and r["nfe"] == nfe for r in evals.values()) == len(_initial(schedule, nfe, 32))
+        learned = _learned(load_model("gaussian"), nfe)[0]
+        assert all(o.endswith("/dmn") for o in learned)  # isotropic data: GITS has no signal, and no LD3 here
+        assert sum(r["stage"] == 0 and r["nfe"] == nfe for r in evals.values()) == len(
+            _initial(schedule, nfe, 32, learned=learned))
         assert sum(r["nfe"] == nfe for r in evals.values()) == 32
     assert all(r["endpoint"] > 0 and r["fid"] > 0 and r["score"] == r["endpoint"] for r in evals.values())
     assert all(r["num_samples"] == 96 and r["fid_low"] <= r["fid"] <= r["fid_high"] for r in rescored.values())
@@ -178,6 +196,17 @@ def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
     # more budget continues the same search; other settings are refused
     report = run_search(SearchConfig(**{**TINY, "budget": 70}), out, progress=False)
     assert report["evaluations"] == 70 and set(_evals(out)) >= set(evals)
+    # a last stage refines the best searched schedule's times per NFE (LD3's objective, decisions kept)
+    before = _evals(out)
+    report = run_search(SearchConfig(**{**TINY, "budget": 70, "refine": 1}), out, progress=False)
+    refined = [r for r in _evals(out).values() if r["origin"].startswith("refined/")]
+    assert len(refined) == 2 and report["evaluations"] == 72
+    for r in refined:
+        parent = SolverSchedule.from_dict(before[r["origin"].split("/")[1] + ".json"]["schedule"])
+        child = SolverSchedule.from_dict(r["schedule"])
+        assert child.steps == parent.steps and child.nfe == parent.nfe == r["nfe"]
+        assert child.timesteps[0] == parent.timesteps[0] and child.timesteps != parent.timesteps
+    assert sum(1 for k in report["learned_grids"] if k.startswith("refine/")) == 2
     with pytest.raises(UsageError, match="other settings .*samples"):
         run_search(SearchConfig(**{**TINY, "samples": 32}), out, progress=False)
 

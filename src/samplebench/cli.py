@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from .checks import check_out_dir, check_out_file
 from .errors import UsageError
-from .names import (ALIGN_METHODS, DEFAULT_MODEL, DTYPES, EXTRACTORS, GRIDS, METRICS, MODELS, MODES, POTENTIALS,
-                    RECIPES, SOLVERS, UPSAMPLE_MODES)
+from .names import (ALIGN_METHODS, DEFAULT_MODEL, DTYPES, EXTRACTORS, GRIDS, LEARNED_GRIDS, METRICS, MODELS, MODES,
+                    POTENTIALS, RECIPES, SOLVERS, UPSAMPLE_MODES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +72,10 @@ def _add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --out: remove the files its summary.json lists, keep the rest")
     p.add_argument("--time-grid", default=None,
-                   help="logsnr, time-uniform, time-quadratic, karras, flow-shift:S, pipeline (the loaded "
-                        "pipeline's own scheduler grid), or a comma-separated list of decreasing times, which may "
+                   help="logsnr, time-uniform, time-quadratic, karras, flow-shift:S, gits, dmn, ld3 (learned per "
+                        "model and solver: shipped for the embedded models, else computed once and cached), "
+                        "pipeline (the loaded pipeline's own scheduler grid), or a comma-separated list of "
+                        "decreasing times, which may "
                         "start at t = 1 on a flow path and end in 0 (the last step lands on the x0 prediction) "
                         "(default: the solver's own)")
     p.add_argument("--class-label", type=_int, default=None,
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--per-stage", type=_int, default=4, help="real evaluations per NFE and stage")
     se.add_argument("--pool", type=_int, default=128, help="bred candidates per NFE and stage, ranked by the predictor")
     se.add_argument("--no-predictor", action="store_true", help="plain evolutionary search (no predictor)")
+    se.add_argument("--refine", type=_int, default=0, help="best searched schedules per NFE whose times are refined "
+                    "by gradient on LD3's objective (decisions kept), screened as a last stage (default 0: none)")
     se.add_argument("--search-seed", type=_int, default=0)
     se.add_argument("--batch-size", type=_int, default=250)
     se.add_argument("--out", required=True, help="search folder (resumed if present); best schedules in OUT/s3")
@@ -280,7 +284,8 @@ _HELP = {
     "solver": "only rows of this solver",
     "nfe": "only rows at this NFE",
     "ref": "only rows scored against this reference",
-    "time_grid": f"{', '.join(GRIDS)}, or a comma-separated list of decreasing times (default: the solver's own)",
+    "time_grid": f"{', '.join(GRIDS + LEARNED_GRIDS)}, flow-shift:S, pipeline, or a comma-separated list of "
+                 "decreasing times (default: the solver's own)",
     "class_label": "class for class-conditional models (default: seed mod num_classes per sample)",
     "guidance_scale": "classifier-free guidance scale (1 = off)",
     "prompt": "text prompt for text-to-image models",
@@ -425,7 +430,7 @@ def _search(args: argparse.Namespace) -> int:
                           per_stage=args.per_stage, pool=args.pool, predictor=not args.no_predictor,
                           signal=args.signal, rescore=args.rescore, rescore_seed=args.rescore_seed,
                           finalists=args.finalists, baselines=args.baselines,
-                          search_seed=args.search_seed, dtype=args.dtype)
+                          search_seed=args.search_seed, dtype=args.dtype, refine=args.refine)
     report = run_search(config, args.out, device=args.device, progress=not args.quiet,
                         inception_weights=args.inception_weights)
     print(report_table(report))

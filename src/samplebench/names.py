@@ -7,6 +7,7 @@ SOLVERS = ("ddim", "euler", "ddpm", "heun", "dpmpp-2m", "dpmpp-3m", "unipc-bh1",
            "ipndm")  # samplers.solver_names()
 ALIGN_METHODS = ("dts", "dts-star", "best-of-n", "fk")  # align.METHODS
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")  # samplers.grids.GRID_KINDS
+LEARNED_GRIDS = ("gits", "dmn", "ld3")  # samplers.grids.LEARNED_KINDS
 RECIPES = ("digits-unet", "digits-dit", "digits-flow", "digits-lowdiff", "digits-classifier", "digits-gmm")  # train.RECIPES
 EXTRACTORS = ("digits", "inception")  # metrics.extractors.EXTRACTORS
 MODES = ("clean", "legacy_pytorch", "legacy_tensorflow")  # metrics.extractors.MODES

@@ -29,7 +29,7 @@ from .models import DEFAULT_MODEL, Conditioning, CountingDenoiser, DiffusionMode
 from .models.skip_tuning import apply_skip_tuning, count_skips, linear_skip_coefficients
 from .noise import SampleGenerators
 from .samplers import SolverSpec, StepInfo, get_solver, make_grid, parse_grid, validate_grid
-from .samplers.grids import PIPELINE, ends_at_zero
+from .samplers.grids import LEARNED_KINDS, PIPELINE, ends_at_zero
 
 __all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "run_sample", "write_samples", "to_uint8",
            "command_line", "a1111_parameters"]
@@ -168,6 +168,10 @@ def solver_grid(model: DiffusionModel, solver: SolverSpec, nfe: int, time_grid: 
             raise UsageError(f"the pipeline's scheduler gives {len(grid) - 1} steps for {steps} inference steps, "
                              f"so solver {solver.name!r} cannot spend exactly --nfe {nfe} on its grid")
         return grid
+    if spec in LEARNED_KINDS:
+        from .learned import learned_grid
+
+        return validate_grid(model.schedule, learned_grid(model, solver, solver.steps_for_nfe(nfe), spec))
     return make_grid(model.schedule, spec, solver.steps_for_nfe(nfe))
 
 
@@ -210,7 +214,12 @@ def resolve_solver(model: DiffusionModel, solver: str, nfe: int | None, time_gri
     """The sampler and time grid of a run: a USF schedule's own, or a registry solver's at exactly ``nfe``."""
     if schedule is None:
         spec = get_solver(solver)
-        return spec, solver_grid(model, spec, nfe, time_grid)
+        grid = solver_grid(model, spec, nfe, time_grid)
+        if time_grid in LEARNED_KINDS:  # LD3's network input times
+            from .learned import learned_solver
+
+            spec = learned_solver(model, spec, grid, time_grid)
+        return spec, grid
     if time_grid is not None:
         raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
     grid = validate_grid(model.schedule, torch.tensor(schedule.timesteps, dtype=torch.float64))

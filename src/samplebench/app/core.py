@@ -25,6 +25,7 @@ import numpy as np
 
 from ..checks import MAX_SEED, check_count, check_float, check_seeds
 from ..errors import UsageError
+from ..learned import stored_only
 from ..models import DEFAULT_MODEL, load_model
 from ..models.embedded import EMBEDDED
 
@@ -235,7 +236,7 @@ AXES = {"solver": ("solver", ","), "NFE": ("nfe", ","), "time grid": ("time_grid
 
 def parse_axis(name: str, text: str, limits: Limits) -> list[tuple[str, Any]]:
     """An axis's values as (label, value); checked here only for form (the cells check the rest)."""
-    from ..names import GRIDS
+    from ..names import GRIDS, LEARNED_GRIDS
 
     if name not in AXES:
         raise UsageError(f"axis {str(name)[:40]!r} is not valid; valid: {', '.join(AXES)}")
@@ -255,8 +256,8 @@ def parse_axis(name: str, text: str, limits: Limits) -> list[tuple[str, Any]]:
             v = check_count("class label", int(p) if p.isdigit() else p, 0, 2**31 - 1)
         elif field in ("guidance_scale", "skip_rho"):
             v = check_float(name, p, 0, limits.guidance if field == "guidance_scale" else 10)
-        elif field == "time_grid" and p not in GRIDS:
-            raise UsageError(f"time grid {p[:40]!r} is not valid; valid: {', '.join(GRIDS)}")
+        elif field == "time_grid" and p not in GRIDS + LEARNED_GRIDS:
+            raise UsageError(f"time grid {p[:40]!r} is not valid; valid: {', '.join(GRIDS + LEARNED_GRIDS)}")
         elif field == "prompt" and len(p) > limits.prompt_chars:
             raise UsageError(f"the prompt must be text of at most {limits.prompt_chars} characters")
         else:
@@ -471,7 +472,8 @@ def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
                 summary = run_align(config, out, progress=False, model=model,
                                     on_progress=lambda n, budget=config.budget: tick(n, budget))
             else:
-                summary = run_sample(config, out, progress=False, model=model, on_progress=tick)
+                with stored_only():  # a request never starts a GITS teacher pass or an LD3 training
+                    summary = run_sample(config, out, progress=False, model=model, on_progress=tick)
         images = _read_pngs(out, summary["images"])
         yield CellResult(cell, out, summary, images, cell_fid(images, config.model) if numbers else None)
 

@@ -10,11 +10,11 @@ from ..errors import UsageError
 from .analytic import AnalyticDenoiser, GaussianMixture, gaussian_ode_solution
 from .base import LOADING, Conditioning, DiffusionModel
 from .embedded import DEFAULT_MODEL, EMBEDDED, AnalyticModel
-from .protocol import CFGDenoiser, CountingDenoiser, Denoiser, NetworkDenoiser, Prediction
+from .protocol import CFGDenoiser, CountingDenoiser, Denoiser, NetworkDenoiser, Prediction, differentiable
 
 __all__ = ["load_model", "model_names", "parse_device", "parse_dtype", "DEFAULT_MODEL", "Conditioning",
            "DiffusionModel", "Denoiser", "Prediction", "NetworkDenoiser", "CFGDenoiser", "CountingDenoiser",
-           "AnalyticDenoiser", "AnalyticModel", "GaussianMixture", "gaussian_ode_solution"]
+           "AnalyticDenoiser", "AnalyticModel", "GaussianMixture", "gaussian_ode_solution", "differentiable"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -55,6 +55,9 @@ class DiffusionModel:
     # The time grid this model is meant to be sampled on, overriding the solvers' own defaults (a flow pipeline's
     # shift, e.g. ``flow-shift:3`` for SD3); None keeps each solver's default.
     default_grid: str | None = None
+    # Whether samples live in a latent space decoded by a VAE (DM-NonUniform weighs errors by sigma^2 / alpha there,
+    # by sigma / alpha in pixel space)
+    latent: bool = False
 
     def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
         raise NotImplementedError

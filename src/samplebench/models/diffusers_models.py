@@ -27,7 +27,7 @@ import torch
 from ..errors import UsageError
 from ..schedules import FlowMatching, is_flow_config, schedule_from_config
 from .base import Conditioning, DiffusionModel
-from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser
+from .protocol import CFGDenoiser, Denoiser, NetworkDenoiser, _inference
 
 __all__ = ["load_pipeline_model", "UNet2DPixelModel", "DiTLatentModel", "DiTPixelModel", "LatentUNetModel"]
 
@@ -87,6 +87,8 @@ class UNet2DPixelModel(_PipelineModel):
 class DiTLatentModel(_PipelineModel):
     """``DiTTransformer2DModel`` in VAE latent space; unconditional rows use the null class (index num_classes)."""
 
+    latent: bool = True
+
     def _network(self, x, timestep, cond):
         out = self.pipe.transformer(x, timestep=timestep, class_labels=cond["class_labels"]).sample
         c = x.shape[1]
@@ -104,6 +106,8 @@ class DiTLatentModel(_PipelineModel):
 class DiTPixelModel(DiTLatentModel):
     """A pixel-space ``DiTTransformer2DModel`` (the embedded digits DiTs); ``pipe.uem`` holds DeeDiff heads or None."""
 
+    latent: bool = False
+
     def decode(self, x):
         return x
 
@@ -112,12 +116,14 @@ class DiTPixelModel(DiTLatentModel):
 class LatentUNetModel(_PipelineModel):
     """Stable-Diffusion-style text-to-image: CLIP prompt embeddings condition a latent ``UNet2DConditionModel``."""
 
+    latent: bool = True
+
     def _network(self, x, timestep, cond):
         return self.pipe.unet(x, timestep, encoder_hidden_states=cond["encoder_hidden_states"]).sample
 
     def _cond(self, cond, batch_size):
         prompt = cond.prompt if cond.prompt is not None else ""
-        with torch.inference_mode():
+        with torch.no_grad():  # plain tensors: usable in a differentiable call
             c, u = self.pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt=cond.negative_prompt)
         return ({"encoder_hidden_states": c.expand(batch_size, -1, -1)},
                 {"encoder_hidden_states": u.expand(batch_size, -1, -1)})
@@ -132,7 +138,7 @@ def _vae_decode(vae, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.to(torch.float32)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    with torch.inference_mode():
+    with _inference():  # differentiable inside ``protocol.differentiable()``
         return vae.decode(x.to(vae.dtype) / vae.config.scaling_factor + shift).sample.float()
 
 

@@ -36,12 +36,13 @@ class _TextModel(_PipelineModel):
     """A text-to-image pipeline: ``_encode(prompt, negative)`` gives the conditional and unconditional inputs."""
 
     takes_prompt: bool = True
+    latent: bool = True
 
     def _encode(self, prompt: str, negative: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def _cond(self, cond, batch_size):
-        with torch.inference_mode():
+        with torch.no_grad():  # plain tensors: usable in a differentiable call
             c, u = self._encode(cond.prompt if cond.prompt is not None else "", cond.negative_prompt)
         return _expand(c, batch_size), _expand(u, batch_size)
 
@@ -155,7 +156,7 @@ class FluxModel(_TextModel):
         if not self._embedded_guidance:
             return super().denoiser(cond, batch_size)
         self.check_conditioning(cond)
-        with torch.inference_mode():
+        with torch.no_grad():  # plain tensors: usable in a differentiable call
             c, _ = self._encode(cond.prompt if cond.prompt is not None else "", cond.negative_prompt)
         c = _expand(c, batch_size)
         c["guidance"] = torch.full((batch_size,), float(cond.guidance_scale), device=self.device)

@@ -7,7 +7,9 @@ caching and cascades are wrappers around this protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "CountingDenoiser",
     "PREDICTION_TYPES",
     "as_time",
+    "differentiable",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
@@ -39,6 +42,24 @@ class Denoiser(Protocol):
     schedule: NoiseSchedule
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction: ...
+
+
+_DIFFERENTIABLE = contextvars.ContextVar("samplebench_differentiable", default=False)
+
+
+@contextlib.contextmanager
+def differentiable() -> Iterator[None]:
+    """Network calls inside keep their autograd graph, for gradients with respect to the input and the time
+    (``learned.ld3``); outside, they run in inference mode."""
+    token = _DIFFERENTIABLE.set(True)
+    try:
+        yield
+    finally:
+        _DIFFERENTIABLE.reset(token)
+
+
+def _inference() -> contextlib.AbstractContextManager:
+    return torch.inference_mode(not _DIFFERENTIABLE.get())
 
 
 def as_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +121,7 @@ class NetworkDenoiser:
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
         t, timestep, x_in = _network_inputs(self.schedule, self.dtype, x, t)
-        with torch.inference_mode():
+        with _inference():
             output = self.forward(x_in, timestep).to(x.dtype)
         return convert_output(output, x, self.schedule.alpha(t), self.schedule.sigma(t), self.prediction_type)
 
@@ -124,7 +145,7 @@ class CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> Prediction:
         t, timestep, x_in = _network_inputs(self.schedule, self.dtype, x, t)
-        with torch.inference_mode():
+        with _inference():
             if self.batched:
                 out = self.forward(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]),
                                    self.concat(self.cond, self.uncond))

@@ -6,6 +6,7 @@
 - ``flow-shift:S``: uniform u mapped by SD3's shift t = S u / (1 + (S - 1) u) (Esser et al. 2024, Eq. 23; S = 3
   for SD3, FLUX's dynamic shift is S = exp(mu)); meant for flow-matching schedules;
 - ``pipeline``: a diffusers pipeline's own scheduler grid (``sampling.solver_grid`` asks the model for it);
+- ``gits``, ``dmn``, ``ld3``: learned or optimised per model and solver (``samplebench.learned``);
 - an explicit list of times, e.g. ``"1.0,0.5,0.2,0.001"``.
 
 An explicit grid may start at the model's noise end (``schedules.noise_end``: t = 1 for flow paths) and may end in
@@ -26,6 +27,7 @@ __all__ = ["GRID_KINDS", "PIPELINE", "make_grid", "parse_grid", "validate_grid",
 
 GRID_KINDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 PIPELINE = "pipeline"  # the loaded pipeline's own scheduler grid
+LEARNED_KINDS = ("gits", "dmn", "ld3")  # learned per model (``samplebench.learned``)
 
 
 def ends_at_zero(grid: torch.Tensor) -> bool:
@@ -72,9 +74,9 @@ def make_grid(schedule: NoiseSchedule, kind: str, steps: int, *, t_start: float 
         r0, r1 = math.exp(-schedule.lambda_(t0)), math.exp(-schedule.lambda_(t1))
         r = (r0 ** (1 / rho) + u * (r1 ** (1 / rho) - r0 ** (1 / rho))) ** rho
         grid = schedule.inverse_lambda(-torch.log(r))
-    elif kind == PIPELINE:
-        raise UsageError("time grid 'pipeline' is the loaded pipeline's own grid: it comes from the model "
-                         "(sampling.solver_grid), not from a noise schedule")
+    elif kind == PIPELINE or kind in LEARNED_KINDS:
+        raise UsageError(f"time grid {kind!r} comes from the model (sampling.solver_grid), not from a noise "
+                         "schedule alone")
     else:
         raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, {PIPELINE}, "
                          "or a comma-separated list of decreasing times")
@@ -94,7 +96,7 @@ def _shift(kind: str) -> float:
 
 def parse_grid(spec: str) -> str | list[float]:
     """A grid kind name, or the times of an explicit comma-separated list."""
-    if spec in GRID_KINDS or spec == PIPELINE:
+    if spec in GRID_KINDS or spec == PIPELINE or spec in LEARNED_KINDS:
         return spec
     if spec.startswith("flow-shift:"):
         _shift(spec)
@@ -102,8 +104,8 @@ def parse_grid(spec: str) -> str | list[float]:
     try:
         times = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, {PIPELINE}, "
-                         "or a comma-separated list of decreasing times") from None
+        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS + LEARNED_KINDS)}, "
+                         f"flow-shift:S, {PIPELINE}, or a comma-separated list of decreasing times") from None
     if len(times) < 2:
         raise UsageError(f"an explicit time grid needs at least 2 times, got {spec!r}")
     return times

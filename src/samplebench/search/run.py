@@ -2,11 +2,16 @@
 selection measures what it ranks.
 
 1. Stage 0 screens every registry solver that the USF executor expresses exactly (``usf.KNOWN_SCHEDULES``: DDIM,
-   DPM-Solver++ 2M and 3M, UniPC bh1 and bh2, DEIS in log rho) on every time grid, and 2M, 3M and UniPC-bh2 with
-   the zero analytical first step, at every target NFE; so the search starts from every baseline it can express.
+   DPM-Solver++ 2M and 3M, UniPC bh1 and bh2, DEIS in log rho) on every time grid, the learned ones included (GITS,
+   DMN, and LD3 where the model has it for the solver and NFE: its times; ``samplebench.learned``, their one-off cost
+   charged to the search in ``learned.json`` and the report), and 2M, 3M and UniPC-bh2 with the zero analytical
+   first step, at every target NFE; so the search starts from every baseline it can express.
 2. Each later stage, per NFE, breeds a pool of candidates from the best-screened schedules of that NFE (mutation and
    crossover, ``space.py``), ranks the pool with the predictor trained on every screening so far, and screens the
    best-ranked few plus one drawn at random (exploration keeps the predictor honest).
+   With ``refine`` > 0 a last stage screens, per NFE, the best ``refine`` searched schedules with their times
+   refined by gradient on LD3's objective (``learned.ld3.refine_schedule``): discrete decisions searched, continuous
+   times learned.
 3. Re-scoring: per NFE the best ``finalists`` searched schedules and the best ``baselines`` of stage 0 by each
    screening signal get the FID of ``rescore`` fresh seeds, all on the same seeds. The best searched one ships only
    if the paired 95% interval of its FID minus the best re-scored baseline's lies below zero; otherwise that
@@ -37,6 +42,7 @@ of the re-scoring are dealt round-robin to the processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -60,7 +66,7 @@ __all__ = ["SearchConfig", "run_search", "schedule_id", "report_table"]
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 RANK_BAR = 15  # parents come from the best 15 of an NFE (reference ``rank_bar``)
 SIGNALS = ("endpoint", "fid")
-ADJUSTABLE = ("budget", "finalists", "baselines")  # settings a resume may change (more screening, other re-scoring)
+ADJUSTABLE = ("budget", "finalists", "baselines", "refine")  # settings a resume may change (more screening, other re-scoring)
 STAGE0 = ("dpmpp-3m", "unipc-bh2", "unipc-bh1", "dpmpp-2m", "deis-logrho", "ddim", "euler")  # all of KNOWN
 ENDPOINT_SOLVER, ENDPOINT_NFE = "unipc-bh2", 100  # the exact-ODE reference of the endpoint signal
 
@@ -86,6 +92,7 @@ class SearchConfig:
     predictor: bool = True  # False: the public code's plain evolutionary search (random picks from the pool)
     search_seed: int = 0
     dtype: str = "float32"
+    refine: int = 0  # best searched schedules per NFE whose times LD3's objective refines, screened as a last stage
 
     def __post_init__(self) -> None:
         from ..evaluate import DEFAULT_REFS
@@ -107,7 +114,8 @@ class SearchConfig:
                                 ("--rescore", self.rescore, 2, MAX_EVAL_SAMPLES),
                                 ("--finalists", self.finalists, 1, None),
                                 ("--baselines", self.baselines, 1, None),
-                                ("--budget", self.budget, 1, 1_000_000)):
+                                ("--budget", self.budget, 1, 1_000_000),
+                                ("--refine", self.refine, 0, 100)):
             check_count(name, v, lo, hi)
         check_seeds(self.seed, self.samples)
         check_seeds(self.rescore_seed, self.rescore, "--rescore-seed")
@@ -229,10 +237,11 @@ def _score(row: dict) -> float:
     return math.inf if row.get("score") is None else row["score"]
 
 
-def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRIDS) -> list[tuple[str, Any]]:
+def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRIDS,
+             learned: dict[str, list[float]] | None = None) -> list[tuple[str, Any]]:
     """Stage 0 at ``nfe``: every expressible registry solver on every grid (``GRIDS``, and a pipeline's own, such as
-    a flow model's shift), and three with the zero analytical first step (one more step, the same NFE); at most
-    ``limit``."""
+    a flow model's shift), then on its learned grids (``learned``: origin "solver/kind" -> times, ``_learned``), and
+    three with the zero analytical first step (one more step, the same NFE); at most ``limit``."""
     from ..samplers import make_grid
 
     out, ids = [], set()
@@ -245,6 +254,8 @@ def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRID
     for name in STAGE0:
         for kind in grids:
             add(f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist()))
+    for origin, times in (learned or {}).items():
+        add(origin, known_solver(origin.split("/")[0], times))
     for name in ("dpmpp-3m", "unipc-bh2", "dpmpp-2m"):
         s = known_solver(name, make_grid(noise_schedule, "logsnr", nfe + 1).tolist())
         add(f"{name}/logsnr+afs", build(s.timesteps, genes_of(s), "zero"))
@@ -332,7 +343,7 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
         path = out / "stages" / f"stage-{stage:05d}.json"
         evals = load("evals")  # every process's results so far (after the barrier that ended the last stage)
         if state.is_main_process and not path.exists():
-            plan = _plan(config, stage, evals, space, ev.model)
+            plan = _plan(config, stage, evals, space, ev.model, out)
             if plan:
                 atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
         state.wait_for_everyone()
@@ -380,8 +391,11 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
     report = None
     if state.is_main_process:
         endpoint = json.loads((out / "endpoint.json").read_text())
+        learned = json.loads((out / "learned.json").read_text()) if (out / "learned.json").exists() else {}
+        if (out / "refine.json").exists():
+            learned = {**learned, **{f"refine/{k}": v for k, v in json.loads((out / "refine.json").read_text()).items()}}
         report = _report(config, evals, load("rescore"), out / "rescore", ev.ref, endpoint,
-                         time.perf_counter() - t_start)
+                         time.perf_counter() - t_start, learned)
         for nfe, d in report["decisions"].items():
             if d["shipped"] is not None:
                 atomic_write(out / "s3" / f"nfe{nfe}.json",
@@ -447,18 +461,56 @@ def _grids(model) -> tuple[str, ...]:
     return GRIDS if own is None or own in GRIDS else (*GRIDS, own)
 
 
-def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, model) -> list:
+LEARNED = ("gits", "dmn", "ld3")  # learned grids stage 0 holds beside the fixed ones (``samplebench.learned``)
+
+
+def _learned(model, nfe: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Every stage-0 solver on its learned grids at ``nfe`` (GITS and DMN made now if needed; LD3 where the model
+    has it for that solver and NFE: a USF schedule takes LD3's times, not its network input times), and what the
+    grids cost, by file."""
+    from ..learned import grid_file, learned_grid, stored_only
+    from ..samplers import get_solver
+    from ..usf import KNOWN_SCHEDULES
+
+    grids, costs = {}, {}
+    for name in STAGE0:
+        spec = get_solver(KNOWN_SCHEDULES[name][1])
+        for kind in LEARNED:
+            try:
+                with stored_only() if kind == "ld3" else contextlib.nullcontext():
+                    grids[f"{name}/{kind}"] = learned_grid(model, spec, nfe, kind, progress=False).tolist()
+            except UsageError:  # no LD3 grid for this solver and NFE, or GITS on straight trajectories
+                continue
+            if kind != "dmn":
+                file = "gits.json" if kind == "gits" else f"ld3/{spec.name}-steps{nfe}.json"
+                for path in grid_file(model, file):
+                    if path is not None and path.is_file():
+                        r = json.loads(path.read_text())
+                        costs[file] = {"network_evaluations": r.get("network_evaluations", 0) + r.get(
+                            "teacher_network_evaluations", 0) + r.get("network_evaluations_forward", 0) + r.get(
+                            "network_evaluations_backward", 0), "wall_time_s": r.get("teacher_wall_time_s", 0.0) + (
+                            r.get("wall_time_s", 0.0) if kind == "ld3" else 0.0)}
+                        break
+    return grids, costs
+
+
+def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, model, out: Path | None = None) -> list:
     """The candidates of ``stage``: the known solvers at stage 0, then bred and predictor-ranked ones."""
     rng = np.random.default_rng([config.search_seed, stage])
     plan = []
     seen = set(evals)
     if stage == 0:
+        costs = {}
         for nfe in config.nfes:
-            for origin, s in _initial(model.schedule, nfe, config.budget_for(nfe), _grids(model)):
+            learned, cost = _learned(model, nfe)
+            costs.update(cost)
+            for origin, s in _initial(model.schedule, nfe, config.budget_for(nfe), _grids(model), learned):
                 cid = schedule_id(s)
                 if cid not in seen:
                     seen.add(cid)
                     plan.append({"id": cid, "nfe": nfe, "origin": origin, "schedule": s.to_dict()})
+        if out is not None:  # the learned grids' one-off cost, charged to the search
+            atomic_write(out / "learned.json", json.dumps(costs, indent=1))
         return plan
     schedules = {k: SolverSchedule.from_dict(r["schedule"]) for k, r in evals.items()}
     predictor = None
@@ -490,6 +542,43 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, model) ->
             seen.add(schedule_id(s))
             plan.append({"id": schedule_id(s), "nfe": nfe, "origin": f"stage{stage}/{origin}",
                          "predicted": None if scores is None else float(scores[i]), "schedule": s.to_dict()})
+    if not plan and config.refine and out is not None and not any(
+            r["origin"].startswith("refined/") for r in evals.values()):
+        plan = _refined(config, evals, schedules, model, out)
+    return plan
+
+
+REFINE_PAIRS = 50  # screening seeds whose exact-ODE images train the refinement (as many more validate it)
+
+
+def _refined(config: SearchConfig, evals: dict, schedules: dict, model, out: Path) -> list:
+    """The last stage: per NFE the best ``refine`` searched schedules with their times refined by LD3's objective
+    (``learned.ld3.refine_schedule``: decisions frozen, times learned against the exact-ODE images of the first
+    screening seeds); the refinement's network evaluations are charged to the search (``refine.json``)."""
+    import torch
+
+    from ..learned.ld3 import LD3Config, refine_schedule
+    from ..noise import SampleGenerators
+
+    n = min(REFINE_PAIRS, config.samples // 2)
+    seeds = list(range(config.seed, config.seed + 2 * n))
+    x_T = SampleGenerators(seeds).randn(model.sample_shape, dtype=torch.float64) * model.schedule.prior_std()
+    target = torch.from_numpy(np.load(out / "endpoint.npy")[:2 * n]).double()
+    ld3 = LD3Config(train=n, valid=n, rounds_times=7, rounds_input_times=0, seed=config.seed,
+                    mode="time" if getattr(model, "latent", False) else "lambda")
+    plan, costs = [], {}
+    for nfe in config.nfes:
+        rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0 and r["score"] is not None),
+                      key=lambda r: (r["score"], r["id"]))
+        for r in rows[:config.refine]:
+            refined, info = refine_schedule(model, schedules[r["id"]], ld3, pairs=(x_T, target, {}))
+            cid = schedule_id(refined)
+            costs[cid] = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
+                          + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
+                          "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"]}
+            if cid not in evals:
+                plan.append({"id": cid, "nfe": nfe, "origin": f"refined/{r['id']}", "schedule": refined.to_dict()})
+    atomic_write(out / "refine.json", json.dumps(costs, indent=1))
     return plan
 
 
@@ -527,7 +616,7 @@ def _summary(ev: dict, rs: dict | None) -> dict[str, Any]:
 
 
 def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref, endpoint: dict,
-            elapsed: float) -> dict[str, Any]:
+            elapsed: float, learned: dict | None = None) -> dict[str, Any]:
     from ..metrics.intervals import compare
 
     seeds = np.arange(config.rescore_seed, config.rescore_seed + config.rescore)
@@ -558,14 +647,17 @@ def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref
                           "best_baseline": base, "best_searched": cand, "difference": difference,
                           "rescored": rows, "spearman": rho}
     screen, again = list(evals.values()), list(rescored.values())
-    net = int(sum(r["network_evaluations"] for r in screen + again) + endpoint["network_evaluations"])
+    learned = learned or {}
+    net = int(sum(r["network_evaluations"] for r in screen + again) + endpoint["network_evaluations"]
+              + sum(c["network_evaluations"] for c in learned.values()))
     screen_time = float(sum(r["wall_time_s"] for r in screen))
     return {"model": config.model, "command": command(config), "settings": config.settings(),
             "signal": config.signal, "samples": config.samples, "rescore": config.rescore,
             "reference": config.reference, "features": config.features, "evaluations": len(evals),
             "rescored": len(rescored), "network_evaluations": net,
             "screening_time_s": screen_time, "rescoring_time_s": float(sum(r["wall_time_s"] for r in again)),
-            "endpoint_time_s": endpoint["wall_time_s"], "elapsed_s": elapsed,
+            "endpoint_time_s": endpoint["wall_time_s"], "elapsed_s": elapsed, "learned_grids": learned,
+            "learned_time_s": float(sum(c["wall_time_s"] for c in learned.values())),
             "screening_throughput": sum(r["network_evaluations"] for r in screen) / max(screen_time, 1e-9),
             "spearman_mean": {s: (float(np.mean(v)) if v else None) for s, v in correlations.items()},
             "decisions": decisions}

@@ -27,9 +27,20 @@ __all__ = ["phi", "usf_sample", "usf_steps", "derivative_estimate", "relaxation_
            "KNOWN_SCHEDULES", "NOT_EXPRESSIBLE"]
 
 
-def phi(k: int, z: float) -> float:
-    """phi_k(z) (phi_0 = e^z); the power series near 0, where the recursion cancels."""
-    if abs(z) < 0.05:
+SERIES = 0.05  # |z| below which phi_k is its power series
+
+
+def phi(k: int, z: float | torch.Tensor) -> float | torch.Tensor:
+    """phi_k(z) (phi_0 = e^z); the power series near 0, where the recursion cancels. A tensor ``z`` (the
+    differentiable path, ``learned.ld3``) takes torch ops with both branches made safe, so gradients stay finite."""
+    if isinstance(z, torch.Tensor):
+        small = z.abs() < SERIES
+        zs, zr = torch.where(small, z, torch.zeros_like(z)), torch.where(small, torch.ones_like(z), z)
+        p = torch.exp(zr)
+        for j in range(k):
+            p = (p - 1.0 / math.factorial(j)) / zr
+        return torch.where(small, sum(zs**m / math.factorial(m + k) for m in range(12)), p)
+    if abs(z) < SERIES:
         return sum(z**m / math.factorial(m + k) for m in range(12))
     p = math.exp(z)
     for j in range(k):
@@ -37,18 +48,24 @@ def phi(k: int, z: float) -> float:
     return p
 
 
-def derivative_estimate(differences: list[torch.Tensor], dlambda: list[float], n: int) -> torch.Tensor:
+def derivative_estimate(differences: list[torch.Tensor], dlambda: list, n: int) -> torch.Tensor:
     """F^{(n)}(lambda_s) from K differences F_j - F_s at offsets dlambda_j: sum_j a_j (F_j - F_s) with
-    sum_j a_j dlambda_j^m / m! = delta_{mn}, m = 1..K (exact for polynomials of degree <= K)."""
+    sum_j a_j dlambda_j^m / m! = delta_{mn}, m = 1..K (exact for polynomials of degree <= K). Tensor offsets solve
+    in torch (differentiable in the times)."""
+    if any(isinstance(x, torch.Tensor) for x in dlambda):
+        dl = torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in dlambda])
+        m = torch.stack([dl**r / math.factorial(r) for r in range(1, len(dlambda) + 1)])
+        coeffs = torch.linalg.solve(m, torch.eye(len(dlambda), dtype=torch.float64)[n - 1])
+        return sum(c * f for c, f in zip(coeffs, differences))
     m = np.array([[x**r / math.factorial(r) for x in dlambda] for r in range(1, len(dlambda) + 1)])
     coeffs = np.linalg.solve(m, np.eye(len(dlambda))[n - 1])
     return sum(float(c) * f for c, f in zip(coeffs, differences))
 
 
-def relaxation_factor(d: Derivative, h: float, prediction: str) -> float:
+def relaxation_factor(d: Derivative, h, prediction: str):
     """Multiplier on the first-derivative estimate; the fixed kinds are evaluated at z = -h for data prediction."""
     z = -h if prediction == "data" else h
-    em1 = math.expm1(z)
+    em1 = torch.expm1(z) if isinstance(z, torch.Tensor) else math.expm1(z)
     kind = d.relaxation
     if kind == "none":
         return 1.0

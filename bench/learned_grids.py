@@ -1,0 +1,172 @@
+"""The cost-quality frontier: S3 against the learned time grids of 2024-2026 (GITS, DM-NonUniform, LD3) at NFE 3-6.
+
+    python bench/learned_grids.py [--num 5000] [--models digits,digits-gmm,digits-dit,digits-flow]
+                                  [--solvers ipndm,unipc-bh2,dpmpp-3m] [--out evals/learned-grids]
+
+Per model and NFE, digits-FID with its 95% interval on seeds 0 .. num - 1 (never searched, never used to fit a
+grid) of: each learned grid with the solvers its paper pairs it with (iPNDM for GITS, UniPC and DPM-Solver++ for DMN
+and LD3; every pair is run), the best hand-designed baseline (the registry solver on its best grid,
+docs/baselines.json, from bench/fid_vs_nfe.py) and S3 (the model's shipped schedule); paired intervals of S3 minus
+each, on the shared seeds. Each method's one-off cost is its wall time as recorded when it was made: GITS's
+teacher pass, DMN's optimisation, LD3's teacher and training (per solver and NFE), S3's search (its report), 0 for
+a fixed grid. Writes the tables and docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
+Every run is a resumable ``samplebench eval`` job under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import DOC, baselines, fid_cell, fid_panel, has_section, machine, table, write_section  # noqa: E402
+
+from samplebench.compare import compare_runs  # noqa: E402
+from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
+from samplebench.usf.shipped import s3_folder  # noqa: E402
+
+MODELS = ("digits", "digits-gmm", "digits-dit", "digits-flow")
+SOLVERS = ("ipndm", "unipc-bh2", "dpmpp-3m")
+LEARNED = ("gits", "dmn", "ld3")
+NFES = (3, 4, 5, 6)
+
+
+def _eval(out: Path, **kw) -> dict[int, dict]:
+    rows = run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
+    return {r["nfe"]: r for r in rows}
+
+
+def _cost(model: str, grid: str, solver: str, nfe: int) -> float:
+    """Seconds the grid cost to make, as recorded in its file (0 for fixed grids)."""
+    from samplebench.learned import grid_file, learned_grid
+    from samplebench.learned.dmn import dmn_grid
+    from samplebench.models import load_model
+    from samplebench.samplers import get_solver
+
+    m = load_model(model)
+    spec = get_solver(solver)
+    steps = spec.steps_for_nfe(nfe)
+    if grid == "dmn":
+        return dmn_grid(m.schedule, solver, steps, p=1.0)[1]["wall_time_s"]
+    if grid in ("gits", "ld3"):
+        learned_grid(m, spec, steps, grid, progress=False)  # shipped or cached
+        name = "gits.json" if grid == "gits" else f"ld3/{solver}-steps{steps}.json"
+        for path in grid_file(m, name):
+            if path is not None and path.is_file():
+                r = json.loads(path.read_text())
+                return r.get("teacher_wall_time_s", 0.0) + r.get("wall_time_s", 0.0) * (grid == "ld3")
+    return 0.0
+
+
+def _has_ld3(model: str, solver: str, nfe: int) -> bool:
+    """Whether the model ships (or has cached) an LD3 grid for the solver and NFE (``bench/ship_grids.py``)."""
+    from samplebench.learned import grid_file
+    from samplebench.models import load_model
+
+    return any(p is not None and p.is_file() for p in grid_file(load_model(model), f"ld3/{solver}-steps{nfe}.json"))
+
+
+def bench_model(model: str, args, root: Path) -> dict:
+    t0 = time.perf_counter()
+    cells, jobs, costs = {}, {}, {}
+    solvers = args.solvers.split(",")
+    for s in solvers:
+        for g in LEARNED:
+            nfes = tuple(n for n in NFES if g != "ld3" or _has_ld3(model, s, n))
+            if not nfes:
+                continue
+            job = root / model / f"{s}-{g}"
+            for n, r in _eval(job, model=model, solvers=(s,), nfes=nfes, num=args.num, seed=0, time_grid=g).items():
+                cells[f"{s}+{g}", n], jobs[f"{s}+{g}", n] = r, f"{job}:{s}:{n}"
+                costs[f"{s}+{g}", n] = _cost(model, g, s, n)
+    best = baselines(model)
+    for n in NFES:
+        b = best[n]
+        s, g = b["best_registry_solver"], b["best_registry_grid"]
+        job = root / model / f"baseline-{s}-{g}"
+        r = _eval(job, model=model, solvers=(s,), nfes=(n,), num=args.num, seed=0, time_grid=g)[n]
+        cells["baseline", n], jobs["baseline", n], costs["baseline", n] = {**r, "label": f"{s} ({g})"}, \
+            f"{job}:{s}:{n}", 0.0
+    report = s3_folder(model) / "report.json"
+    rep = json.loads(report.read_text()) if report.exists() else {}
+    search_s = sum(rep.get(k, 0.0) for k in ("screening_time_s", "rescoring_time_s", "endpoint_time_s"))
+    for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=NFES, num=args.num, seed=0).items():
+        cells["s3", n], jobs["s3", n], costs["s3", n] = r, f"{root / model / 's3'}:s3:{n}", search_s
+    paired = {(k, n): compare_runs(jobs["s3", n], jobs[k, n])[2] for (k, n) in jobs if k != "s3"}
+    return {"cells": cells, "costs": costs, "paired": paired, "total_s": time.perf_counter() - t0}
+
+
+def _plot(model: str, res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, n in zip(axes, (4, 5)):
+        for (k, m), r in sorted(res["cells"].items()):
+            if m != n:
+                continue
+            cost = max(res["costs"][k, m], 0.1)  # fixed grids cost nothing: drawn at 0.1 s on the log axis
+            ax.errorbar([cost], [r["fid"]], yerr=[[r["fid"] - r["fid_low"]], [r["fid_high"] - r["fid"]]], fmt="o",
+                        capsize=3, ms=8 if k == "s3" else 5, label="S3" if k == "s3" else r.get("label", k))
+        ax.set_xscale("log")
+        fid_panel(ax, "one-off cost, seconds (log; fixed grids at 0.1)", f"{model}, NFE {n}")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _diff(d) -> str:
+    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--num", type=int, default=5000)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--solvers", default=",".join(SOLVERS))
+    p.add_argument("--out", default="evals/learned-grids")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    root = Path(args.out)
+    command = f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers}"
+    for model in args.models.split(","):
+        res = bench_model(model, args, root)
+        keys = sorted({k for k, _ in res["cells"]}, key=lambda k: (k != "s3", k != "baseline", k))
+        rows, wins = [], {}
+        for k in keys:
+            row = [("S3 (searched)" if k == "s3" else "best baseline" if k == "baseline" else k)]
+            for n in NFES:
+                r = res["cells"].get((k, n))
+                cell = "-" if r is None else fid_cell(r) + (f" ({r['label']})" if "label" in r else "")
+                if k != "s3" and (k, n) in res["paired"]:
+                    d = res["paired"][k, n]
+                    cell += f"; S3 - it {_diff(d)}"
+                    wins.setdefault(n, []).append(d.high < 0)
+                row.append(cell)
+            cost = max(res["costs"].get((k, n), 0.0) for n in NFES)
+            row.append(f"{cost:.1f}" if cost else "0")
+            rows.append(row)
+        below = [n for n in NFES if wins.get(n) and all(wins[n])]
+        plot = DOC.parent / f"frontier-{model}.png"
+        body = (f"### {model}\n\n`{command.replace('MODEL', model)}` on {machine()}: {args.num} samples per cell "
+                f"(seeds 0..{args.num - 1}); digits-FID [95%], and S3 minus each, paired on the same seeds.\n\n"
+                + table(["method"] + [f"NFE {n}" for n in NFES] + ["one-off cost, s (largest)"], rows)
+                + f"\n\nS3 below every other method with its paired interval below zero at NFE "
+                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, NFES))}). This run took "
+                f"{res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
+        print(body, flush=True)
+        if not args.no_write:
+            _plot(model, res, plot)
+            if not has_section("learned-grids"):
+                write_section("learned-grids", "## S3 and the learned time grids: the cost-quality frontier\n\n"
+                              "Written by `python bench/learned_grids.py` (one table per model).")
+            write_section(f"learned-grids:{model}", body, after="learned-grids")
+
+
+if __name__ == "__main__":
+    main()
