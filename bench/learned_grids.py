@@ -1,7 +1,7 @@
 """The cost-quality frontier: S3 against the learned time grids of 2024-2026 (GITS, DM-NonUniform, LD3) at NFE 3-6.
 
     python bench/learned_grids.py [--num 5000] [--models digits,digits-gmm,digits-dit,digits-flow]
-                                  [--solvers ipndm,unipc-bh2,dpmpp-3m] [--out evals/learned-grids]
+                                  [--solvers ipndm,unipc-bh2,dpmpp-3m] [--nfes 3,4,5,6] [--out evals/learned-grids]
 
 Per model and NFE, digits-FID with its 95% interval on seeds 0 .. num - 1 (never searched, never used to fit a
 grid) of: each learned grid with the solvers its paper pairs it with (iPNDM for GITS, UniPC and DPM-Solver++ for DMN
@@ -129,11 +129,15 @@ def main() -> None:
     p.add_argument("--num", type=int, default=5000)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--solvers", default=",".join(SOLVERS))
+    p.add_argument("--nfes", default=",".join(map(str, NFES)))
     p.add_argument("--out", default="evals/learned-grids")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    global NFES
+    NFES = tuple(int(n) for n in args.nfes.split(","))
     root = Path(args.out)
-    command = f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers}"
+    command = (f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers} "
+               f"--nfes {args.nfes}")
     for model in args.models.split(","):
         res = bench_model(model, args, root)
         keys = sorted({k for k, _ in res["cells"]}, key=lambda k: (k != "s3", k != "baseline", k))

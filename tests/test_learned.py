@@ -279,3 +279,42 @@ def test_refining_a_searched_schedule_keeps_its_decisions_and_lowers_its_loss():
     assert refined.steps == schedule.steps and refined.nfe == schedule.nfe and refined.afs == "zero"
     assert refined.timesteps[0] == times[0] and refined.timesteps[-1] == times[-1]
     assert info["valid_loss"] <= info["valid_loss_init"] and info["valid_history"][0] == info["valid_loss_init"]
+
+
+def test_named_learned_grids_from_the_command_line(tmp_path):
+    """``--time-grid ld3`` takes the model's shipped grid, the network at its learned input times; ``dmn`` is
+    computed when asked; what is neither shipped nor cached is refused where computing is not allowed (the app)."""
+    import json
+
+    from samplebench.cli import main
+    from samplebench.errors import UsageError
+    from samplebench.learned import grid_file, learned_grid, learned_solver, stored_only
+    from samplebench.models import load_model
+
+    model = load_model("digits")
+    shipped = grid_file(model, "ld3/ipndm-steps4.json")[0]
+    record = json.loads(shipped.read_text())
+    assert record["grid"][0] == model.schedule.T and record["network_evaluations_backward"] > 0
+    assert main(["sample", "--solver", "ipndm", "--nfe", "4", "--time-grid", "ld3", "--num", "2", "--out",
+                 str(tmp_path / "ld3"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "ld3" / "summary.json").read_text())
+    assert summary["nfe"] == 4 and summary["grid_times"] == pytest.approx(record["grid"], rel=1e-12)
+    spec = learned_solver(model, get_solver("ipndm"), torch.tensor(record["grid"], dtype=torch.float64), "ld3")
+    seen = []
+
+    class Spy:
+        schedule = model.schedule
+
+        def __call__(self, x, t):
+            seen.append(float(t))
+            return AnalyticDenoiser(GMM, model.schedule)(x, t)
+
+    spec(Spy(), torch.zeros(1, *SHAPE, dtype=torch.float64), torch.tensor(record["grid"], dtype=torch.float64))
+    assert seen == pytest.approx(record["model_times"][:-1], rel=1e-12)  # the network sees the learned input times
+    assert main(["sample", "--model", "digits-gmm", "--solver", "unipc-bh2", "--nfe", "5", "--time-grid", "dmn",
+                 "--num", "2", "--out", str(tmp_path / "dmn"), "--quiet"]) == 0
+    gmm = load_model("digits-gmm")
+    expected = dmn.dmn_grid(gmm.schedule, "unipc-bh2", 5)[0].tolist()
+    assert json.loads((tmp_path / "dmn" / "summary.json").read_text())["grid_times"] == pytest.approx(expected)
+    with stored_only(), pytest.raises(UsageError, match="is not computed yet"):
+        learned_grid(gmm, get_solver("ddim"), 3, "ld3")

@@ -135,7 +135,7 @@ def student(denoiser, x: torch.Tensor, times: torch.Tensor, solver,
             x = a[i + 1] * (x / a[i] + (rho[i + 1] - rho[i]) * d)
         return x
     from ..usf import SolverSchedule, known_schedule
-    from ..usf.executor import usf_steps
+    from ..usf.executor import drive, usf_steps
 
     if isinstance(solver, SolverSchedule):
         schedule = solver
@@ -143,14 +143,7 @@ def student(denoiser, x: torch.Tensor, times: torch.Tensor, solver,
         schedule = known_schedule(solver, times.detach().tolist())
     else:
         raise UsageError(f"LD3 trains the grid of {', '.join(STUDENTS)}; solver {solver!r} is not one")
-    steps = usf_steps(x, schedule, list(a), list(s), list(lam), data_mean=data_mean)
-    try:
-        request = next(steps)
-        while True:
-            out = denoiser(request[0], mt[request[1]])
-            request = steps.send((out.eps, out.denoised))
-    except StopIteration as done:
-        return done.value
+    return drive(usf_steps(x, schedule, list(a), list(s), list(lam), data_mean=data_mean), denoiser, mt)
 
 
 def _distance(model, kind: str = "auto"):

@@ -147,11 +147,15 @@ def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean
     """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``."""
     ts = torch.tensor(schedule.timesteps, dtype=torch.float64)
     a, s, lam = tables(denoiser, ts)
-    steps = usf_steps(x, schedule, a, s, lam, data_mean=data_mean, callback=callback)
+    return drive(usf_steps(x, schedule, a, s, lam, data_mean=data_mean, callback=callback), denoiser, ts)
+
+
+def drive(steps: Generator, denoiser, times) -> torch.Tensor:
+    """Run a ``usf_steps`` coroutine, evaluating ``denoiser`` at ``times[i]`` when it asks for time index i."""
     try:
         request = next(steps)
         while True:
-            out = denoiser(request[0], ts[request[1]])
+            out = denoiser(request[0], times[request[1]])
             request = steps.send((out.eps, out.denoised))
     except StopIteration as done:
         return done.value
