@@ -284,7 +284,9 @@ def test_search_cli_errors(capsys, tmp_path):
                           (["--samples", "1"], "--samples must be >= 2"),
                           (["--signal", "psnr"], "unknown --signal 'psnr'; valid: endpoint, fid"),
                           (["--rescore-seed", "500100"], "--rescore-seed 500100: its 5000 seeds overlap the screening"),
-                          (["--model", "nope", "--ref", "digits-train"], "unknown model 'nope'")]:
+                          (["--model", "nope", "--ref", "digits-train"], "unknown model 'nope'"),
+                          (["--budget", "fast"], "--budget 'fast' is neither a number of screenings nor a level; "
+                                                 "valid: quick, full, or a whole number")]:
         assert main(["search", "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
@@ -375,3 +377,14 @@ def test_a_resumed_s3_job_refuses_a_changed_shipped_schedule(tmp_path, monkeypat
         run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
     monkeypatch.setattr(samplebench.sampling, "load_schedule", shipped)
     assert run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)[0]["nfe"] == 4
+
+
+def test_budget_levels():
+    """quick: about 60 screenings per NFE on 64 images, 1,000-image re-scoring; full: as the shipped searches; what is
+    given explicitly wins."""
+    quick = SearchConfig.at_level("quick", model="gaussian", nfes=(3, 4, 5, 6))
+    assert (quick.budget, quick.samples, quick.rescore, quick.finalists, quick.baselines) == (240, 64, 1000, 2, 2)
+    full = SearchConfig.at_level("full", model="gaussian")
+    assert full == SearchConfig(model="gaussian")  # the defaults: 800 screenings over NFE 3-10
+    assert SearchConfig.at_level("quick", model="gaussian", nfes=(4,), samples=128).samples == 128
+    assert SearchConfig.at_level("300", model="gaussian").budget == 300

@@ -71,6 +71,14 @@ STAGE0 = ("dpmpp-3m", "unipc-bh2", "unipc-bh1", "dpmpp-2m", "deis-logrho", "ddim
 ENDPOINT_SOLVER, ENDPOINT_NFE = "unipc-bh2", 100  # the exact-ODE reference of the endpoint signal
 
 
+# named budgets: screenings per NFE, images per screening, re-scored images and candidates, bred pool per stage.
+# quick: stage 0 (every expressible solver on every fixed and learned grid, about 45-50 per NFE) and about 10 bred
+# per NFE, screened on 64 images and re-scored on 1,000 (intervals about twice as wide: a searched schedule ships
+# less often); full: as the shipped searches
+LEVELS = {"quick": {"per_nfe": 60, "samples": 64, "rescore": 1000, "finalists": 2, "baselines": 2, "pool": 64},
+          "full": {"per_nfe": 100, "samples": 500, "rescore": 5000, "finalists": 4, "baselines": 3, "pool": 128}}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     model: str = "digits"
@@ -128,6 +136,22 @@ class SearchConfig:
             raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref")
+
+    @classmethod
+    def at_level(cls, budget: str | int, **fields_: Any) -> "SearchConfig":
+        """A search of ``budget`` screenings, or at a named level (``LEVELS``: screenings per NFE, samples, re-scoring);
+        fields given explicitly win over the level's."""
+        nfes = tuple(fields_.get("nfes", cls.nfes))
+        if isinstance(budget, str) and budget in LEVELS:
+            level = dict(LEVELS[budget])
+            per_nfe = level.pop("per_nfe")
+            return cls(**{**level, **fields_, "budget": per_nfe * len(nfes)})
+        try:
+            budget = int(budget)
+        except (TypeError, ValueError):
+            raise UsageError(f"--budget {budget!r} is neither a number of screenings nor a level; valid: "
+                             f"{', '.join(LEVELS)}, or a whole number") from None
+        return cls(**{**fields_, "budget": budget})
 
     @property
     def reference(self) -> str:
