@@ -57,7 +57,7 @@ def _cost(model: str, grid: str, solver: str, nfe: int) -> float:
         for path in grid_file(m, name):
             if path is not None and path.is_file():
                 r = json.loads(path.read_text())
-                return r.get("teacher_wall_time_s", 0.0) + r.get("wall_time_s", 0.0) * (grid == "ld3")
+                return r["wall_time_s"] if grid == "ld3" else r["teacher_wall_time_s"]  # LD3's includes its teacher
     return 0.0
 
 
@@ -75,7 +75,7 @@ def bench_model(model: str, args, root: Path) -> dict:
     solvers = args.solvers.split(",")
     for s in solvers:
         for g in LEARNED:
-            nfes = tuple(n for n in NFES if g != "ld3" or _has_ld3(model, s, n))
+            nfes = tuple(n for n in args.nfe_list if g != "ld3" or _has_ld3(model, s, n))
             if not nfes:
                 continue
             job = root / model / f"{s}-{g}"
@@ -83,17 +83,18 @@ def bench_model(model: str, args, root: Path) -> dict:
                 cells[f"{s}+{g}", n], jobs[f"{s}+{g}", n] = r, f"{job}:{s}:{n}"
                 costs[f"{s}+{g}", n] = _cost(model, g, s, n)
     best = baselines(model)
-    for n in NFES:
+    for n in args.nfe_list:
         b = best[n]
         s, g = b["best_registry_solver"], b["best_registry_grid"]
-        job = root / model / f"baseline-{s}-{g}"
+        job = root / model / f"baseline-{s}-{g}-nfe{n}"
         r = _eval(job, model=model, solvers=(s,), nfes=(n,), num=args.num, seed=0, time_grid=g)[n]
         cells["baseline", n], jobs["baseline", n], costs["baseline", n] = {**r, "label": f"{s} ({g})"}, \
             f"{job}:{s}:{n}", 0.0
     report = s3_folder(model) / "report.json"
     rep = json.loads(report.read_text()) if report.exists() else {}
     search_s = sum(rep.get(k, 0.0) for k in ("screening_time_s", "rescoring_time_s", "endpoint_time_s"))
-    for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=NFES, num=args.num, seed=0).items():
+    for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=args.nfe_list, num=args.num,
+                      seed=0).items():
         cells["s3", n], jobs["s3", n], costs["s3", n] = r, f"{root / model / 's3'}:s3:{n}", search_s
     paired = {(k, n): compare_runs(jobs["s3", n], jobs[k, n])[2] for (k, n) in jobs if k != "s3"}
     return {"cells": cells, "costs": costs, "paired": paired, "total_s": time.perf_counter() - t0}
@@ -105,14 +106,20 @@ def _plot(model: str, res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = {"ipndm": "tab:blue", "unipc-bh2": "tab:orange", "dpmpp-3m": "tab:green"}
+    markers = {"gits": "^", "dmn": "o", "ld3": "D"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, n in zip(axes, (4, 5)):
         for (k, m), r in sorted(res["cells"].items()):
             if m != n:
                 continue
             cost = max(res["costs"][k, m], 0.1)  # fixed grids cost nothing: drawn at 0.1 s on the log axis
-            ax.errorbar([cost], [r["fid"]], yerr=[[r["fid"] - r["fid_low"]], [r["fid_high"] - r["fid"]]], fmt="o",
-                        capsize=3, ms=8 if k == "s3" else 5, label="S3" if k == "s3" else r.get("label", k))
+            solver, _, grid = k.partition("+")
+            style = ({"color": "black", "marker": "*", "ms": 12} if k == "s3" else
+                     {"color": "grey", "marker": "s", "ms": 7} if k == "baseline" else
+                     {"color": colors.get(solver, "tab:red"), "marker": markers.get(grid, "x"), "ms": 6})
+            ax.errorbar([cost], [r["fid"]], yerr=[[r["fid"] - r["fid_low"]], [r["fid_high"] - r["fid"]]],
+                        capsize=3, ls="none", label="S3" if k == "s3" else r.get("label", k), **style)
         ax.set_xscale("log")
         fid_panel(ax, "one-off cost, seconds (log; fixed grids at 0.1)", f"{model}, NFE {n}")
         ax.legend(fontsize=6, ncol=2)
@@ -133,8 +140,7 @@ def main() -> None:
     p.add_argument("--out", default="evals/learned-grids")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
-    global NFES
-    NFES = tuple(int(n) for n in args.nfes.split(","))
+    args.nfe_list = tuple(int(n) for n in args.nfes.split(","))
     root = Path(args.out)
     command = (f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers} "
                f"--nfes {args.nfes}")
@@ -144,7 +150,7 @@ def main() -> None:
         rows, wins = [], {}
         for k in keys:
             row = [("S3 (searched)" if k == "s3" else "best baseline" if k == "baseline" else k)]
-            for n in NFES:
+            for n in args.nfe_list:
                 r = res["cells"].get((k, n))
                 cell = "-" if r is None else fid_cell(r) + (f" ({r['label']})" if "label" in r else "")
                 if k != "s3" and (k, n) in res["paired"]:
@@ -152,16 +158,16 @@ def main() -> None:
                     cell += f"; S3 - it {_diff(d)}"
                     wins.setdefault(n, []).append(d.high < 0)
                 row.append(cell)
-            cost = max(res["costs"].get((k, n), 0.0) for n in NFES)
+            cost = max(res["costs"].get((k, n), 0.0) for n in args.nfe_list)
             row.append(f"{cost:.1f}" if cost else "0")
             rows.append(row)
-        below = [n for n in NFES if wins.get(n) and all(wins[n])]
+        below = [n for n in args.nfe_list if wins.get(n) and all(wins[n])]
         plot = DOC.parent / f"frontier-{model}.png"
         body = (f"### {model}\n\n`{command.replace('MODEL', model)}` on {machine()}: {args.num} samples per cell "
                 f"(seeds 0..{args.num - 1}); digits-FID [95%], and S3 minus each, paired on the same seeds.\n\n"
-                + table(["method"] + [f"NFE {n}" for n in NFES] + ["one-off cost, s (largest)"], rows)
+                + table(["method"] + [f"NFE {n}" for n in args.nfe_list] + ["one-off cost, s (largest)"], rows)
                 + f"\n\nS3 below every other method with its paired interval below zero at NFE "
-                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, NFES))}). This run took "
+                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}). This run took "
                 f"{res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
         print(body, flush=True)
         if not args.no_write:
