@@ -41,7 +41,7 @@ def _eval(out: Path, **kw) -> dict[int, dict]:
 
 def _cost(model: str, grid: str, solver: str, nfe: int) -> float:
     """Seconds the grid cost to make, as recorded in its file (0 for fixed grids)."""
-    from samplebench.learned import grid_file, learned_grid
+    from samplebench.learned import grid_cost, learned_grid
     from samplebench.learned.dmn import dmn_grid
     from samplebench.models import load_model
     from samplebench.samplers import get_solver
@@ -53,11 +53,7 @@ def _cost(model: str, grid: str, solver: str, nfe: int) -> float:
         return dmn_grid(m.schedule, solver, steps, p=1.0)[1]["wall_time_s"]
     if grid in ("gits", "ld3"):
         learned_grid(m, spec, steps, grid, progress=False)  # shipped or cached
-        name = "gits.json" if grid == "gits" else f"ld3/{solver}-steps{steps}.json"
-        for path in grid_file(m, name):
-            if path is not None and path.is_file():
-                r = json.loads(path.read_text())
-                return r["wall_time_s"] if grid == "ld3" else r["teacher_wall_time_s"]  # LD3's includes its teacher
+        return grid_cost(m, "gits.json" if grid == "gits" else f"ld3/{solver}-steps{steps}.json")["wall_time_s"]
     return 0.0
 
 

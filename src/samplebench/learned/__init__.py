@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UsageError
 
-__all__ = ["LEARNED", "learned_grid", "learned_solver", "grid_file", "model_key", "stored_only"]
+__all__ = ["LEARNED", "learned_grid", "learned_solver", "grid_file", "grid_cost", "model_key", "stored_only"]
 
 LEARNED = ("gits", "dmn", "ld3")
 GRIDS_FOLDER = "grids"
@@ -76,6 +76,18 @@ def _read(model, name: str) -> dict[str, Any] | None:
                 raise UsageError(f"learned grid file {str(path)!r} is damaged ({e}); delete it to compute it "
                                  "again") from None
     return None
+
+
+def grid_cost(model, name: str) -> dict[str, float] | None:
+    """What the shipped or cached learned-grid file ``name`` cost to make: network evaluations (teacher, forward,
+    with gradients) and wall time (LD3's includes its teacher's, GITS's is its teacher pass); None if absent."""
+    record = _read(model, name)
+    if record is None:
+        return None
+    keys = ("network_evaluations", "teacher_network_evaluations", "network_evaluations_forward",
+            "network_evaluations_backward")
+    return {"network_evaluations": sum(record.get(k, 0) for k in keys),
+            "wall_time_s": record["wall_time_s"] if record.get("method") == "ld3" else record["teacher_wall_time_s"]}
 
 
 def _write(model, name: str, record: dict[str, Any]) -> Path:

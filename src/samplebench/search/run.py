@@ -492,7 +492,7 @@ def _learned(model, nfe: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
     """Every stage-0 solver on its learned grids at ``nfe`` (GITS and DMN made now if needed; LD3 where the model
     has it for that solver and NFE: a USF schedule takes LD3's times, not its network input times), and what the
     grids cost, by file."""
-    from ..learned import grid_file, learned_grid, stored_only
+    from ..learned import grid_cost, learned_grid, stored_only
     from ..samplers import get_solver
     from ..usf import KNOWN_SCHEDULES
 
@@ -507,14 +507,7 @@ def _learned(model, nfe: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
                 continue
             if kind != "dmn":
                 file = "gits.json" if kind == "gits" else f"ld3/{spec.name}-steps{nfe}.json"
-                for path in grid_file(model, file):
-                    if path is not None and path.is_file():
-                        r = json.loads(path.read_text())
-                        costs[file] = {"network_evaluations": r.get("network_evaluations", 0) + r.get(
-                            "teacher_network_evaluations", 0) + r.get("network_evaluations_forward", 0) + r.get(
-                            "network_evaluations_backward", 0),  # LD3's wall time includes its teacher's
-                            "wall_time_s": r["wall_time_s"] if kind == "ld3" else r["teacher_wall_time_s"]}
-                        break
+                costs[file] = grid_cost(model, file)
     return grids, costs
 
 
