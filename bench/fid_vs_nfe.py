@@ -39,6 +39,7 @@ from _report import DOC, fid_cell, fid_panel, has_section, machine, table, write
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
 from samplebench.samplers import get_solver  # noqa: E402
+from samplebench.search.run import search_cost_s  # noqa: E402
 from samplebench.usf.shipped import s3_folder  # noqa: E402
 
 BASELINES = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh1", "unipc-bh2", "deis", "ipndm", "heun")
@@ -233,10 +234,10 @@ def main() -> None:
             rows.append([str(n), s3] + [cell(s) for s in BASELINES] + [f"{_diff(d)} ({best[n]})", two] + ode)
         cost = ""
         if rep is not None:
-            minutes = (rep["screening_time_s"] + rep["rescoring_time_s"] + rep["endpoint_time_s"]) / 60
+            minutes = search_cost_s(rep) / 60
             cost = (f" Search cost: {rep['evaluations']} screenings of {rep['samples']} samples and {rep['rescored']} "
                     f"re-scorings of {rep['rescore']}, {rep['network_evaluations']:,} network evaluations, "
-                    f"{minutes:.0f} min of sampling (the report beside the schedules).")
+                    f"{minutes:.0f} min of sampling and learned grids (the report beside the schedules).")
         floor = f" FID of {args.num} exact mixture samples (the floor): {res['floor']:.3f}." if "floor" in res else ""
         if res["ode"] is not None:
             at = [n for n in NFES if res["converged"][n].low <= 0]

@@ -2,6 +2,7 @@
 
     python bench/learned_grids.py [--num 5000] [--models digits,digits-gmm,digits-dit,digits-flow]
                                   [--solvers ipndm,unipc-bh2,dpmpp-3m] [--nfes 3,4,5,6] [--out evals/learned-grids]
+                                  [--searched 'S3 quick=searches/quick-{model}' ...]
 
 Per model and NFE, digits-FID with its 95% interval on seeds 0 .. num - 1 (never searched, never used to fit a
 grid) of: each learned grid with the solvers its paper pairs it with (iPNDM for GITS, UniPC and DPM-Solver++ for DMN
@@ -9,7 +10,8 @@ and LD3; every pair is run), the best hand-designed baseline (the registry solve
 docs/baselines.json, from bench/fid_vs_nfe.py) and S3 (the model's shipped schedule); paired intervals of S3 minus
 each, on the shared seeds. Each method's one-off cost is its wall time as recorded when it was made: GITS's
 teacher pass, DMN's optimisation, LD3's teacher and training (per solver and NFE), S3's search (its report), 0 for
-a fixed grid. Writes the tables and docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
+a fixed grid. ``--searched`` adds another search's schedules (its folder's ``s3/``) as a row with its one-off
+cost (``search.run.search_cost_s``), paired against S3 and against the best LD3 grid. Writes the tables and docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
 Every run is a resumable ``samplebench eval`` job under ``--out``.
 """
 
@@ -26,6 +28,7 @@ from _report import DOC, baselines, fid_cell, fid_panel, has_section, machine, t
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
+from samplebench.search.run import search_cost_s  # noqa: E402
 from samplebench.usf.shipped import s3_folder  # noqa: E402
 
 MODELS = ("digits", "digits-gmm", "digits-dit", "digits-flow")
@@ -88,12 +91,25 @@ def bench_model(model: str, args, root: Path) -> dict:
             f"{job}:{s}:{n}", 0.0
     report = s3_folder(model) / "report.json"
     rep = json.loads(report.read_text()) if report.exists() else {}
-    search_s = sum(rep.get(k, 0.0) for k in ("screening_time_s", "rescoring_time_s", "endpoint_time_s"))
     for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=args.nfe_list, num=args.num,
                       seed=0).items():
-        cells["s3", n], jobs["s3", n], costs["s3", n] = r, f"{root / model / 's3'}:s3:{n}", search_s
+        cells["s3", n], jobs["s3", n], costs["s3", n] = r, f"{root / model / 's3'}:s3:{n}", search_cost_s(rep)
+    extra = {}  # other searches (--searched LABEL=FOLDER): their S3 schedules, cost and paired test against LD3
+    for label, pattern in args.searched:
+        folder = Path(pattern.format(model=model))
+        rep = json.loads((folder / "report.json").read_text())
+        nfes = tuple(n for n in args.nfe_list if (folder / "s3" / f"nfe{n}.json").is_file())
+        job = root / model / f"searched-{label.replace(' ', '-')}"
+        ld3_s = sum(c["wall_time_s"] for f, c in rep.get("learned_grids", {}).items() if f.startswith("ld3/"))
+        for n, r in _eval(job, model=model, solvers=("s3",), nfes=nfes, num=args.num, seed=0,
+                          schedule=str(folder / "s3")).items():
+            cells[label, n], jobs[label, n], costs[label, n] = r, f"{job}:s3:{n}", search_cost_s(rep)
+            ld3 = min((k for (k, m) in cells if m == n and k.endswith("+ld3")), key=lambda k: cells[k, n]["fid"],
+                      default=None)
+            if ld3 is not None:
+                extra[label, n] = (ld3, compare_runs(jobs[label, n], jobs[ld3, n])[2], ld3_s)
     paired = {(k, n): compare_runs(jobs["s3", n], jobs[k, n])[2] for (k, n) in jobs if k != "s3"}
-    return {"cells": cells, "costs": costs, "paired": paired, "total_s": time.perf_counter() - t0}
+    return {"cells": cells, "costs": costs, "paired": paired, "vs_ld3": extra, "total_s": time.perf_counter() - t0}
 
 
 def _plot(model: str, res: dict, path: Path) -> None:
@@ -112,10 +128,11 @@ def _plot(model: str, res: dict, path: Path) -> None:
             cost = max(res["costs"][k, m], 0.1)  # fixed grids cost nothing: drawn at 0.1 s on the log axis
             solver, _, grid = k.partition("+")
             style = ({"color": "black", "marker": "*", "ms": 12} if k == "s3" else
+                     {"color": "dimgrey", "marker": "P", "ms": 9} if k in res["searched"] else
                      {"color": "grey", "marker": "s", "ms": 7} if k == "baseline" else
                      {"color": colors.get(solver, "tab:red"), "marker": markers.get(grid, "x"), "ms": 6})
             ax.errorbar([cost], [r["fid"]], yerr=[[r["fid"] - r["fid_low"]], [r["fid_high"] - r["fid"]]],
-                        capsize=3, ls="none", label="S3" if k == "s3" else r.get("label", k), **style)
+                        capsize=3, ls="none", label="S3 (shipped)" if k == "s3" else r.get("label", k), **style)
         ax.set_xscale("log")
         fid_panel(ax, "one-off cost, seconds (log; fixed grids at 0.1)", f"{model}, NFE {n}")
         ax.legend(fontsize=6, ncol=2)
@@ -134,18 +151,24 @@ def main() -> None:
     p.add_argument("--solvers", default=",".join(SOLVERS))
     p.add_argument("--nfes", default=",".join(map(str, NFES)))
     p.add_argument("--out", default="evals/learned-grids")
+    p.add_argument("--searched", action="append", default=[], metavar="LABEL=FOLDER",
+                   help="another search's folder (samplebench search --out), {model} standing for the model, e.g. "
+                        "'S3 quick=searches/quick-{model}': a row with its schedules and its one-off cost")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    args.searched = [tuple(x.split("=", 1)) for x in args.searched]
     args.nfe_list = tuple(int(n) for n in args.nfes.split(","))
     root = Path(args.out)
     command = (f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers} "
-               f"--nfes {args.nfes}")
+               f"--nfes {args.nfes}" + "".join(f" --searched '{a}={b}'" for a, b in args.searched))
     for model in args.models.split(","):
         res = bench_model(model, args, root)
-        keys = sorted({k for k, _ in res["cells"]}, key=lambda k: (k != "s3", k != "baseline", k))
+        res["searched"] = [label for label, _ in args.searched]
+        keys = sorted({k for k, _ in res["cells"]}, key=lambda k: (k != "s3", k not in res["searched"],
+                                                                 k != "baseline", k))
         rows, wins = [], {}
         for k in keys:
-            row = [("S3 (searched)" if k == "s3" else "best baseline" if k == "baseline" else k)]
+            row = [("S3 (shipped search)" if k == "s3" else "best baseline" if k == "baseline" else k)]
             for n in args.nfe_list:
                 r = res["cells"].get((k, n))
                 cell = "-" if r is None else fid_cell(r) + (f" ({r['label']})" if "label" in r else "")
@@ -158,13 +181,19 @@ def main() -> None:
             row.append(f"{cost:.1f}" if cost else "0")
             rows.append(row)
         below = [n for n in args.nfe_list if wins.get(n) and all(wins[n])]
+        vs_ld3 = "".join(f"\n- {label} at NFE {n}: {res['cells'][label, n]['fid']:.3f} for "
+                         f"{res['costs'][label, n]:.0f} s ({res['costs'][label, n] - ld3_s:.0f} s without the LD3 "
+                         f"grids its stage 0 starts from) against the best LD3 grid {k} "
+                         f"({res['cells'][k, n]['fid']:.3f}, {res['costs'][k, n]:.0f} s for this solver and NFE): "
+                         f"{label} - LD3 {_diff(d)}" for (label, n), (k, d, ld3_s) in sorted(res["vs_ld3"].items()))
+        vs_ld3 = f"\n\nOther searches against the best LD3 grid, paired:{vs_ld3}" if vs_ld3 else ""
         plot = DOC.parent / f"frontier-{model}.png"
         body = (f"### {model}\n\n`{command.replace('MODEL', model)}` on {machine()}: {args.num} samples per cell "
                 f"(seeds 0..{args.num - 1}); digits-FID [95%], and S3 minus each, paired on the same seeds.\n\n"
                 + table(["method"] + [f"NFE {n}" for n in args.nfe_list] + ["one-off cost, s (largest)"], rows)
                 + f"\n\nS3 below every other method with its paired interval below zero at NFE "
-                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}). This run took "
-                f"{res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
+                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}).{vs_ld3}\n\n"
+                f"This run took {res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
         print(body, flush=True)
         if not args.no_write:
             _plot(model, res, plot)

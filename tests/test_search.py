@@ -313,6 +313,39 @@ def test_solver_s3_uses_the_models_shipped_schedule(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_eval_schedule_folder_is_solver_s3_from_that_folder(tmp_path, capsys):
+    """``eval --schedule DIR`` (a search's OUT/s3) samples what ``--solver s3`` samples when DIR holds the shipped
+    schedules, records their fingerprints, and refuses an NFE the folder lacks or other solvers, in one line."""
+    import shutil
+
+    from samplebench.usf.shipped import s3_folder
+
+    folder = tmp_path / "s3"
+    folder.mkdir()
+    shutil.copy(s3_folder("digits-gmm") / "nfe4.json", folder / "nfe4.json")
+    common = ["eval", "--model", "digits-gmm", "--nfe", "4", "--num", "12", "--shard-size", "12", "--metrics", "fid",
+              "--quiet", "--json"]
+    assert main([*common, "--schedule", str(folder), "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--solver", "s3", "--out", str(tmp_path / "b")]) == 0
+    a, b = (np.load(tmp_path / d / "samples" / "s3-nfe4" / "shard-00000.npz")["images"] for d in "ab")
+    assert np.array_equal(a, b)
+    job = json.loads((tmp_path / "a" / "job.json").read_text())
+    assert job["settings"]["schedule"] == str(folder) and job["s3_schedules"] == \
+        json.loads((tmp_path / "b" / "job.json").read_text())["s3_schedules"]
+    capsys.readouterr()
+    for argv, message in ((["--schedule", str(folder), "--nfe", "5"], "holds no schedule for --nfe 5"),
+                          (["--schedule", str(folder), "--solver", "ddim"], "--schedule runs as --solver s3")):
+        assert main([*common[:-1], *argv, "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "c").exists()
+    (folder / "nfe4.json").write_text(json.dumps({**json.loads((folder / "nfe4.json").read_text()), "timesteps":
+                                                  [t * 0.99 for t in SolverSchedule.load(folder / "nfe4.json")
+                                                   .timesteps]}))
+    assert main([*common, "--schedule", str(folder), "--out", str(tmp_path / "a")]) == 2
+    assert "another S3 schedule" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model", ["digits", "digits-gmm", "digits-flow"])
 def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path):
     from samplebench.sampling import load_schedule, resolve_solver, sample, skips_applied

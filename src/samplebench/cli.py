@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_args(sub.add_parser("sample", help="generate images"))
     ev = sub.add_parser("eval", help="FID/KID/IS of solvers x NFEs (resumable; accelerate launch splits it)")
     ev.add_argument("--model", default=DEFAULT_MODEL_NAME)
-    ev.add_argument("--solver", type=_csv(str), default=("dpmpp-2m",), help="comma-separated solvers")
+    ev.add_argument("--solver", type=_csv(str), default=None, help="comma-separated solvers (default dpmpp-2m)")
+    ev.add_argument("--schedule", default=None, help="a USF schedule file, or a folder of them (nfe<k>.json, e.g. a "
+                    "search's OUT/s3): solver s3 samples with it instead of the model's shipped schedules")
     ev.add_argument("--nfe", type=_csv(int), default=None, help="comma-separated NFEs (default: 10, or the "
                                                                  "cascade's)")
     ev.add_argument("--num", type=_int, default=2000, help="samples per (solver, NFE)")
@@ -386,12 +388,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError("--out is required (the job folder), or give --folder to score images")
     check_out_dir(args.out)
     nfes = args.nfe or ((10,) if args.cascade is None else ())
-    config = EvalConfig(model=args.model, solvers=args.solver, nfes=nfes, num=args.num, seed=args.seed,
+    solvers = args.solver or (("s3",) if args.schedule is not None else ("dpmpp-2m",))
+    config = EvalConfig(model=args.model, solvers=solvers, nfes=nfes, num=args.num, seed=args.seed,
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
                         shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
                         guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
                         exit_threshold=args.exit_threshold, cache=args.cache, skip_rho=args.skip_rho,
-                        **_cascade_kwargs(args))
+                        schedule=args.schedule, **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet, resamples=args.resamples)
     _print_rows(rows, args.json)

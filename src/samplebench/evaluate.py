@@ -86,11 +86,12 @@ class EvalConfig:
     cascade_noise: float | None = None
     cascade_model: str | None = None
     skip_rho: float | None = None  # Skip-Tuning (``models.skip_tuning``), as ``sample --skip-rho``
+    schedule: str | None = None  # solver s3 from this schedule file or folder of nfe<k>.json, not the shipped ones
 
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
         from .samplers import get_solver
-        from .sampling import check_solver_nfe
+        from .sampling import S3, check_solver_nfe, load_schedule
 
         check_count("--num", self.num, 1, MAX_EVAL_SAMPLES)
         check_count("--shard-size", self.shard_size, 1, MAX_SAMPLES)
@@ -104,6 +105,11 @@ class EvalConfig:
                 raise UsageError("--skip-rho does not combine with --cascade")
         if self.class_label is not None:
             check_count("--class-label", self.class_label, 0, 2**31 - 1)
+        if self.schedule is not None and self.cascade is not None:
+            raise UsageError("--schedule does not combine with --cascade (each stage names its own solver)")
+        if self.schedule is not None and tuple(self.solvers) != (S3,):
+            raise UsageError(f"--schedule runs as --solver s3, not {','.join(self.solvers)}; drop --solver (each "
+                             "NFE's schedule is one solver)")
         cascade = self.cascade_spec()
         if cascade is not None:
             from .sampling import check_cascade_options
@@ -127,6 +133,8 @@ class EvalConfig:
                 if cascade is not None:
                     for stage in cascade.stages:
                         get_solver(stage.solver or s).steps_for_nfe(stage.nfe)
+                elif self.schedule is not None:
+                    load_schedule(self.model, s, n, self.schedule)
                 else:
                     check_solver_nfe(self.model, s, n)
         self.skipping()  # a clear error for a malformed threshold or cache, or both given
@@ -167,7 +175,7 @@ class EvalConfig:
         keys)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         optional = ("exit_threshold", "cache", "cascade", "cascade_from", "cascade_up", "cascade_noise",
-                    "cascade_model", "skip_rho")
+                    "cascade_model", "skip_rho", "schedule")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
                 if not (k in optional and v is None)}
 
@@ -240,7 +248,7 @@ class _Job:
         if c.cascade is not None:
             result = cascade_sample(self.plan(solver_name), seeds, **common)
         else:
-            schedule = load_schedule(c.model, solver_name, nfe, None)
+            schedule = load_schedule(c.model, solver_name, nfe, c.schedule)
             solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
             with skips_applied(model, c.skip_rho, schedule):
                 result = sample(model, solver, grid, seeds, **common, **c.skipping())
@@ -331,13 +339,14 @@ def _stored_rows(job: _Job, ref_sha256: str, resamples: int) -> dict[str, dict[s
 
 
 def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
-    """Per NFE, the SHA-256 of the shipped S3 schedule a job with solver ``s3`` samples with: ``--solver s3``
-    names the model's schedule of the day, so a resumed job checks that it is still the one its shards hold."""
+    """Per NFE, the SHA-256 of the S3 schedule a job with solver ``s3`` samples with: ``--solver s3`` names the
+    model's schedule of the day (or a ``--schedule`` file's), so a resumed job checks that it is still the one its
+    shards hold."""
     from .sampling import S3, load_schedule
 
     if S3 not in config.solvers:
         return {}
-    return {str(n): _key(load_schedule(config.model, S3, n, None).to_dict()) for n in config.nfes}
+    return {str(n): _key(load_schedule(config.model, S3, n, config.schedule).to_dict()) for n in config.nfes}
 
 
 GROWS = ("num",)  # settings a job may change when run again: it grows (or is scored on its first samples)
@@ -371,8 +380,8 @@ def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
     changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
     if changed:
         raise UsageError(f"--out {str(out)!r} holds samples of another S3 schedule for model {config.model!r} "
-                         f"at NFE {changed[0]} (the shipped one has changed since); use another --out or "
-                         "remove that folder")
+                         f"at NFE {changed[0]} (the {'--schedule file' if config.schedule else 'shipped one'} has "
+                         "changed since); use another --out or remove that folder")
     return job
 
 
@@ -506,7 +515,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     for s in c.solvers:
         for n in c.nfes:
             settings = {**c.settings(), "solver": s, "nfe": n,
-                        **({"schedule": load_schedule(c.model, s, n, None).to_dict()} if s == S3 else {})}
+                        **({"schedule": load_schedule(c.model, s, n, c.schedule).to_dict()} if s == S3 else {})}
             row = stored.get(json.dumps(settings, sort_keys=True))
             if row is not None:  # a finished job read again: its numbers as scored, not a second bootstrap
                 results_db.add(row)

@@ -194,15 +194,25 @@ def schedule_solver(schedule, data_mean: torch.Tensor | None = None) -> SolverSp
 
 
 def load_schedule(model: str, solver: str, nfe: int | None, schedule_file: str | None):
-    """The USF schedule a run uses: ``--schedule FILE``, the model's shipped one for ``--solver s3``, or None."""
+    """The USF schedule a run uses: ``--schedule FILE``, ``nfe<k>.json`` of ``--schedule FOLDER`` (a search's
+    ``OUT/s3``), the model's shipped one for ``--solver s3``, or None."""
     from .usf import SolverSchedule
     from .usf.shipped import s3_schedule_path
 
     if schedule_file is None and solver != S3:
         return None
-    if schedule_file is None and nfe is None:
-        raise UsageError("--solver s3 needs --nfe")
-    path = schedule_file or s3_schedule_path(model, nfe)
+    folder = schedule_file is not None and Path(schedule_file).is_dir()
+    if (schedule_file is None or folder) and nfe is None:
+        raise UsageError("--solver s3 needs --nfe" if schedule_file is None else
+                         f"--schedule {str(schedule_file)!r} is a folder of schedules; give --nfe to pick one")
+    if folder:
+        path = Path(schedule_file) / f"nfe{nfe}.json"
+        if not path.is_file():
+            have = sorted(p.name for p in Path(schedule_file).glob("nfe*.json"))
+            raise UsageError(f"--schedule {str(schedule_file)!r} holds no schedule for --nfe {nfe} (no {path.name}; "
+                             f"it holds: {', '.join(have) or 'none'})")
+    else:
+        path = schedule_file or s3_schedule_path(model, nfe)
     schedule = SolverSchedule.load(path)
     if nfe is not None and nfe != schedule.nfe:
         raise UsageError(f"schedule {str(path)!r} uses {schedule.nfe} NFE, not --nfe {nfe}")

@@ -61,7 +61,7 @@ from ..usf import SolverSchedule
 from .predictor import Predictor
 from .space import MAX_NFE, Space, build, crossover, encode, genes_of, known_solver, mutate
 
-__all__ = ["SearchConfig", "run_search", "schedule_id", "report_table"]
+__all__ = ["SearchConfig", "run_search", "schedule_id", "report_table", "search_cost_s"]
 
 GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 RANK_BAR = 15  # parents come from the best 15 of an NFE (reference ``rank_bar``)
@@ -680,6 +680,14 @@ def _report(config: SearchConfig, evals: dict, rescored: dict, folder: Path, ref
             "decisions": decisions}
 
 
+def search_cost_s(report: dict[str, Any]) -> float:
+    """A search's one-off cost in seconds: its screening, re-scoring and exact-ODE sampling, and the learned grids
+    and time refinements charged to it (``learned_time_s``; the shipped grids' recorded cost where they were not made
+    again)."""
+    return float(sum(report.get(k, 0.0) for k in ("screening_time_s", "rescoring_time_s", "endpoint_time_s",
+                                                   "learned_time_s")))
+
+
 def command(config: SearchConfig) -> str:
     """The ``samplebench search`` command line of ``config`` (the options that differ from the defaults)."""
     default = SearchConfig()
@@ -697,6 +705,12 @@ def command(config: SearchConfig) -> str:
     return " ".join(parts) + " --out DIR"
 
 
+def _learned_text(report: dict[str, Any]) -> str:
+    t = report.get("learned_time_s") or 0.0
+    return (f" and {t / 60:.1f} min of learned grids and time refinement (one-off cost in all "
+            f"{search_cost_s(report) / 60:.1f} min)") if t else ""
+
+
 def _fmt(r: dict | None) -> str:
     if r is None or r.get("fid") is None:
         return "-"
@@ -711,7 +725,7 @@ def report_table(report: dict[str, Any]) -> str:
              f"(signal: {report['signal']}), {report['rescored']} finalists re-scored on {report['rescore']} fresh "
              f"seeds; {report['network_evaluations']:,} network evaluations, "
              f"{(report['screening_time_s'] + report['rescoring_time_s'] + report['endpoint_time_s']) / 60:.0f} min "
-             f"of sampling; FID against {report['reference']} ({report['features']} features)", "",
+             f"of sampling{_learned_text(report)}; FID against {report['reference']} ({report['features']} features)", "",
              "| NFE | screened | best baseline | its FID [95%] | best searched | its FID [95%] | searched - baseline, "
              "paired [95%] | ships | Spearman endpoint / fid |", "|---|---|---|---|---|---|---|---|---|"]
     for nfe, d in report["decisions"].items():
