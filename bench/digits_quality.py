@@ -26,7 +26,7 @@ from samplebench.models import load_model  # noqa: E402
 from samplebench.models.base import Conditioning  # noqa: E402
 from samplebench.models.embedded import WEIGHTS  # noqa: E402
 from samplebench.samplers import get_solver  # noqa: E402
-from samplebench.sampling import default_labels, sample, solver_grid  # noqa: E402
+from samplebench.sampling import sample, solver_grid  # noqa: E402
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
                      f"{wall:.0f}"])
         print(rows[-1], st["class_histogram_pct"], flush=True)
         # one evaluation of the model's denoiser (its network, or the exact mixture denoiser) at batch 256, t = 0.5
-        denoiser = model.denoiser(Conditioning(default_labels(model, range(256), None)), 256)
+        denoiser = model.denoiser(Conditioning(model.class_labels(range(256))), 256)
         x = torch.randn(256, *model.sample_shape)
         with torch.inference_mode():
             denoiser(x, 0.5)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from samplebench.cascade import CascadeSpec, cascade_sample, plan_cascade
+from samplebench.cascade import CascadeSpec, plan_cascade
 from samplebench.cli import main
 from samplebench.errors import UsageError
 from samplebench.models import AnalyticModel, Conditioning, GaussianMixture, gaussian_ode_solution, load_model
@@ -49,7 +49,7 @@ def test_stages_run_at_their_resolutions_and_nfe(cascade_dir):
     inputs = []
     handle = model.pipe.unet.register_forward_pre_hook(lambda m, a: inputs.append(tuple(a[0].shape)))
     try:
-        result = cascade_sample(_plan(model, "8:6,16:4:ddim"), range(3), batch_size=3)
+        result = _plan(model, "8:6,16:4:ddim").sample(range(3), batch_size=3)
     finally:
         handle.remove()
     assert result.images.shape == (3, 1, 16, 16) and result.nfe == 10
@@ -69,7 +69,7 @@ def test_flops_per_stage_match_the_network(cascade_dir):
             model.pipe.unet(torch.zeros(1, 2, size, size), torch.tensor([5.0]), class_labels=torch.tensor([1.0]))
         return c.get_total_flops() / 1e9
 
-    result = cascade_sample(_plan(model, "8:6,16:4"), range(2), batch_size=2)
+    result = _plan(model, "8:6,16:4").sample(range(2), batch_size=2)
     c = result.compute
     per_eval = [s["gflops_per_eval"] for s in c["stages"]]
     assert per_eval == pytest.approx([flops(8), flops(16)])
@@ -99,8 +99,8 @@ def test_condition_enters_the_network(cascade_dir):
 def test_images_depend_only_on_their_seeds(cascade_dir):
     model = load_model(str(cascade_dir))
     plan = _plan(model, "8:3,16:2", solver="ddpm")  # stochastic: step noise too comes from each sample's generator
-    a = cascade_sample(plan, range(5), batch_size=5).images
-    b = torch.cat([cascade_sample(plan, [s], batch_size=1).images for s in range(5)])
+    a = plan.sample(range(5), batch_size=5).images
+    b = torch.cat([plan.sample([s], batch_size=1).images for s in range(5)])
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)  # (random weights: values in the hundreds)
 
 
@@ -116,7 +116,7 @@ def test_training_free_cascade_matches_the_exact_renoise_and_finish(path):
     high, low = (HIGH, LOW) if path == "vp" else (replace(m, schedule=FlowMatching()) for m in (HIGH, LOW))
     seeds, t_star = [3, 4, 5], 0.6
     plan = _plan(high, "8:40,16:40", solver="dpmpp-3m", low=low, t_start=t_star)
-    out = cascade_sample(plan, seeds, batch_size=2).x
+    out = plan.sample(seeds, batch_size=2).x
     solver = get_solver("dpmpp-3m")
     x_low = sample(low, solver, solver_grid(low, solver, 40), seeds).x
     eps = []
@@ -132,15 +132,15 @@ def test_training_free_cascade_matches_the_exact_renoise_and_finish(path):
 
 def test_renoising_at_T_gives_the_plain_distribution_and_near_zero_the_upsampled_sample():
     n, seeds = 2000, range(2000)
-    at_T = cascade_sample(_plan(HIGH, "8:5,16:10", low=LOW, t_start=1.0), seeds, batch_size=1000).x
+    at_T = _plan(HIGH, "8:5,16:10", low=LOW, t_start=1.0).sample(seeds, batch_size=1000).x
     plain = sample(HIGH, get_solver("dpmpp-2m"), solver_grid(HIGH, get_solver("dpmpp-2m"), 10), seeds,
                    batch_size=1000).x
     # the plain sampler's N(0, 0.5^2) up to its own 10-NFE error: the low stage's mean 0.7 has gone
     assert abs(float(at_T.mean())) < 0.005 and abs(float(plain.mean())) < 0.005
     assert abs(float(at_T.std()) - float(plain.std())) < 0.004 and abs(float(plain.std()) - 0.5) < 0.02
-    mid = cascade_sample(_plan(HIGH, "8:5,16:10", low=LOW, t_start=0.3), seeds[:200], batch_size=200).x
+    mid = _plan(HIGH, "8:5,16:10", low=LOW, t_start=0.3).sample(seeds[:200], batch_size=200).x
     assert float(mid.mean()) > 0.2  # from t* = 0.3 the low-resolution layout survives
-    near_zero = cascade_sample(_plan(HIGH, "8:10,16:1", solver="ddim", low=LOW, t_start=0.002), seeds[:8],
+    near_zero = _plan(HIGH, "8:10,16:1", solver="ddim", low=LOW, t_start=0.002).sample(seeds[:8],
                                batch_size=8).x
     x_low = sample(LOW, get_solver("ddim"), solver_grid(LOW, get_solver("ddim"), 10), seeds[:8]).x
     gap = (near_zero - upsample(x_low, 16)).abs()  # what is left: noise at the level sigma(t_min) ~ 0.01
@@ -151,7 +151,7 @@ def test_renoising_at_T_gives_the_plain_distribution_and_near_zero_the_upsampled
 @pytest.mark.parametrize("solver", ["ddim", "heun", "dpmpp-3m", "unipc-bh2"])
 def test_nfe_is_exact_for_any_registry_solver(solver):
     nfe = {"heun": (4, 6)}.get(solver, (3, 5))
-    result = cascade_sample(_plan(HIGH, f"8:{nfe[0]},16:{nfe[1]}", solver=solver, low=LOW, t_start=0.5), range(2))
+    result = _plan(HIGH, f"8:{nfe[0]},16:{nfe[1]}", solver=solver, low=LOW, t_start=0.5).sample(range(2))
     assert [s["nfe"] for s in result.compute["stages"]] == list(nfe) and result.nfe == sum(nfe)
 
 
@@ -190,15 +190,20 @@ CLI_BAD = [
     (["--cascade", "8:6,12:4", "--cascade-from", "0.5"], "must be the model's resolution 16x16, got 12x12"),
     (["--cascade", "8:6,16:4", "--cascade-from", "0.5", "--time-grid", "1.0,0.5,0.001"], "must be a grid kind"),
     (["--cascade-from", "0.5"], "--cascade-from needs --cascade"),
+    (["--model", "digits-lowdiff", "--cascade", "8:6,16:4", "--skip-rho", "0.8"],
+     "--skip-rho does not combine with --cascade"),  # as eval refuses it: one check, in the run spec
     (["--cascade", "8:6,16:4", "--cascade-from", "0.5", "--cascade-model", "gaussian"],
      "model 'gaussian' cannot run at 8x8"),
 ]
 
 
 @pytest.mark.parametrize("args,message", CLI_BAD, ids=[" ".join(a) for a, _ in CLI_BAD])
-def test_cli_bad_cascades(tmp_path, capsys, args, message):
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_cli_bad_cascades(tmp_path, capsys, args, message, command):
+    """``sample`` and ``eval`` refuse the same cascades with the same message (one run spec checks both)."""
     out = tmp_path / "never"
-    assert main(["sample", "--out", str(out), "--quiet", *args]) == 2
+    extra = ["--num", "4", "--metrics", "fid"] if command == "eval" else []
+    assert main([command, "--out", str(out), "--quiet", *extra, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists()

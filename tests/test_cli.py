@@ -207,3 +207,25 @@ def test_the_one_call_api_gives_what_the_command_line_gives(tmp_path, capsys):
     assert score.n == 3
     with pytest.raises(UsageError, match="output 'png' is not valid"):
         samplebench.sample("digits", output="png")
+
+
+@pytest.mark.parametrize("options", [
+    {"model": "digits-lowdiff", "cascade": "8:6,16:4"},
+    {"model": "digits", "cache": "deepcache:2", "nfe": 6},
+    {"model": "digits-dit", "exit_threshold": "0.9", "nfe": 6, "class_label": 3, "guidance_scale": 2.0},
+    {"model": "digits", "skip_rho": 0.8, "nfe": 6, "time_grid": "karras"},
+], ids=["cascade", "deepcache", "exit+class+guidance", "skip-tuning"])
+def test_the_one_call_api_takes_every_option_the_command_line_takes(options, tmp_path):
+    """``samplebench.sample(**options)`` draws what ``samplebench sample --option ...`` draws (the same run spec
+    and plan), and an unknown keyword is refused naming the nearest valid one."""
+    import samplebench
+
+    kw = {"nfe": None if "cascade" in options else 4, **options}
+    images = samplebench.sample(**kw, seeds=[7, 8], output="uint8")
+    argv = [x for k, v in kw.items() if v is not None for x in (f"--{k.replace('_', '-')}", str(v))]
+    assert main(["sample", *argv, "--num", "2", "--seed", "7", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    for i in range(2):
+        png = np.asarray(Image.open(tmp_path / "cli" / f"{i:05d}.png"))
+        assert np.array_equal(images[i][..., 0], png), i
+    with pytest.raises(UsageError, match="unknown option 'skiprho' \\(did you mean 'skip_rho'\\?\\)"):
+        samplebench.sample("digits", skiprho=0.8)

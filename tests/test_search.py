@@ -348,16 +348,13 @@ def test_eval_schedule_folder_is_solver_s3_from_that_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["digits", "digits-gmm", "digits-flow"])
 def test_embedded_models_ship_s3_schedules_that_run_at_their_nfe(model, tmp_path):
-    from samplebench.sampling import load_schedule, resolve_solver, sample, skips_applied
+    from samplebench.plan import RunSpec, plan
     from samplebench.usf.shipped import s3_nfes
 
     assert s3_nfes(model)
     m = load_model(model)
     for nfe in s3_nfes(model):
-        schedule = load_schedule(model, "s3", nfe, None)
-        solver, grid = resolve_solver(m, "s3", nfe, None, schedule)
-        with skips_applied(m, None, schedule):
-            result = sample(m, solver, grid, range(2))
+        result = plan(m, RunSpec(model=model, solver="s3", nfe=nfe)).sample(range(2))
         assert result.nfe == nfe and bool(torch.isfinite(result.images).all())
 
 

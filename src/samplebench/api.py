@@ -27,38 +27,41 @@ def _model(name: str, device: str, dtype: str):
 
 
 def sample(model: str = "digits", *, solver: str = "dpmpp-2m", nfe: int | None = 10, seeds: Iterable[int] = range(16),
-           output: str = "pil", progress: bool = False, time_grid: str | None = None, schedule: str | None = None,
-           class_label: int | None = None, prompt: str | None = None, guidance_scale: float = 1.0,
-           batch_size: int = 64, device: str = "cpu", dtype: str = "float32") -> Any:
+           output: str = "pil", progress: bool = False, batch_size: int = 64, device: str = "cpu",
+           **options: Any) -> Any:
     """Images of ``model`` with ``solver`` at exactly ``nfe`` network evaluations, one per seed (image i from its own
-    generator seeded with ``seeds[i]``, as ``samplebench sample`` draws them). ``solver="s3"`` uses the model's
-    shipped S3 schedule, ``schedule`` a USF schedule file. ``output``: "pil" (a list of PIL images), "uint8"
-    ([N, H, W, C] array, as the PNGs hold it) or "tensor" (float [N, C, H, W] in [-1, 1]). Loaded models are kept
-    for the next call."""
+    generator seeded with ``seeds[i]``), as ``samplebench sample`` draws them for the same options. ``solver="s3"``
+    uses the model's shipped S3 schedule. ``options``: every other option of the command, as keywords
+    (``plan.RunOptions``): time_grid, schedule, class_label, guidance_scale, prompt, negative_prompt, dtype,
+    skip_rho, exit_threshold, cache, cascade, cascade_from, cascade_up, cascade_noise, cascade_model. ``output``:
+    "pil" (a list of PIL images), "uint8" ([N, H, W, C] array, as the PNGs hold it) or "tensor" (float [N, C, H, W]
+    in [-1, 1]). Loaded models are kept for the next call."""
     from tqdm import tqdm
 
-    from .checks import check_count, check_seeds
+    from .checks import check_seeds
     from .errors import UsageError
-    from .sampling import check_solver_nfe, load_schedule, resolve_solver, sample as draw, skips_applied, to_uint8
+    from .plan import RunOptions, RunSpec, plan
+    from .loop import to_uint8
 
     if output not in ("pil", "uint8", "tensor"):
         raise UsageError(f"output {output!r} is not valid; valid: pil, uint8, tensor")
+    valid = [f for f in RunOptions.__dataclass_fields__ if f != "model"]
+    for key in options:
+        if key not in valid:
+            from .names import nearest
+
+            raise UsageError(f"sample() got an unknown option {key!r}{nearest(key, valid)}; valid: {', '.join(valid)}")
     seeds = [check_seeds(s, 1, "seed") for s in seeds]
     if not seeds:
         raise UsageError("give at least one seed")
-    usf = load_schedule(model, solver, nfe, schedule)
-    if usf is None:
-        check_count("nfe", nfe, 1)
-        check_solver_nfe(model, solver, nfe)
-    m = _model(model, device, dtype)
-    spec, grid = resolve_solver(m, solver, nfe, time_grid, usf)
-    steps = len(grid) - 1
-    bar = tqdm(total=steps * -(-len(seeds) // batch_size), unit="step", disable=not progress,
-               desc=f"{solver} nfe={usf.nfe if usf is not None else nfe}")
+    spec = RunSpec(model=model, solver=solver, nfe=nfe, **options)
+    cascade = spec.cascade_spec
+    low = _model(cascade.low_model, device, spec.dtype) if cascade is not None and cascade.low_model else None
+    run = plan(_model(model, device, spec.dtype), spec, low)
+    bar = tqdm(total=run.steps * -(-len(seeds) // batch_size), unit="step", disable=not progress,
+               desc=f"{run.label} nfe={spec.total_nfe}")
     try:
-        with skips_applied(m, None, usf):
-            result = draw(m, spec, grid, seeds, class_label=class_label, prompt=prompt, guidance_scale=guidance_scale,
-                          batch_size=batch_size, on_step=lambda info: bar.update(1))
+        result = run.sample(seeds, batch_size=batch_size, on_step=lambda info: bar.update(1))
     finally:
         bar.close()
     if output == "tensor":

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--class-label", type=_int, default=None)
     ev.add_argument("--guidance-scale", type=_float, default=1.0)
     ev.add_argument("--prompt", default=None)
+    ev.add_argument("--negative-prompt", default="", help="negative prompt (as for sample)")
     ev.add_argument("--device", default=None, help="default: accelerate's device for this process")
     ev.add_argument("--dtype", default="float32")
     ev.add_argument("--exit-threshold", default=None, help="DeeDiff early exit (as for sample)")
@@ -392,7 +393,8 @@ def _eval(args: argparse.Namespace) -> int:
     config = EvalConfig(model=args.model, solvers=solvers, nfes=nfes, num=args.num, seed=args.seed,
                         metrics=args.metrics, features=args.features, mode=args.mode, ref=args.ref,
                         shard_size=args.shard_size, time_grid=args.time_grid, class_label=args.class_label,
-                        guidance_scale=args.guidance_scale, prompt=args.prompt, dtype=args.dtype,
+                        guidance_scale=args.guidance_scale, prompt=args.prompt,
+                        negative_prompt=args.negative_prompt, dtype=args.dtype,
                         exit_threshold=args.exit_threshold, cache=args.cache, skip_rho=args.skip_rho,
                         schedule=args.schedule, **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,

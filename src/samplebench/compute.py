@@ -23,8 +23,7 @@ from .models.base import Conditioning, DiffusionModel
 from .models.protocol import CFGDenoiser, Denoiser, Prediction, as_time
 
 __all__ = ["ComputeMeter", "NetworkProfile", "ExitThreshold", "CacheSpec", "parse_cache", "parse_skipping",
-           "network_profile",
-           "check_skipping", "metered_denoiser"]
+           "network_profile", "flop_counts", "check_skipping", "metered_denoiser"]
 
 
 @dataclass(frozen=True)
@@ -96,24 +95,25 @@ def _network_rows(inner: Denoiser, x: torch.Tensor) -> int:
     return x.shape[0] * (2 if isinstance(inner, CFGDenoiser) else 1)
 
 
-def _network(model: DiffusionModel):
-    pipe = getattr(model, "pipe", None)
-    transformer, unet = getattr(pipe, "transformer", None), getattr(pipe, "unet", None)
-    if transformer is not None and hasattr(transformer, "transformer_blocks"):
-        return "dit", transformer
-    if unet is not None and type(unet).__name__ == "UNet2DModel":
-        return "unet", unet
-    return None, None
+def flop_counts(model: DiffusionModel, shape: tuple[int, ...], cond: Conditioning = Conditioning()) -> dict[str, int]:
+    """FLOPs of one evaluation of one sample of ``shape`` under ``cond`` (both halves of guidance), by module
+    ("Global": all), counted with ``torch.utils.flop_counter`` on one forward. The one FLOP profiler: compute skipping
+    (``network_profile``) and cascades (``cascade.gflops_per_eval``) both count through it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *shape, device=model.device)
+    denoiser = model.denoiser(cond, 1)
+    with FlopCounterMode(display=False) as counter:
+        denoiser(x, 0.5)
+    return {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
 
 
 def network_profile(model: DiffusionModel) -> NetworkProfile | None:
     """Blocks and per-row FLOPs of the model's network, counted on one forward (once per model object); None for
     a model without one."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from .models.deepcache import unet_blocks
 
-    kind, net = _network(model)
+    kind, net = model.network()
     if net is None:
         return None
     if getattr(model, "_network_profile", None) is not None:
@@ -121,11 +121,7 @@ def network_profile(model: DiffusionModel) -> NetworkProfile | None:
     names = ([f"transformer_blocks.{i}" for i in range(len(net.transformer_blocks))] if kind == "dit"
              else [n for n, _ in unet_blocks(net)])
     labels = torch.zeros(1, dtype=torch.long) if model.num_classes is not None else None
-    denoiser = model.denoiser(Conditioning(labels), 1)
-    x = torch.zeros(1, *model.sample_shape, device=model.device)
-    with FlopCounterMode(display=False) as counter:
-        denoiser(x, 0.5)
-    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    counts = flop_counts(model, model.sample_shape, Conditioning(labels))
     total = counts.get("Global", 0)
     prefix = type(net).__name__ + "."
     block_flops = tuple(float(counts.get(prefix + n, 0)) for n in names)
@@ -347,10 +343,10 @@ def check_skipping(model: DiffusionModel, exit_threshold: ExitThreshold | None, 
     """A one-line error when the model cannot run the chosen compute skipping."""
     from .models.deepcache import DeepCacheUNet
 
-    kind, net = _network(model)
+    kind, net = model.network()
     if exit_threshold is not None and cache is not None:
         raise UsageError("give --exit-threshold or --cache, not both")
-    if exit_threshold is not None and (kind != "dit" or getattr(model.pipe, "uem", None) is None):
+    if exit_threshold is not None and (kind != "dit" or model.uncertainty_heads() is None):
         raise UsageError(f"--exit-threshold needs a DiT with DeeDiff uncertainty heads (such as digits-dit); "
                          f"model {model.name!r} has none")
     if cache is not None and cache.kind == "deepcache":
@@ -370,9 +366,9 @@ def metered_denoiser(model: DiffusionModel, denoiser: Denoiser, meter: ComputeMe
     ``step_done()`` after every solver step of a run of ``steps`` steps, and ``close()`` at the end of the
     batch."""
     check_skipping(model, exit_threshold, cache)
-    kind, net = _network(model)
+    kind, net = model.network()
     if exit_threshold is not None:
-        return _EarlyExit(denoiser, meter, net, model.pipe.uem, exit_threshold)
+        return _EarlyExit(denoiser, meter, net, model.uncertainty_heads(), exit_threshold)
     if cache is not None and cache.kind == "deepcache":
         return _DeepCache(denoiser, meter, net, cache, steps)
     if cache is not None:

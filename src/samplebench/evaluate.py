@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .checks import MAX_EVAL_SAMPLES, MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
+from .checks import MAX_EVAL_SAMPLES, MAX_NFE, MAX_SAMPLES, check_count, check_seeds
 from .errors import UsageError, damaged, describe
 from .files import atomic_savez, atomic_write
+from .plan import RunOptions
 from .results import format_seeds
 
 __all__ = ["EvalConfig", "METRICS", "DEFAULT_REFS", "run_eval", "eval_folder", "package_versions"]
@@ -60,10 +61,11 @@ def _parse_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """What determines an evaluation's samples and numbers (the device and the database do not)."""
+class EvalConfig(RunOptions):
+    """An evaluation: the run options (``plan.RunOptions``: model, grid, conditioning, methods), a grid of solvers x
+    NFEs, the seeds, metrics and shards. What determines its samples and numbers (the device and database do not);
+    each (solver, NFE) is the ``RunSpec`` ``spec(solver, nfe)``, checked once here."""
 
-    model: str = "digits"
     solvers: tuple[str, ...] = ("dpmpp-2m",)
     nfes: tuple[int, ...] = (10,)
     num: int = 2000
@@ -73,54 +75,26 @@ class EvalConfig:
     mode: str = "clean"
     ref: str | None = None  # None: the model's default reference
     shard_size: int = 250
-    time_grid: str | None = None
-    class_label: int | None = None
-    guidance_scale: float = 1.0
-    prompt: str | None = None
-    dtype: str = "float32"
-    exit_threshold: str | None = None  # DeeDiff early exit (see ``compute.py``)
-    cache: str | None = None  # deepcache:N[:BRANCH] or fbcache:THRESHOLD
-    cascade: str | None = None  # low-resolution cascade stages, e.g. "8:6,16:4" (``cascade.py``)
-    cascade_from: float | None = None
-    cascade_up: str | None = None
-    cascade_noise: float | None = None
-    cascade_model: str | None = None
-    skip_rho: float | None = None  # Skip-Tuning (``models.skip_tuning``), as ``sample --skip-rho``
-    schedule: str | None = None  # solver s3 from this schedule file or folder of nfe<k>.json, not the shipped ones
 
     def __post_init__(self) -> None:
         from .metrics.extractors import EXTRACTORS, MODES
-        from .samplers import get_solver
-        from .sampling import S3, check_solver_nfe, load_schedule
+        from .plan import S3
 
+        super().__post_init__()
         check_count("--num", self.num, 1, MAX_EVAL_SAMPLES)
         check_count("--shard-size", self.shard_size, 1, MAX_SAMPLES)
         check_seeds(self.seed, self.num)
         for n in self.nfes:
             check_count("--nfe", n, 1, MAX_NFE)
-        check_float("--guidance-scale", self.guidance_scale, 0)
-        if self.skip_rho is not None:
-            check_float("--skip-rho", self.skip_rho, 0)
-            if self.cascade is not None:
-                raise UsageError("--skip-rho does not combine with --cascade")
-        if self.class_label is not None:
-            check_count("--class-label", self.class_label, 0, 2**31 - 1)
-        if self.schedule is not None and self.cascade is not None:
-            raise UsageError("--schedule does not combine with --cascade (each stage names its own solver)")
         if self.schedule is not None and tuple(self.solvers) != (S3,):
             raise UsageError(f"--schedule runs as --solver s3, not {','.join(self.solvers)}; drop --solver (each "
                              "NFE's schedule is one solver)")
-        cascade = self.cascade_spec()
-        if cascade is not None:
-            from .sampling import check_cascade_options
-
-            if not self.nfes:
-                object.__setattr__(self, "nfes", (cascade.nfe,))
-            if tuple(self.nfes) != (cascade.nfe,):
-                raise UsageError(f"--nfe {','.join(map(str, self.nfes))} differs from the cascade's {cascade.nfe} "
-                                 f"NFE ({cascade.label()}); drop --nfe")
-            for s in self.solvers:
-                check_cascade_options(cascade, None, None, s, self.exit_threshold, self.cache)
+        cascade = self.cascade_spec
+        if cascade is not None and not self.nfes:
+            object.__setattr__(self, "nfes", (cascade.nfe,))
+        if cascade is not None and tuple(self.nfes) != (cascade.nfe,):
+            raise UsageError(f"--nfe {','.join(map(str, self.nfes))} differs from the cascade's {cascade.nfe} "
+                             f"NFE ({cascade.label()}); drop --nfe")
         if not self.solvers or not self.nfes:
             raise UsageError("give at least one --solver and one --nfe")
         _parse_metrics(self.metrics)
@@ -130,17 +104,19 @@ class EvalConfig:
             raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         for s in self.solvers:
             for n in self.nfes:
-                if cascade is not None:
-                    for stage in cascade.stages:
-                        get_solver(stage.solver or s).steps_for_nfe(stage.nfe)
-                elif self.schedule is not None:
-                    load_schedule(self.model, s, n, self.schedule)
-                else:
-                    check_solver_nfe(self.model, s, n)
-        self.skipping()  # a clear error for a malformed threshold or cache, or both given
+                self.spec(s, n)
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref (a folder, an .npz or a "
                              f"name made with 'samplebench refs make')")
+
+    def spec(self, solver: str, nfe: int):
+        """The run of one cell: ``plan.RunSpec`` with these options (built once per cell)."""
+        from .plan import RunSpec
+
+        specs = self.__dict__.setdefault("_specs", {})
+        if (solver, nfe) not in specs:
+            specs[solver, nfe] = RunSpec(**self.options(), solver=solver, nfe=nfe)
+        return specs[solver, nfe]
 
     @property
     def reference(self) -> str:
@@ -150,34 +126,14 @@ class EvalConfig:
     def num_shards(self) -> int:
         return -(-self.num // self.shard_size)
 
-    def skipping(self) -> dict[str, Any]:
-        from .compute import parse_skipping
-
-        exit_threshold, cache = parse_skipping(self.exit_threshold, self.cache)
-        return {"exit_threshold": exit_threshold, "cache": cache}
-
-    def cascade_spec(self):
-        from .cascade import CascadeSpec
-
-        return CascadeSpec.parse(self.cascade, self.cascade_from, self.cascade_up, self.cascade_noise,
-                                 self.cascade_model)
-
-    @property
-    def compute_label(self) -> str | None:
-        if self.cascade is not None:
-            return f"cascade:{self.cascade_spec().label()}"
-        if self.skip_rho is not None:
-            return f"skip-rho:{self.skip_rho:g}"
-        return f"exit:{self.exit_threshold}" if self.exit_threshold is not None else self.cache
-
     def settings(self) -> dict[str, Any]:
-        """The settings as JSON values; compute skipping and cascades appear only when set (older jobs keep their
-        keys)."""
+        """The settings as JSON values; the methods, a schedule and a negative prompt appear only when set (older
+        jobs keep their keys)."""
+        from .plan import OPTIONAL
+
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        optional = ("exit_threshold", "cache", "cascade", "cascade_from", "cascade_up", "cascade_noise",
-                    "cascade_model", "skip_rho", "schedule")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
-                if not (k in optional and v is None)}
+                if not (k in OPTIONAL and v == OPTIONAL[k])}
 
 
 def package_versions() -> dict[str, str]:
@@ -224,34 +180,26 @@ class _Job:
             self._models[name] = load_model(name, device=self.device or "cpu", dtype=self.config.dtype)
         return self._models[name]
 
-    def plan(self, solver: str):
-        """The cascade plan for ``solver``, built once."""
-        from .cascade import plan_cascade
+    def plan(self, solver: str, nfe: int):
+        """The ``loop.Plan`` of one (solver, NFE), built once."""
+        from .plan import load_models, plan
 
-        if solver not in self._plans:
-            spec = self.config.cascade_spec()
-            low = self.model(spec.low_model) if spec.low_model is not None else None
-            self._plans[solver] = plan_cascade(self.model(), spec, solver, self.config.time_grid, low)
-        return self._plans[solver]
+        if (solver, nfe) not in self._plans:
+            spec = self.config.spec(solver, nfe)
+            model, low = load_models(spec, self.device or "cpu", self.model())
+            if low is not None:
+                low = self.model(low.name) if low.name in self._models else self._models.setdefault(low.name, low)
+            self._plans[solver, nfe] = plan(model, spec, low)
+        return self._plans[solver, nfe]
 
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
         """Draw shard ``shard`` (its whole range up to ``num``) as one batch."""
-        from .cascade import cascade_sample
-        from .sampling import load_schedule, resolve_solver, sample, skips_applied, to_uint8
+        from .loop import to_uint8
 
         c = self.config
         lo, hi = shard * c.shard_size, min(c.num, (shard + 1) * c.shard_size)
         seeds = list(range(c.seed + lo, c.seed + hi))
-        model = self.model()
-        common = dict(class_label=c.class_label, prompt=c.prompt, guidance_scale=c.guidance_scale,
-                      batch_size=c.shard_size)
-        if c.cascade is not None:
-            result = cascade_sample(self.plan(solver_name), seeds, **common)
-        else:
-            schedule = load_schedule(c.model, solver_name, nfe, c.schedule)
-            solver, grid = resolve_solver(model, solver_name, nfe, None if schedule else c.time_grid, schedule)
-            with skips_applied(model, c.skip_rho, schedule):
-                result = sample(model, solver, grid, seeds, **common, **c.skipping())
+        result = self.plan(solver_name, nfe).sample(seeds, batch_size=c.shard_size)
         path = self.sample_file(solver_name, nfe, shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         work = {k: (result.compute or {}).get(k) or 0 for k in WORK}
@@ -342,7 +290,7 @@ def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
     """Per NFE, the SHA-256 of the S3 schedule a job with solver ``s3`` samples with: ``--solver s3`` names the
     model's schedule of the day (or a ``--schedule`` file's), so a resumed job checks that it is still the one its
     shards hold."""
-    from .sampling import S3, load_schedule
+    from .plan import S3, load_schedule
 
     if S3 not in config.solvers:
         return {}
@@ -441,13 +389,11 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from accelerate import PartialState
     from tqdm import tqdm
 
-    from .cascade import require_cascade
     from .metrics.extractors import get_extractor
     from .metrics.reference import get_reference
     from .models import parse_device
+    from .plan import S3, load_schedule
     from .results import ResultsDB
-    from .models import Conditioning
-    from .sampling import S3, default_labels, load_schedule
 
     from .metrics.intervals import LEVEL, check
 
@@ -467,17 +413,9 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     if state.is_main_process:
         ResultsDB.check(db)  # opened when the rows are ready: a failing job leaves no new database behind
     job = _Job(c, out, dev)
-    require_cascade(job.model(), c.cascade_spec())
-    if c.skip_rho is not None:
-        from .sampling import _skip_coefficients
-
-        _skip_coefficients(job.model(), c.skip_rho, None)  # a model without UNet skips fails here
-    if c.cascade is not None:  # the cascade against its models (one-line errors before anything is written)
-        for s in c.solvers:
-            job.plan(s)
-    model = job.model()
-    model.check_conditioning(Conditioning(default_labels(model, [c.seed], c.class_label), c.prompt, "",
-                                          c.guidance_scale))
+    for s in c.solvers:  # every cell planned against its models: one-line errors before anything is written
+        for n in c.nfes:
+            job.plan(s, n)
     if state.is_main_process:
         manifest = _read_manifest(out, c)  # another job's folder is refused before anything is read as damaged
         _check_shards(job)  # a damaged file is named before anything is written

@@ -15,3 +15,16 @@ DTYPES = ("float32", "float16", "bfloat16")  # models.DTYPES
 POTENTIALS = ("diff", "max")  # align.particles.POTENTIALS
 UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")  # models.lowdiff.UPSAMPLE_MODES
 METRICS = ("fid", "kid", "is")  # evaluate.METRICS
+
+
+def nearest(name: object, valid) -> str:
+    """`` (did you mean 'x'?)`` for the valid name closest to ``name`` (``difflib``), or "" when none is close: the
+    hint every message that lists valid names gives."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6) or difflib.get_close_matches(
+        name.lower().replace("_", "-"), valid, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""

@@ -57,7 +57,7 @@ class AlignConfig:
 
     def command(self) -> str:
         """The ``samplebench sample`` command of this run (the budget and seed make it the same run)."""
-        from ..sampling import command_line
+        from ..plan import command_line
 
         return command_line(self, AlignConfig(), skip=("save_npz",), flags={"method": "--solver", "lam": "--lambda"},
                             always=("model", "--solver", "reward", "budget", "num", "nfe", "seed"))

@@ -381,22 +381,18 @@ def skipping_cells(model: str, solver: str, nfe: int, seeds: str, *, exit_thresh
 def cascade_cells(model: str, stages: str, cascade_from: float | None, seeds: str, solver: str,
                   single_model: str = DEFAULT_MODEL, limits: Limits = Limits()) -> list[Cell]:
     """A low-resolution cascade next to ``single_model`` at full resolution with the same total NFE."""
-    from ..cascade import CascadeSpec
-    from ..sampling import check_solver_nfe
-
     seeds = parse_seeds(seeds, limits.images)
     if not isinstance(stages, str) or not stages.strip() or len(stages) > 200:
         raise UsageError("give cascade stages, e.g. 8:20,16:2")
     if cascade_from is not None:
         cascade_from = check_float("t*", cascade_from, 0, 1, lo_open=True)
-    spec = CascadeSpec.parse(stages, cascade_from, None, None, None)
-    if spec.nfe > limits.nfe:
-        raise UsageError(f"the cascade spends {spec.nfe} NFE; at most {limits.nfe}")
     common, single = _conditioning(model, None, None, 1.0, limits), _conditioning(single_model, None, None, 1.0,
                                                                                    limits)
-    check_solver_nfe(single["model"], solver, spec.nfe)
-    return [Cell(f"cascade {spec.label()}", f"NFE {spec.nfe}",
-                 _sample_config(common, seeds, solver=solver, nfe=None, cascade=stages, cascade_from=cascade_from)),
+    cascade = _sample_config(common, seeds, solver=solver, nfe=None, cascade=stages, cascade_from=cascade_from)
+    spec = cascade.cascade_spec  # parsed once, by the run spec
+    if spec.nfe > limits.nfe:
+        raise UsageError(f"the cascade spends {spec.nfe} NFE; at most {limits.nfe}")
+    return [Cell(f"cascade {spec.label()}", f"NFE {spec.nfe}", cascade),
             Cell(f"{single['model']} single resolution", f"NFE {spec.nfe}",
                  _sample_config(single, seeds, solver=solver, nfe=spec.nfe))]
 

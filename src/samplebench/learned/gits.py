@@ -89,7 +89,6 @@ def teacher_costs(model, fine_grid: torch.Tensor, *, num: int = WARMUP, metric: 
     from ..models import Conditioning, CountingDenoiser
     from ..noise import SampleGenerators
     from ..samplers import get_solver
-    from ..sampling import default_labels
 
     start = time.perf_counter()
     schedule = model.schedule
@@ -102,7 +101,7 @@ def teacher_costs(model, fine_grid: torch.Tensor, *, num: int = WARMUP, metric: 
     for lo in range(0, num, batch_size):
         batch = seeds[lo:lo + batch_size]
         gens = SampleGenerators(batch)
-        cond = Conditioning(default_labels(model, batch, None))
+        cond = Conditioning(model.class_labels(batch))
         denoiser = CountingDenoiser(model.denoiser(cond, len(batch)))
         x = gens.randn(model.sample_shape, device=model.device, dtype=torch.float64) * schedule.prior_std()
         states, slopes = [x / alphas[0]], []

@@ -151,7 +151,7 @@ def _distance(model, kind: str = "auto"):
     L2."""
     if kind not in ("auto", "features", "l2"):
         raise UsageError(f"unknown LD3 distance {kind!r}; valid: auto, features, l2")
-    digits = not getattr(model, "latent", False) and tuple(model.sample_shape) == (1, 16, 16)
+    digits = not model.latent and tuple(model.sample_shape) == (1, 16, 16)
     if kind == "features" or (kind == "auto" and digits):
         from ..models.classifier import load_classifier
 
@@ -164,18 +164,14 @@ def _distance(model, kind: str = "auto"):
 
 def _frozen(model):
     """Stop gradients into the model's own weights (only times and inputs are learned)."""
-    import torch.nn as nn
-
-    pipe = getattr(model, "pipe", None)
-    modules = [v for v in vars(pipe).values() if isinstance(v, nn.Module)] if pipe is not None else []
-    for m in modules:
+    for m in model.modules():
         for q in m.parameters():
             q.requires_grad_(False)
 
 
 def teacher_pairs(model, config: LD3Config, *, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The noises and teacher endpoints (decoded) of the train + validation pairs."""
-    from ..sampling import sample
+    from ..loop import sample
     from ..samplers import get_solver, make_grid
 
     solver, nfe = config.teacher
@@ -200,7 +196,7 @@ def train_ld3(model, solver, steps: int, config: LD3Config = LD3Config(), *, pai
     name (``STUDENTS``), or a USF ``SolverSchedule``, whose decisions stay and whose times are the start (its ends
     fixed; no input times: a schedule has no field for them)."""
     from ..models import Conditioning, CountingDenoiser, differentiable
-    from ..sampling import default_labels, skips_applied
+    from ..loop import skip_coefficients, skips_applied
     from ..usf import SolverSchedule
 
     searched = isinstance(solver, SolverSchedule)
@@ -225,13 +221,14 @@ def train_ld3(model, solver, steps: int, config: LD3Config = LD3Config(), *, pai
     n_train = config.train
     latents = x_T[:n_train].clone()
     counted = {"forward": 0, "backward": 0}
+    skips = skip_coefficients(model, None, solver) if searched else None
 
     def run(x, rows, with_xi, grad):
-        labels = default_labels(model, [config.seed + r for r in rows], None)
+        labels = model.class_labels([config.seed + r for r in rows])
         den = CountingDenoiser(model.denoiser(cond or Conditioning(labels), len(rows)))
         times = ld3_times(sch, p, config.mode, ends)
         mt = input_times(sch, times, xi if with_xi and not searched else None, config.mode)
-        with differentiable(), torch.set_grad_enabled(grad), skips_applied(model, None, solver if searched else None):
+        with differentiable(), torch.set_grad_enabled(grad), skips_applied(model, skips):
             out = model.decode(student(den, x, times if grad else times.detach(), solver,
                                        mt if grad else mt.detach(), model.data_mean))
             loss = dist(out, target[rows])
@@ -311,7 +308,7 @@ def train_ld3(model, solver, steps: int, config: LD3Config = LD3Config(), *, pai
 def ld3_record(model, solver, steps: int, *, progress: bool = True) -> dict[str, Any]:
     """The model's LD3 grid for registry solver ``solver`` (a ``SolverSpec``) and ``steps``: shipped, cached, or
     trained now (then cached, its cost printed)."""
-    from . import _must_compute, _read, _write
+    from .store import _must_compute, _read, _write
 
     name = f"ld3/{solver.name}-steps{steps}.json"
     record = _read(model, name)
@@ -320,7 +317,7 @@ def ld3_record(model, solver, steps: int, *, progress: bool = True) -> dict[str,
     _must_compute(model, f"LD3 ({solver.name}, {steps} steps)")
     if solver.name not in STUDENTS:
         raise UsageError(f"LD3 trains the grid of {', '.join(STUDENTS)}; solver {solver.name!r} is not one")
-    config = LD3Config(mode="time" if getattr(model, "latent", False) else "lambda")
+    config = LD3Config(mode="time" if model.latent else "lambda")
     times, mt, info = train_ld3(model, solver.name, steps, config, progress=progress)
     record = {"model": str(model.name), "schedule": model.schedule.to_config(), "grid": times.tolist(),
               "model_times": mt.tolist(), **info}

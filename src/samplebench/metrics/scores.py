@@ -34,7 +34,7 @@ class Features:
 def as_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 [N, H, W, 3]: from float [-1, 1] [N, C, H, W] (rounded as PNGs are) or uint8 [N, H, W, C]; grey images
     get three equal channels, as PIL's ``convert("RGB")`` gives them."""
-    from ..sampling import to_uint8
+    from ..loop import to_uint8
 
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         images = to_uint8(images)

@@ -61,7 +61,7 @@ def _load_model(name: str, device, dtype, local_files_only: bool | None) -> Diff
     if name in EMBEDDED:
         return EMBEDDED[name].load(device, dtype)
     if Path(name).is_dir() or ("/" in name and not Path(name).exists() and not name.startswith((".", "/"))):
-        from .diffusers_models import is_dit_folder, load_dit_folder, load_pipeline_model
+        from .loader import is_dit_folder, load_dit_folder, load_pipeline_model
 
         if is_dit_folder(name):
             return load_dit_folder(name, name=name, device=device, dtype=dtype)

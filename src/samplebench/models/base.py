@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,32 @@ class DiffusionModel:
     # Whether samples live in a latent space decoded by a VAE (DM-NonUniform weighs errors by sigma^2 / alpha there,
     # by sigma / alpha in pixel space)
     latent: bool = False
+    # A cascade model's (``lowdiff.py``) trained resolutions, condition noise time, upsampling and the later stages'
+    # default start time t*; None (bilinear) for every other model.
+    resolutions: tuple[int, ...] | None = None
+    condition_noise: float | None = None
+    upsample_mode: str = "bilinear"
+    t_start: float | None = None
 
     def denoiser(self, cond: Conditioning, batch_size: int) -> Denoiser:
         raise NotImplementedError
+
+    def network(self) -> tuple[str | None, Any]:
+        """The block-structured network that compute skipping and FLOP accounting work on: ("unet", a
+        ``UNet2DModel``), ("dit", a transformer with ``transformer_blocks``), or (None, None)."""
+        return None, None
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network the model runs (denoiser, VAE, text encoders, heads); none for an analytic model."""
+        return []
+
+    def skip_network(self) -> Any:
+        """The UNet whose skip connections Skip-Tuning scales (one with ``up_blocks``), or None."""
+        return None
+
+    def uncertainty_heads(self) -> Any:
+        """DeeDiff's uncertainty heads (``deediff.py``) for early exit, or None."""
+        return None
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples in image space, values nominally in [-1, 1], shape [B, C, H, W]."""
@@ -71,6 +95,15 @@ class DiffusionModel:
         steps`` (``--time-grid pipeline``), ending in 0 where its scheduler's last step lands on x0."""
         raise UsageError(f"model {self.name!r} has no diffusers pipeline scheduler, so --time-grid pipeline does not "
                          "apply; give logsnr, time-uniform, time-quadratic, karras or a list of times")
+
+    def class_labels(self, seeds: Sequence[int], class_label: int | None = None) -> torch.Tensor | None:
+        """Class labels of samples ``seeds``: ``class_label`` for all, else (seed mod num_classes) each for a
+        class-conditional model; None for an unconditional one without ``class_label``."""
+        if self.num_classes is None:
+            return None if class_label is None else torch.full((len(seeds),), class_label)
+        if class_label is not None:
+            return torch.full((len(seeds),), class_label, dtype=torch.long)
+        return torch.tensor([s % self.num_classes for s in seeds], dtype=torch.long)
 
     def check_conditioning(self, cond: Conditioning) -> None:
         if cond.class_labels is not None and self.num_classes is None:

@@ -55,7 +55,7 @@ def _digits_gmm(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
 
 def _shipped_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """A diffusers pipeline folder under weights/, loaded like any local pipeline and named by its folder."""
-    from .diffusers_models import load_pipeline_model
+    from .loader import load_pipeline_model
 
     model = load_pipeline_model(str(WEIGHTS / name), device=device, dtype=dtype, local_files_only=True)
     model.name = name
@@ -64,7 +64,7 @@ def _shipped_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Di
 
 def _shipped_dit(name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """A folder under weights/ written by ``samplebench train digits-dit`` or ``digits-flow``."""
-    from .diffusers_models import load_dit_folder
+    from .loader import load_dit_folder
 
     return load_dit_folder(WEIGHTS / name, name=name, device=device, dtype=dtype)
 

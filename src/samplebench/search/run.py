@@ -190,32 +190,25 @@ class _Evaluator:
     def space(self) -> Space:
         from ..models.skip_tuning import count_skips
 
-        unet = getattr(getattr(self.model, "pipe", None), "unet", None)
+        unet = self.model.skip_network()
         s = self.model.schedule
         return Space(float(s.T), float(s.t_min), self.model.data_mean is not None,
-                     count_skips(unet) if unet is not None and hasattr(unet, "up_blocks") else 0)
-
-    def _sample(self, solver, grid, seeds, schedule=None):
-        from ..sampling import sample, skips_applied
-
-        with skips_applied(self.model, None, schedule):
-            return sample(self.model, solver, grid, seeds, batch_size=self.config.batch_size)
+                     count_skips(unet) if unet is not None else 0)
 
     def exact_images(self):
         """The images of the exact ODE from the screening seeds' noise (``ENDPOINT_NFE`` UniPC steps, logSNR)."""
-        from ..sampling import resolve_solver
+        from ..plan import RunSpec, plan
 
-        solver, grid = resolve_solver(self.model, ENDPOINT_SOLVER, ENDPOINT_NFE, "logsnr")
-        result = self._sample(solver, grid, self.seeds)
+        spec = RunSpec(model=self.config.model, solver=ENDPOINT_SOLVER, nfe=ENDPOINT_NFE, time_grid="logsnr")
+        result = plan(self.model, spec).sample(self.seeds, batch_size=self.config.batch_size)
         return result.images.numpy(), result.nfe * len(self.seeds), result.wall_time_s
 
     def _images(self, schedule, seeds):
         import torch
 
-        from ..sampling import resolve_solver
+        from ..plan import plan_schedule
 
-        solver, grid = resolve_solver(self.model, "usf", schedule.nfe, None, schedule)
-        result = self._sample(solver, grid, seeds, schedule)
+        result = plan_schedule(self.model, schedule).sample(seeds, batch_size=self.config.batch_size)
         ok = bool(torch.isfinite(result.images).all())
         return (result.images if ok else None), result.nfe
 
@@ -582,7 +575,7 @@ def _refined(config: SearchConfig, evals: dict, schedules: dict, model, out: Pat
     x_T = SampleGenerators(seeds).randn(model.sample_shape, dtype=torch.float64) * model.schedule.prior_std()
     target = torch.from_numpy(np.load(out / "endpoint.npy")[:2 * n]).double()
     ld3 = LD3Config(train=n, valid=n, rounds_times=7, rounds_input_times=0, seed=config.seed,
-                    mode="time" if getattr(model, "latent", False) else "lambda")
+                    mode="time" if model.latent else "lambda")
     plan, costs = [], {}
     for nfe in config.nfes:
         rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0 and r["score"] is not None),

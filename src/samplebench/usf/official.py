@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, describe
-from .schedule import RELAXATIONS, Corrector, Derivative, SolverSchedule, Step
-
-__all__ = ["from_official", "load_official", "is_official"]
+__all__ = ["from_official", "read_official", "is_official"]
 
 PREDICTIONS = {"noise_prediction": "noise", "data_prediction": "data"}
 AFS = {"no_afs": "none", "zero_x0": "zero-official", "average_x0": "mean"}
+RELAXATIONS = ("none", "linear")  # of the official update's first derivative
 
 
 def _fail(where: str, message: str):
@@ -67,9 +66,9 @@ def _active_points(d: dict, n_terms: int, start: int, available: int, where: str
     return points
 
 
-def _derivatives(types: Any, order: int, start: int, available: int, where: str) -> tuple[Derivative, ...]:
+def _derivatives(types: Any, order: int, start: int, available: int, where: str) -> list[dict[str, Any]]:
     if order == 1:
-        return ()
+        return []
     if not isinstance(types, (list, tuple)) or len(types) < order - 1:
         _fail(where, f"order {order} needs {order - 1} derivative types, got {types!r}")
     out = []
@@ -81,15 +80,17 @@ def _derivatives(types: Any, order: int, start: int, available: int, where: str)
         if n == 1:  # the official update relaxes the first derivative only
             relaxation = d.get("relaxation") or "none"
             relaxation = "none" if relaxation == "no_relaxation" else relaxation
-            if relaxation not in RELAXATIONS or relaxation == "half":
+            if relaxation not in RELAXATIONS:
                 _fail(w, f"unknown relaxation {relaxation!r}")
             coefficient = float(d.get("relaxation_coefficient", 0.0)) if relaxation == "linear" else 0.0
-        out.append(Derivative(_active_points(d, n, start, available, w), relaxation, coefficient))
-    return tuple(out)
+        out.append({"active_points": list(_active_points(d, n, start, available, w)), "relaxation": relaxation,
+                    "coefficient": coefficient})
+    return out
 
 
-def from_official(decisions: dict) -> SolverSchedule:
-    """A ``SolverSchedule`` from an official decisions dict (``UniSampler.sample``'s ``decisions``)."""
+def from_official(decisions: dict) -> dict[str, Any]:
+    """An official decisions dict (``UniSampler.sample``'s ``decisions``) as samplebench's schedule dict, which
+    ``SolverSchedule.from_dict`` reads (and checks)."""
     if not is_official(decisions):
         _fail("file", "expected the official decisions dict (with 'orders', 'prediction_types', ...)")
     try:
@@ -121,27 +122,29 @@ def from_official(decisions: dict) -> SolverSchedule:
         c = lists["corrector_types"][i] or {"type": "no_corrector"}
         ckind = c.get("type", "no_corrector") if isinstance(c, dict) else c
         if ckind in ("no_corrector", None):
-            corrector = Corrector()
+            corrector = {"kind": "none", "order": 0, "derivatives": []}
         elif ckind in ("pseudo", "implicit") and isinstance(c, dict):
             cstart, corder = int(c.get("start_point", start - 1)), int(c.get("taylor_order", orders[i] + 1))
-            corrector = Corrector(ckind, corder, _derivatives(c.get("derivative_type"), corder, cstart,
-                                                              available + 1, f"{where} corrector"), cstart)
+            corrector = {"kind": ckind, "order": corder, "start_point": cstart,
+                         "derivatives": _derivatives(c.get("derivative_type"), corder, cstart, available + 1,
+                                                     f"{where} corrector")}
         else:
             _fail(f"{where} corrector", f"unknown corrector {c!r}; valid types: no_corrector, pseudo, implicit")
-        steps.append(Step(PREDICTIONS[kind], orders[i], derivatives, start, corrector))
+        steps.append({"prediction": PREDICTIONS[kind], "order": orders[i], "derivatives": derivatives,
+                      "start_point": start, "corrector": corrector})
     afs = decisions.get("afs", "no_afs")
     if afs not in AFS:
         _fail("afs", f"unknown {afs!r}; valid: {', '.join(AFS)}")
     skip = decisions.get("skip_coefficients")
-    skip = None if skip is None else tuple(_floats(skip))
+    skip = None if skip is None else _floats(skip)
     if skip is not None and all(c == 1.0 for c in skip):
         skip = None  # all ones scale nothing (the official files carry them so)
-    return SolverSchedule(tuple(timesteps), tuple(steps), AFS[afs], skip)
+    return {"timesteps": timesteps, "steps": steps, "afs": AFS[afs], "skip_coefficients": skip}
 
 
-def load_official(path: str | Path) -> SolverSchedule:
-    """An official schedule file: a ``.pth`` (read with ``torch.load(weights_only=True)``: tensors, lists, dicts,
-    no code) or the same dict as JSON."""
+def read_official(path: str | Path) -> dict[str, Any]:
+    """An official schedule file as samplebench's schedule dict: a ``.pth`` (read with
+    ``torch.load(weights_only=True)``: tensors, lists, dicts, no code) or the same dict as JSON."""
     p = Path(path)
     try:
         if p.suffix == ".pth":

@@ -181,10 +181,10 @@ class SolverSchedule:
     def from_dict(cls, d: dict[str, Any]) -> "SolverSchedule":
         if not isinstance(d, dict):
             _fail("file", "expected a JSON object")
-        from .official import from_official, is_official
+        if "orders" in d and "steps" not in d:  # the official USF decisions dict (thu-nics/USF, ``official.py``)
+            from . import official
 
-        if is_official(d):  # the official USF decisions dict (thu-nics/USF)
-            return from_official(d)
+            d = official.from_official(d)
         if d.get("format", FORMAT) != FORMAT:
             _fail("format", f"{d.get('format')!r} is not {FORMAT!r}")
         unknown = set(d) - {"format", "timesteps", "steps", "afs", "skip_coefficients"}
@@ -226,9 +226,9 @@ class SolverSchedule:
             raise UsageError(f"solver schedule {str(p)!r} is {p.stat().st_size} bytes; a schedule is JSON of at most "
                              f"{MAX_FILE_BYTES} bytes")
         if p.suffix == ".pth":  # an official USF schedule file
-            from .official import load_official
+            from . import official
 
-            return load_official(p)
+            return cls.from_dict(official.read_official(p))
         try:
             text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
