@@ -227,7 +227,7 @@ def test_cli_dts_and_bad_input(tmp_path, capsys):
     assert main(["sample", "--model", "digits-gmm", "--solver", "dts", "--reward", "class:3", "--budget", "400",
                  "--nfe", "10", "--num", "4", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["nfe"] <= 400 and summary["reward_calls"] == summary["rollouts"] and len(summary["images"]) == 4
+    assert summary["nfe_total"] <= 400 and summary["reward_calls"] == summary["rollouts"] and len(summary["images"]) == 4
     assert summary["solver"] == "dts" and "state_bytes" in summary and len(summary["rewards"]) == 4
     bad = [["--reward", "class:11", "--budget", "400"], ["--reward", "test_align:wrong_shape", "--budget", "400"],
            ["--reward", "class:3", "--budget", "5"], ["--reward", "class:3"], ["--reward", "nope", "--budget", "400"]]
@@ -250,7 +250,7 @@ def test_dts_on_a_class_conditional_pipeline(tmp_path):
                  "--budget", "60", "--nfe", "5", "--num", "2", "--class-label", "1",
                  "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["nfe"] <= 60 and summary["class_label"] == 1
+    assert summary["nfe_total"] <= 60 and summary["class_label"] == 1
 
 
 # ---- flow matching: the same stochastic chain (the DDPM posterior of the path x_t = (1 - t) x_0 + t eps) -----------

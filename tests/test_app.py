@@ -107,13 +107,16 @@ def test_cells_are_sample_runs(pool, tmp_path):
     first = results[0]
     name = f"{first.folder.name}/{first.summary['images'][0]}"
     assert z.read(name) == (first.folder / first.summary["images"][0]).read_bytes()  # not re-encoded
-    numbers = core.cell_fid(results[0].images, "digits")
-    assert numbers["n"] == 4 and numbers["fid_low"] <= numbers["fid"] <= numbers["fid_high"]
-    assert numbers["ref"] == "digits-train" and core.cell_fid(results[0].images, "someone/else") is None
+    numbers = core.cell_numbers(results[0].images, "digits")
+    assert numbers["n"] == 4 and numbers["fid"] is None  # 4 images: no FID, whose bias would swamp everything
+    assert numbers["ref"] == "digits-train" and core.cell_numbers(results[0].images, "someone/else") is None
     numbered = core.CellResult(results[0].cell, results[0].folder, results[0].summary, results[0].images, numbers)
-    assert f"FID {numbers['fid']:.2f} [" in numbered.caption and "ms/image" in numbered.caption
+    assert f"FID needs {core.FID_MIN_IMAGES}+ images" in numbered.caption and "ms/image" in numbered.caption
     assert numbers["kid_low"] <= numbers["kid"] <= numbers["kid_high"] and f"KID {numbers['kid']:.3f} [" in \
         numbered.caption
+    many = core.cell_numbers([results[0].images[k % 4] for k in range(core.FID_MIN_IMAGES)], "digits")
+    assert many["fid_low"] <= many["fid"] <= many["fid_high"]
+    assert numbered.label == f"{results[0].cell.row} · {results[0].cell.column}"  # the two-cell choices: short
     skipped = {**results[0].summary, "compute": {"block_fraction": 0.5, "flop_fraction": 0.4}}
     assert "50% blocks · 40% FLOPs" in core.CellResult(results[0].cell, results[0].folder, skipped,
                                                         results[0].images).caption
@@ -192,7 +195,7 @@ def test_concurrent_requests_get_their_own_results(tmp_path):
 def test_align_cell_counts_the_budget(pool, tmp_path):
     cells = core.align_cells("best-of-n", "class:3", 120, 2, 20, 1.0)
     (r,) = core.run_cells(cells, tmp_path, pool)
-    assert r.summary["nfe"] == 120 and len(r.images) == 2
+    assert r.summary["nfe_total"] == 120 and r.summary["nfe_per_sample"] == 60 and len(r.images) == 2
     assert "reward" in r.caption and "NFE 120" in r.caption
 
 

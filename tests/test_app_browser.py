@@ -77,6 +77,10 @@ def served(tmp_path_factory):
                 "num_samples": num, "fid": fid, "fid_low": fid - 0.0309, "fid_high": fid + 0.0334,
                 "seeds": f"0-{num - 1}", "extractor": "digits", "mode": "clean", "ref": "digits-train",
                 "ref_sha256": "x", "wall_time_s": 30.0, "versions": {}, "settings": {}})
+    db.add({"run_key": "k5", "created": "2026-01-01T00:00:00", "model": "digits-dit", "solver": "ddim", "nfe": 5,
+            "num_samples": 500, "fid": 2.5, "fid_low": 2.4, "fid_high": 2.6, "seeds": "0-499", "extractor": "digits",
+            "mode": "clean", "ref": "digits-train", "ref_sha256": "x", "wall_time_s": 30.0, "versions": {},
+            "settings": {}})  # another model: the plot draws the one with the most runs, and says so
     db.close()
     proc, url = start_app(folder / "runs.db", folder / "app.log")
     yield url
@@ -100,6 +104,9 @@ def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
     run_compare(page, served, ["euler", "dpmpp-3m"], "4,8")
     captions = wait_for_grid(page, 4)
     assert len(captions) == 4 and all(CAPTION.match(c) for c in captions), captions
+    left = page.locator("#compare-left input")  # the two-cell choices are the cells' short labels
+    page.wait_for_function("document.querySelector('#compare-left input').value.length > 0", timeout=30_000)
+    assert left.input_value() in ("euler · NFE 4", "dpmpp-3m · NFE 4", "euler · NFE 8", "dpmpp-3m · NFE 8")
     assert {c.split(" · ")[0] for c in captions} == {"euler", "dpmpp-3m"}
     assert sorted(page.locator("#compare-grid thead th").all_inner_texts()) == ["", "NFE 4", "NFE 8"]
     assert page.locator("#compare-grid img").count() == 4
@@ -118,6 +125,8 @@ def test_compare_two_solvers_two_nfes_and_an_invalid_value(served, browser):
     # the error stays on the page (not only in a toast) until the next run, in the terms of the page's fields
     status = page.locator("#compare-status")
     status.get_by_text("Error: NFE '0' is not valid").wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)  # a toast would have shown by now
+    assert page.get_by_text("NFE '0' is not valid").count() == 1  # said once: no toast, no badge on each output
     page.locator("#compare-x textarea").fill("4")
     page.locator("#compare-y-axis input").click()
     page.get_by_role("option", name="guidance").click()
@@ -170,6 +179,9 @@ def test_cancel_stops_a_run(served, browser):
     run_compare(page, served, ["euler", "dpmpp-3m"], "200,250", "0-15")
     page.wait_for_function("document.querySelector('#compare-run').disabled", timeout=30_000)  # one run at a time
     page.wait_for_function("document.querySelectorAll('#compare-grid figure').length >= 1", timeout=180_000)
+    # the progress text shows once, on the status line, not also over the grid (where it hid the table header)
+    page.wait_for_function("document.querySelectorAll('.progress-text').length == 1", timeout=30_000)
+    assert page.locator("#compare-grid .progress-text").count() == 0
     page.click("#compare-cancel")
     page.locator("#compare-status", has_text="Cancelled after").wait_for(timeout=60_000)
     assert page.locator("#compare-grid figure").count() < 4
@@ -195,13 +207,19 @@ def test_methods_and_results_views(served, browser):
         page.get_by_role("tab", name=tab).click()
     page.get_by_role("button", name="Run cascade").click()
     page.locator("figcaption:visible", has_text="cascade 8:20,16:2 · NFE 22").wait_for(timeout=120_000)
+    page.get_by_role("tab", name="S3 schedules").click()
+    page.get_by_role("button", name="Run S3").click()
+    s3 = page.locator("figcaption:visible", has_text="· schedule nfe5.json")  # which schedule ran: file, hash, steps
+    s3.first.wait_for(timeout=120_000)
+    assert re.search(r"schedule nfe5\.json [0-9a-f]{8} \((\d[nd]c?-)*\d[nd]c?\)", s3.first.inner_text())
     page.get_by_role("tab", name="Results").click()
     page.get_by_text("0.4321", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # from the db
     page.get_by_text("0.4012", exact=True).filter(visible=True).first.wait_for(timeout=30_000)  # its interval
     assert page.get_by_text("results database").filter(visible=True).first.inner_text().count("runs.db") == 1
     # runs of 500 and 2,000 samples: one plot, a curve per count (tests/test_eval.py checks the curves)
     page.locator("img[src*='fid.png']").filter(visible=True).first.wait_for(timeout=60_000)
-    assert page.get_by_text("Plot:").count() == 0
+    # drawn before any model is picked: the one with the most runs, saying so
+    assert "model digits (digits features" in page.locator("#results-plot-note").inner_text()
     page.close()
 
 
@@ -213,7 +231,7 @@ def test_numbers_per_cell(served, browser):
     caption = page.locator("#compare-grid figcaption", has_text="FID").first
     caption.wait_for(timeout=180_000)
     text = caption.inner_text()
-    assert re.search(r"FID \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] · KID -?\d+\.\d{3} \[", text), text
+    assert re.search(r"KID -?\d+\.\d{3} \[-?\d+\.\d{3}, -?\d+\.\d{3}\] · FID needs \d+\+ images", text), text
     assert "ms/image" in text and "(n=8, vs digits-train)" in text
     page.close()
 

@@ -142,6 +142,8 @@ def _readme_commands() -> list[list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
+            while words and "=" in words[0] and words[0].split("=")[0].isidentifier():
+                words = words[1:]  # an environment assignment before the program
             if words:
                 commands.append(words)
     return commands

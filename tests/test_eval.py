@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from samplebench.cli import main
+from samplebench.errors import UsageError
 from samplebench.evaluate import EvalConfig, run_eval
 from samplebench.results import ResultsDB
 
@@ -426,3 +427,25 @@ def test_config_is_plain_data():
     c = EvalConfig(solvers=("ddim",), nfes=(5, 10), num=10)
     assert c.settings()["nfes"] == [5, 10] and c.num_shards == 1 and c.reference == "digits-train"
     assert run_eval.__doc__
+
+
+def test_a_job_grows_by_solvers_and_nfes(tmp_path):
+    """Other --solver and --nfe lists add cells to a job (its other cells' files untouched) or score some of them;
+    job.json keeps every cell ever asked for, so compare finds them all."""
+    out = tmp_path / "job"
+    common = dict(model="digits-gmm", num=12, shard_size=12, metrics=("fid",))
+    (first,) = run_eval(EvalConfig(solvers=("ddim",), nfes=(4,), **common), out, db=tmp_path / "r.db", progress=False)
+    shard = out / "samples" / "ddim-nfe4" / "shard-00000.npz"
+    before = shard.stat().st_mtime_ns
+    rows = run_eval(EvalConfig(solvers=("ddim", "euler"), nfes=(4, 6), **common), out, db=tmp_path / "r.db",
+                    progress=False)
+    assert [(r["solver"], r["nfe"]) for r in rows] == [("ddim", 4), ("ddim", 6), ("euler", 4), ("euler", 6)]
+    assert shard.stat().st_mtime_ns == before and rows[0]["fid"] == first["fid"]
+    (only,) = run_eval(EvalConfig(solvers=("euler",), nfes=(6,), **common), out, db=tmp_path / "r.db",
+                       progress=False)
+    assert only["fid"] == rows[3]["fid"]
+    settings = json.loads((out / "job.json").read_text())["settings"]
+    assert settings["solvers"] == ["ddim", "euler"] and settings["nfes"] == [4, 6]
+    with pytest.raises(UsageError, match="holds a job with seed=0, not 1"):
+        run_eval(EvalConfig(solvers=("ddim",), nfes=(4,), seed=1, **common), out, db=tmp_path / "r.db",
+                 progress=False)

@@ -207,7 +207,8 @@ def test_overwrite_replaces_only_what_the_earlier_run_wrote(tmp_path, capsys):
 
 
 def test_reward_module_in_the_working_folder(tmp_path, monkeypatch, capsys):
-    """``--reward mypkg.rewards:fn`` finds a package in the working folder, as the README example does."""
+    """``--reward mypkg.rewards:fn`` finds a package in the working folder (the README's example puts it on
+    PYTHONPATH instead, so that nothing is written outside samples/)."""
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "rewards.py").write_text("def sharpness(x0, cond=None):\n    return x0.flatten(1).std(1)\n")

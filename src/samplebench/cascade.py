@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checks import MAX_NFE
-from .errors import UsageError
+from .errors import UsageError, unknown
 from .loop import Plan, Stage, gflops_per_eval
 from .models import DiffusionModel
 from .models.lowdiff import UPSAMPLE_MODES
@@ -80,7 +80,7 @@ class CascadeSpec:
         if t_start is not None and not 0 < t_start <= 1:
             raise UsageError(f"--cascade-from must be a time in (0, 1], got {t_start}")
         if upsample is not None and upsample not in UPSAMPLE_MODES:
-            raise UsageError(f"--cascade-up {upsample!r} is not valid; valid: {', '.join(UPSAMPLE_MODES)}")
+            raise unknown("--cascade-up", upsample, UPSAMPLE_MODES)
         if condition_noise is not None and not 0 <= condition_noise < 1:
             raise UsageError(f"--cascade-noise must be a time in [0, 1), got {condition_noise}")
         return cls(tuple(parsed), t_start, upsample, condition_noise, low_model)

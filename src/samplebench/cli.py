@@ -343,8 +343,8 @@ def _align(args: argparse.Namespace) -> int:
                          negative_prompt=args.negative_prompt, device=args.device, dtype=args.dtype,
                          save_npz=args.save_npz)
     summary = run_align(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
-    print(json.dumps({k: summary[k] for k in ("model", "solver", "reward", "nfe", "reward_mean", "reward_calls",
-                                              "wall_time_s")} | {"out": args.out}))
+    print(json.dumps({k: summary[k] for k in ("model", "solver", "reward", "nfe_total", "nfe_per_sample",
+                                              "reward_mean", "reward_calls", "wall_time_s")} | {"out": args.out}))
     return 0
 
 
@@ -399,7 +399,8 @@ def _eval(args: argparse.Namespace) -> int:
                         schedule=args.schedule, **_cascade_kwargs(args))
     rows = run_eval(config, args.out, device=args.device, db=args.db, inception_weights=args.inception_weights,
                     progress=not args.quiet, resamples=args.resamples)
-    _print_rows(rows, args.json)
+    if rows:  # under accelerate launch only the main process has rows (and prints the table)
+        _print_rows(rows, args.json)
     return 0
 
 

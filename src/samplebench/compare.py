@@ -46,7 +46,10 @@ def _job_run(job: Path, selector: str | None) -> Run:
             cell = None
         if cell not in cells:
             valid = ", ".join(f"{job}:{s}:{n}" for s, n in cells)
-            raise UsageError(f"job {str(job)!r} has no run {selector!r}; valid: {valid}")
+            from .names import nearest
+
+            raise UsageError(f"job {str(job)!r} has no run {selector!r}{nearest(f'{job}:{selector}', valid.split(', '))}; "
+                             f"valid: {valid}")
     elif len(cells) == 1:
         cell = cells[0]
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, unknown
 
 __all__ = ["load_digits", "SPLITS", "RESOLUTIONS"]
 
@@ -22,7 +22,7 @@ def load_digits(split: str = "train", resolution: int = 16) -> tuple[torch.Tenso
     from sklearn.model_selection import train_test_split
 
     if split not in SPLITS:
-        raise UsageError(f"unknown digits split {split!r}; valid: {', '.join(SPLITS)}")
+        raise unknown("digits split", split, SPLITS)
     if resolution not in RESOLUTIONS:
         raise UsageError(f"unknown digits resolution {resolution}; valid: {', '.join(map(str, RESOLUTIONS))}")
     bunch = sk_digits()

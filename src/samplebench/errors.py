@@ -14,3 +14,12 @@ def describe(e: BaseException, limit: int = 120) -> str:
 def damaged(path: object, reason: str, recover: str) -> UsageError:
     """The error for a state file that cannot be read: which file, why, and how to recover."""
     return UsageError(f"{str(path)!r} is damaged ({reason}); {recover}")
+
+
+def unknown(what: str, value: object, valid, more: str = "") -> UsageError:
+    """The error for a name that is not one of ``valid``: the value, the nearest valid name when one is close, and
+    the valid names (``more``: what else is valid, e.g. ", or a folder")."""
+    from .names import nearest
+
+    valid = [str(v) for v in valid]
+    return UsageError(f"unknown {what} {value!r}{nearest(value, valid)}; valid: {', '.join(valid)}{more}")

@@ -20,14 +20,16 @@ shard and draws only the shards it lacks, so it ends with the files and numbers 
 shard a smaller job left part-full is drawn again whole: a shard is one batch, and CPU kernels round differently
 with the batch size (a few pixels one level apart), so completing it from a second batch would not be bit for bit
 a fresh job's. A smaller ``--num`` scores the first N samples and deletes nothing (the sampling time and compute
-counters of a shard read in part are prorated). Any other change (seed, model, solver settings, reference, ...) is
-refused before anything is read or written.
+counters of a shard read in part are prorated). Other ``--solver`` and ``--nfe`` lists add cells (or score some of
+them); ``job.json`` records every cell ever asked for. Any other change (seed, model, solver settings, reference,
+...) is refused before anything is read or written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,7 +39,7 @@ import numpy as np
 
 from . import __version__
 from .checks import MAX_EVAL_SAMPLES, MAX_NFE, MAX_SAMPLES, check_count, check_seeds
-from .errors import UsageError, damaged, describe
+from .errors import UsageError, damaged, describe, unknown
 from .files import atomic_savez, atomic_write
 from .plan import RunOptions
 from .results import format_seeds
@@ -54,7 +56,7 @@ RESAMPLES = 1000  # bootstrap resamples of every FID and KID interval
 def _parse_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
     for m in metrics:
         if m not in METRICS:
-            raise UsageError(f"unknown metric {m!r}; valid: {', '.join(METRICS)}")
+            raise unknown("metric", m, METRICS)
     if not metrics:
         raise UsageError(f"no metrics given; valid: {', '.join(METRICS)}")
     return tuple(dict.fromkeys(metrics))
@@ -99,9 +101,9 @@ class EvalConfig(RunOptions):
             raise UsageError("give at least one --solver and one --nfe")
         _parse_metrics(self.metrics)
         if self.features not in EXTRACTORS:
-            raise UsageError(f"unknown feature extractor {self.features!r}; valid: {', '.join(EXTRACTORS)}")
+            raise unknown("feature extractor", self.features, EXTRACTORS)
         if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+            raise unknown("mode", self.mode, MODES)
         for s in self.solvers:
             for n in self.nfes:
                 self.spec(s, n)
@@ -297,7 +299,7 @@ def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
     return {str(n): _key(load_schedule(config.model, S3, n, config.schedule).to_dict()) for n in config.nfes}
 
 
-GROWS = ("num",)  # settings a job may change when run again: it grows (or is scored on its first samples)
+GROWS = ("num", "solvers", "nfes")  # settings a job may change when run again: it grows (or is scored in part)
 
 
 def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
@@ -323,7 +325,7 @@ def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
     if diff:
         k = diff[0]
         raise UsageError(f"--out {str(out)!r} holds a job with {k}={held.get(k)!r}, not {settings.get(k)!r}; "
-                         f"use another --out, or the same settings to resume it (a job may change only --num)")
+                         f"use another --out, or the same settings to resume it (a job may change only --num, --solver and --nfe)")
     schedules = s3_fingerprints(config)
     changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
     if changed:
@@ -334,10 +336,13 @@ def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
 
 
 def _write_manifest(out: Path, config: EvalConfig, job: dict[str, Any] | None) -> None:
-    """Record the job's settings (``num``: the most samples it has been asked for) and S3 fingerprints."""
+    """Record the job's settings (``num``: the most samples it has been asked for; ``solvers`` and ``nfes``: every
+    one asked for) and S3 fingerprints."""
     settings = config.settings()
-    if job is not None:
+    if job is not None:  # the most samples asked for, and every cell ever asked for
         settings["num"] = max(int(job["settings"].get("num") or 0), config.num)
+        for key in ("solvers", "nfes"):
+            settings[key] = list(dict.fromkeys([*(job["settings"].get(key) or []), *settings[key]]))
     schedules = {**((job or {}).get("s3_schedules") or {}), **s3_fingerprints(config)}
     record = {"settings": settings, "version": (job or {}).get("version", __version__),
               **({"s3_schedules": schedules} if schedules else {})}
@@ -355,9 +360,79 @@ def estimate(metric: str, feats: np.ndarray, ref) -> float:
     return scores.kid(feats, ref.feats, num_subsets=KID_SUBSETS, max_subset_size=KID_SUBSET_SIZE, seed=METRIC_SEED)
 
 
+def _need(c: EvalConfig, shard: int) -> int:
+    """Samples shard ``shard`` holds in a job of ``c.num``."""
+    return min(c.num, (shard + 1) * c.shard_size) - shard * c.shard_size
+
+
+def _features_fresh(job, s: str, n: int, j: int, have: int, logits: bool) -> bool:
+    ffile = job.feature_file(s, n, j)
+    if not ffile.exists():
+        return False
+    with np.load(ffile) as z:
+        return len(z["feats"]) == have and (not logits or "logits" in z.files)
+
+
+def _cell_settings(c: EvalConfig, s: str, n: int) -> dict[str, Any]:
+    """What a (solver, NFE) row records as its settings (and how a stored row is found again)."""
+    from .plan import S3, load_schedule
+
+    return {**c.settings(), "solver": s, "nfe": n,
+            **({"schedule": load_schedule(c.model, s, n, c.schedule).to_dict()} if s == S3 else {})}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def _forecast(job, todo: list, unscored: list, extractor, ref, resamples: int, processes: int) -> str:
+    """The job's estimated time, from a probe: a batch of up to 32 images of its first cell sampled (after one
+    warm-up draw) and their features extracted, and its intervals timed with 10 resamples on random features of
+    the job's size."""
+    from .metrics import intervals
+    from .metrics.scores import extract
+    from .loop import to_uint8
+
+    c = job.config
+    if not todo and not unscored:
+        return f"eval {c.model}: every cell is sampled and scored; reading its numbers"
+    sampled = featured = 0.0
+    probe = list(range(c.seed, c.seed + min(32, c.num, c.shard_size)))  # a batch: per image, small ones cost more
+    if todo:
+        s, n = todo[0][0], todo[0][1]
+        plan = job.plan(s, n)
+        plan.sample(probe[:1])  # warm-up (the first call builds caches and counts FLOPs)
+        t0 = time.perf_counter()
+        images = plan.sample(probe, batch_size=len(probe)).images
+        per_image_nfe = (time.perf_counter() - t0) / (len(probe) * max(n, 1))
+        t0 = time.perf_counter()
+        extract(to_uint8(images), extractor)
+        per_feature = (time.perf_counter() - t0) / len(probe)
+        sampled = sum(_need(c, j) * nfe for _, nfe, j in todo) * per_image_nfe
+        featured = sum(_need(c, j) for _, _, j in todo) * per_feature
+    dim = len(ref.mu)
+    scored = 0.0
+    if unscored and any(m in ("fid", "kid") for m in c.metrics):
+        fake = np.random.default_rng(0).normal(size=(c.num, dim)) + (ref.mu if ref.mu is not None else 0)
+        t0 = time.perf_counter()
+        if "fid" in c.metrics:
+            intervals.fid_interval(fake, ref.mu, ref.sigma, resamples=10)
+        if "kid" in c.metrics and ref.feats is not None:
+            intervals.kid_interval(fake, ref.feats, resamples=10)
+        scored = (time.perf_counter() - t0) * resamples / 10 * len(unscored)
+    each = f" (split over {processes} processes)" if processes > 1 else ""
+    return (f"eval {c.model}: {len(c.solvers) * len(c.nfes)} cells x {c.num} samples; estimated "
+            f"{_duration(sampled / processes)} sampling{each}, {_duration(featured / processes)} features, "
+            f"{_duration(scored)} scoring ({resamples} bootstrap resamples per interval), "
+            f"{_duration(sampled / processes + featured / processes + scored)} in all on this machine (from a "
+            f"{len(probe)}-image probe)")
+
+
 def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[str, ...],
-            resamples: int = RESAMPLES) -> dict[str, float | None]:
-    """FID, KID and IS of ``feats``, FID and KID with their 95% bootstrap intervals (``metrics.intervals``)."""
+            resamples: int = RESAMPLES, progress=None) -> dict[str, float | None]:
+    """FID, KID and IS of ``feats``, FID and KID with their 95% bootstrap intervals (``metrics.intervals``);
+    ``progress(metric, done, total)`` as the intervals' resamples are done."""
     from .metrics import intervals, scores
 
     row: dict[str, float | None] = {"fid": None, "fid_low": None, "fid_high": None, "kid": None, "kid_low": None,
@@ -365,13 +440,15 @@ def _scores(feats: np.ndarray, logits: np.ndarray | None, ref, metrics: tuple[st
                                     "interval_level": intervals.LEVEL, "interval_resamples": resamples}
     if "fid" in metrics:
         row["fid"] = estimate("fid", feats, ref)
-        iv = intervals.fid_interval(feats, ref.mu, ref.sigma, estimate=row["fid"], resamples=resamples)
+        iv = intervals.fid_interval(feats, ref.mu, ref.sigma, estimate=row["fid"], resamples=resamples,
+                                    progress=None if progress is None else lambda k, t: progress("fid", k, t))
         row["fid_low"], row["fid_high"] = iv.low, iv.high
     if "kid" in metrics:
         if ref.feats is None:
             raise UsageError(f"reference {ref.name!r} has no features (its _kid.npz file), so KID cannot be computed")
         row["kid"] = estimate("kid", feats, ref)
-        iv = intervals.kid_interval(feats, ref.feats, estimate=row["kid"], resamples=resamples)
+        iv = intervals.kid_interval(feats, ref.feats, estimate=row["kid"], resamples=resamples,
+                                    progress=None if progress is None else lambda k, t: progress("kid", k, t))
         row["kid_low"], row["kid_high"] = iv.low, iv.high
     if "is" in metrics:
         row["inception_score"], row["inception_score_std"] = scores.inception_score(
@@ -392,7 +469,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     from .metrics.extractors import get_extractor
     from .metrics.reference import get_reference
     from .models import parse_device
-    from .plan import S3, load_schedule
+    from .plan import S3
     from .results import ResultsDB
 
     from .metrics.intervals import LEVEL, check
@@ -427,68 +504,84 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     want_logits = "is" in c.metrics
     items = [(s, n, j) for s in c.solvers for n in c.nfes for j in range(c.num_shards)]
     mine = items[state.process_index::state.num_processes]
-    bar = tqdm(mine, desc=f"eval {c.model} [process {state.process_index}]", unit="shard",
-               disable=not progress or not state.is_main_process)
+    todo = [(s, n, j) for s, n, j in mine if _rows(job.sample_file(s, n, j), "seeds") < _need(c, j)]
+    stored = _stored_rows(job, ref.sha256, resamples) if state.is_main_process else {}
+    cells = [(s, n, _cell_settings(c, s, n)) for s in c.solvers for n in c.nfes]
+    show = progress and state.is_main_process
+    if show:  # what the job will take, before it starts
+        unscored = [(s, n) for s, n, key in cells if json.dumps(key, sort_keys=True) not in stored]
+        print(_forecast(job, todo, unscored, extractor, ref, resamples, state.num_processes), file=sys.stderr,
+              flush=True)
+    bar = tqdm(mine, desc=f"eval {c.model}: sampling [process {state.process_index}]", unit="shard",
+               disable=not show)
     for s, n, j in bar:
-        need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
-        have = _rows(job.sample_file(s, n, j), "seeds")
-        if have < need:  # missing, or the part a smaller job drew: drawn whole, as one batch like a fresh job's
+        if (s, n, j) in todo:  # missing, or the part a smaller job drew: drawn whole, as one batch like a fresh job's
             bar.set_postfix_str(f"{s} nfe={n} shard {j}")
             job.sample_shard(s, n, j, state.process_index)
-            have = need
-        ffile = job.feature_file(s, n, j)
-        if ffile.exists():
-            with np.load(ffile) as z:
-                if len(z["feats"]) == have and (not want_logits or "logits" in z.files):
-                    continue
-        job.feature_shard(extractor, s, n, j, want_logits)
     bar.close()
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return []
 
     rows = []
-    results_db = ResultsDB(db)
-    stored = _stored_rows(job, ref.sha256, resamples)
-    for s in c.solvers:
-        for n in c.nfes:
-            settings = {**c.settings(), "solver": s, "nfe": n,
-                        **({"schedule": load_schedule(c.model, s, n, c.schedule).to_dict()} if s == S3 else {})}
-            row = stored.get(json.dumps(settings, sort_keys=True))
-            if row is not None:  # a finished job read again: its numbers as scored, not a second bootstrap
-                results_db.add(row)
-                rows.append(row)
-                continue
-            t0 = time.perf_counter()
-            feats, logits, seeds, wall, nfe = [], [], [], 0.0, None
-            work = dict.fromkeys(WORK, 0.0)
-            for j in range(c.num_shards):
-                need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
-                with np.load(job.feature_file(s, n, j)) as z:
-                    feats.append(z["feats"][:need])
-                    logits.append(z["logits"][:need] if want_logits else None)
-                with np.load(job.sample_file(s, n, j)) as z:
-                    seeds.append(z["seeds"][:need])
-                    share = need / len(z["seeds"])  # a shard read in part: its time and work prorated
-                    wall += float(z["wall_time_s"]) * share
-                    nfe = int(z["nfe"])
-                    for k in work:
-                        work[k] += float(z[k]) * share if k in z.files else 0.0
-            row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
-                   "seed": c.seed, "num_samples": c.num, "seeds": format_seeds(np.concatenate(seeds)),
-                   "compute": c.compute_label,
-                   "block_fraction": work["blocks_evaluated"] / work["blocks_full"] if work["blocks_full"] else None,
-                   "flop_fraction": work["gflops"] / work["gflops_full"] if work["gflops_full"] else None,
-                   "gflops_per_sample": work["gflops"] / c.num if work["gflops_full"] else None,
-                   **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics,
-                             resamples),
-                   "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
-                   "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
-                   "out": str(out.resolve()), "versions": package_versions(), "settings": settings}
-            row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
+    results_db = ResultsDB(db) if state.is_main_process else None
+    intervals = sum(m in ("fid", "kid") for m in c.metrics)
+    for s, n, settings in cells:
+        row = stored.get(json.dumps(settings, sort_keys=True))
+        shards = [j for (a, b, j) in mine if (a, b) == (s, n)]
+        cell_bar = tqdm(total=len(shards) + 100 * intervals * (row is None), unit="%", disable=not show,
+                        desc=f"score {s} nfe={n}: features", bar_format="{desc} |{bar}| {elapsed}")
+        for j in shards:  # features of this process's shards (the main process scores them all)
+            if not _features_fresh(job, s, n, j, _need(c, j), want_logits):
+                job.feature_shard(extractor, s, n, j, want_logits)
+            cell_bar.update(1)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            continue
+        if row is not None:  # a finished job read again: its numbers as scored, not a second bootstrap
+            cell_bar.close()
             results_db.add(row)
             rows.append(row)
+            continue
+        done = {"fid": 0, "kid": 0}
+
+        def moved(metric: str, k: int, total: int, bar=cell_bar, done=done) -> None:
+            bar.set_description_str(f"score {s} nfe={n}: {metric.upper()} interval")
+            step = int(100 * k / total) - done[metric]
+            done[metric] += step
+            bar.update(step)
+
+        t0 = time.perf_counter()
+        feats, logits, seeds, wall, nfe = [], [], [], 0.0, None
+        work = dict.fromkeys(WORK, 0.0)
+        for j in range(c.num_shards):
+            need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
+            with np.load(job.feature_file(s, n, j)) as z:
+                feats.append(z["feats"][:need])
+                logits.append(z["logits"][:need] if want_logits else None)
+            with np.load(job.sample_file(s, n, j)) as z:
+                seeds.append(z["seeds"][:need])
+                share = need / len(z["seeds"])  # a shard read in part: its time and work prorated
+                wall += float(z["wall_time_s"]) * share
+                nfe = int(z["nfe"])
+                for k in work:
+                    work[k] += float(z[k]) * share if k in z.files else 0.0
+        row = {"model": c.model, "solver": s, "time_grid": "s3" if s == S3 else c.time_grid, "nfe": nfe,
+               "seed": c.seed, "num_samples": c.num, "seeds": format_seeds(np.concatenate(seeds)),
+               "compute": c.compute_label,
+               "block_fraction": work["blocks_evaluated"] / work["blocks_full"] if work["blocks_full"] else None,
+               "flop_fraction": work["gflops"] / work["gflops_full"] if work["gflops_full"] else None,
+               "gflops_per_sample": work["gflops"] / c.num if work["gflops_full"] else None,
+               **_scores(np.concatenate(feats), np.concatenate(logits) if want_logits else None, ref, c.metrics,
+                         resamples, progress=moved),
+               "extractor": c.features, "mode": c.mode, **ref.describe(), "wall_time_s": wall,
+               "eval_time_s": time.perf_counter() - t0, "num_processes": state.num_processes,
+               "out": str(out.resolve()), "versions": package_versions(), "settings": settings}
+        row["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        row["run_key"] = _key(row["out"], c.settings(), s, n, ref.sha256)
+        cell_bar.close()
+        results_db.add(row)
+        rows.append(row)
+    if not state.is_main_process:
+        return []
     atomic_write(out / "results.json", json.dumps(rows, indent=2))
     results_db.close()
     return rows

@@ -29,7 +29,7 @@ from .models import DEFAULT_MODEL, DiffusionModel, load_model
 from .samplers import SolverSpec, get_solver, make_grid, parse_grid, validate_grid
 from .samplers.grids import LEARNED_KINDS, PIPELINE, ends_at_zero
 
-__all__ = ["S3", "RunOptions", "RunSpec", "plan", "plan_schedule", "load_models", "run_settings", "command_line", "solver_grid",
+__all__ = ["S3", "RunOptions", "RunSpec", "plan", "plan_schedule", "load_models", "run_settings", "run_title", "command_line", "solver_grid",
            "resolve_solver", "load_schedule", "schedule_solver", "check_solver_nfe", "default_grid"]
 
 S3 = "s3"  # the solver name that means "the model's shipped S3 schedule for this NFE"
@@ -175,6 +175,23 @@ def plan(model: DiffusionModel, spec: RunSpec, low_model: DiffusionModel | None 
                    guidance_scale=spec.guidance_scale, exit_threshold=spec.exit_spec, cache=spec.cache_spec).check()
 
 
+def schedule_path(spec: RunSpec) -> Path | None:
+    """The file a run's USF schedule came from: ``--schedule`` (or its ``nfe<k>.json``), or the shipped one."""
+    from .usf.shipped import s3_schedule_path
+
+    if spec.schedule is not None:
+        return Path(spec.schedule) / f"nfe{spec.nfe}.json" if Path(spec.schedule).is_dir() else Path(spec.schedule)
+    return s3_schedule_path(spec.model, spec.nfe) if spec.solver == S3 else None
+
+
+def schedule_sha256(schedule) -> str:
+    """The fingerprint of a USF schedule's decisions and times (as ``samplebench search`` names candidates by)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(schedule.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 def plan_schedule(model: DiffusionModel, schedule) -> Plan:
     """A USF ``SolverSchedule`` held in memory (the search's candidates) as a plan: its own times and Skip-Tuning."""
     solver, grid = resolve_solver(model, "usf", schedule.nfe, None, schedule)
@@ -192,11 +209,34 @@ def run_settings(p: Plan, spec: RunSpec, nfe: int) -> dict[str, Any]:
             "time_grid": spec.time_grid or (None if cascade else stage.solver.default_grid if p.schedule is not None
                                             else default_grid(stage.model, stage.solver)),
             "grid_times": None if cascade else stage.grid.tolist(),
-            "schedule": p.schedule.to_dict() if p.schedule is not None else None, "skip_coefficients": p.skips,
+            "schedule": p.schedule.to_dict() if p.schedule is not None else None,
+            **({"schedule_sha256": schedule_sha256(p.schedule)} if p.schedule is not None else {}),
+            **({"schedule_file": str(schedule_path(spec))} if p.schedule is not None else {}),
+            "skip_coefficients": p.skips,
             "exit_threshold": spec.exit_threshold, "cache": p.cache.label() if p.cache is not None else None,
             "cascade": p.describe_cascade() if cascade else None,
             "class_label": spec.class_label, "guidance_scale": spec.guidance_scale, "prompt": spec.prompt,
             "version": __version__}
+
+
+def run_title(p: Plan, spec: RunSpec, nfe: int) -> str:
+    """A run in one line, as grid.png's title: model, solver and grid, NFE, and every setting that changes the
+    images (class, guidance, prompt, Skip-Tuning, early exit, cache, cascade)."""
+    stage = p.stages[0]
+    if p.cascade is not None:
+        how = f"{p.label}, cascade {p.cascade.label()}"
+    elif p.schedule is not None:
+        how = p.label if spec.schedule is None else f"USF schedule {Path(spec.schedule).name}"
+    else:
+        how = f"{p.label} on {spec.time_grid or default_grid(stage.model, stage.solver)}"
+    parts = [spec.model, how, f"NFE {nfe}"]
+    parts += [f"class {spec.class_label}"] if spec.class_label is not None else []
+    parts += [f"guidance {spec.guidance_scale:g}"] if spec.guidance_scale != 1 else []
+    parts += [f"prompt {spec.prompt[:40]!r}"] if spec.prompt else []
+    parts += [f"skip-rho {spec.skip_rho:g}"] if spec.skip_rho is not None else []
+    parts += [f"exit {spec.exit_threshold}"] if spec.exit_threshold is not None else []
+    parts += [p.cache.label()] if p.cache is not None else []
+    return " · ".join(parts)
 
 
 # the order in which a command lists a sample run's options

@@ -18,7 +18,7 @@ from typing import Any
 
 from .cache import cache_dir
 from .checks import check_out_file
-from .errors import UsageError
+from .errors import UsageError, unknown
 
 __all__ = ["ResultsDB", "default_db", "COLUMNS", "write_csv", "plot_runs", "format_seeds", "parse_seeds"]
 
@@ -137,7 +137,7 @@ class ResultsDB:
         where, args = [], []
         for k, v in filters.items():
             if k not in FILTERS:
-                raise UsageError(f"unknown filter {k!r}; valid: {', '.join(FILTERS)}")
+                raise unknown("filter", k, FILTERS)
             if v is not None:
                 where.append(f"{k} = ?")
                 args.append(v)
@@ -187,28 +187,45 @@ def plot_runs(rows: Sequence[dict[str, Any]], out: str | Path, metric: str = "fi
     model, extractor, mode, ref, _ = groups.pop()
     counts = sorted({n for _, n, _ in latest})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    floors, zeros = [], []
     # one curve per (solver, sample count): FIDs of different counts differ by their bias, so they are never joined
     for solver, n in sorted({(s, n) for s, n, _ in latest}, key=lambda k: (str(k[0]), k[1])):
         pts = sorted((r for (s, c, _), r in latest.items() if (s, c) == (solver, n)), key=lambda r: r["nfe"])
         y = np.array([r[metric] for r in pts], float)
         low, high = (np.array([np.nan if r.get(f"{metric}_{k}") is None else r[f"{metric}_{k}"] for r in pts], float)
                      for k in ("low", "high"))
+        if metric == "fid":  # on the log axis a lower end at 0 is drawn down to the floor, marked with a caret
+            floors.append(low[(low > 0) & np.isfinite(low)].min(initial=y.min()) / 2)
         yerr = np.nan_to_num(np.stack([y - low, high - y]), nan=0.0).clip(0) if metric in ("fid", "kid") else None
         label = str(solver) if len(counts) == 1 else f"{solver} (n={n})"
-        for ax, x in ((axes[0], [r["nfe"] for r in pts]),
-                      (axes[1], [r["wall_time_s"] / r["num_samples"] * 1000 for r in pts])):
-            ax.errorbar(x, y, yerr=yerr, fmt="o-", capsize=3, label=label)
+        nfes = [r["nfe"] for r in pts]
+        times = [r["wall_time_s"] / r["num_samples"] * 1000 for r in pts]
+        line = axes[0].errorbar(nfes, y, yerr=yerr, fmt="o-", capsize=3, label=label)
+        color = line[0].get_color()
+        # against time: points only, each labelled with its NFE (times need not rise with NFE, so no joining line)
+        axes[1].errorbar(times, y, yerr=yerr, fmt="o", capsize=3, color=color, label=label)
+        for t, v, k in zip(times, y, nfes):
+            axes[1].annotate(str(k), (t, v), textcoords="offset points", xytext=(4, 3), fontsize=7, color=color)
+        zeros.append((nfes, times, y, low, color))
     label = {"fid": f"FID ({extractor}, {mode})", "kid": f"KID ({extractor}, {mode})",
              "inception_score": f"IS ({extractor})"}[metric]
     axes[0].set_xlabel("NFE")
-    axes[1].set_xlabel("sampling time per image (ms)")
+    axes[1].set_xlabel("sampling time per image (ms); points labelled with their NFE")
     for ax in axes:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if metric == "fid":  # KID and its interval can be negative
             ax.set_yscale("log")
+            ax.set_ylim(bottom=min(floors))
+    if metric == "fid":  # intervals reaching 0: the bar runs to the floor, a caret says it goes on to 0
+        for ax, k in zip(axes, (0, 1)):
+            for nfes, times, y, low, color in zeros:
+                at = [(x, min(floors)) for x, lo in zip(nfes if k == 0 else times, low) if lo <= 0]
+                if at:
+                    ax.plot(*zip(*at), "v", color=color, ms=5, clip_on=False)
     axes[0].legend()
-    bars = " (bars: 95% bootstrap intervals)" if metric in ("fid", "kid") else ""
+    bars = (" (bars: 95% bootstrap intervals; v: reaching 0)" if metric == "fid" else
+            " (bars: 95% bootstrap intervals)" if metric == "kid" else "")
     fig.suptitle(f"{model}: {label} vs NFE and time, {'/'.join(map(str, counts))} samples vs {ref}{bars}")
     fig.tight_layout()
     out = Path(out)

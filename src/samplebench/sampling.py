@@ -24,7 +24,7 @@ from .files import GRID_MARKER, earlier_run
 from .loop import SampleResult, sample, skip_coefficients, skips_applied, to_uint8
 from .models import DiffusionModel
 from .plan import ORDER, S3, RunSpec, check_solver_nfe, command_line, load_models, load_schedule, plan, \
-    resolve_solver, run_settings, solver_grid
+    resolve_solver, run_settings, run_title, solver_grid
 from .samplers import StepInfo
 
 __all__ = ["SampleConfig", "SampleResult", "sample", "solver_grid", "resolve_solver", "load_schedule",
@@ -118,10 +118,26 @@ def _grid_image(arrays: np.ndarray, labels: list[str], title: str):
     from PIL import Image, ImageDraw
 
     body = contact_sheet(list(arrays), 8, labels=labels, gap=4, label_h=14)
-    sheet = Image.new("RGB", (body.width, body.height + 18), "white")
-    ImageDraw.Draw(sheet).text((4, 3), title, fill="black")
-    sheet.paste(body, (0, 18))
+    draw = ImageDraw.Draw(body)
+    lines = [line.replace(" · ", "  |  ") for line in _wrap(title, max(body.width - 8, 200), draw)]  # never cut off
+    width = max(body.width, 8 + max(int(draw.textlength(line)) for line in lines))
+    sheet = Image.new("RGB", (width, body.height + 6 + 14 * len(lines)), "white")
+    for k, line in enumerate(lines):
+        ImageDraw.Draw(sheet).text((4, 3 + 14 * k), line, fill="black")
+    sheet.paste(body, (0, 6 + 14 * len(lines)))
     return sheet
+
+
+def _wrap(text: str, width: int, draw) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken after its " · " separators."""
+    lines, line = [], ""
+    for part in text.split(" · "):
+        joined = f"{line} · {part}" if line else part
+        if line and draw.textlength(joined.replace(" · ", "  |  ")) > width:
+            lines.append(line)
+            joined = part
+        line = joined
+    return lines + [line]
 
 
 def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, model: DiffusionModel | None = None,
@@ -159,7 +175,7 @@ def run_sample(config: SampleConfig, out: str | Path, *, progress: bool = True, 
              "wall_time_s": result.wall_time_s, "load_time_s": load_time, "compute": result.compute}
     per_image = [{"seed": s, "command": config.command(seed=s, num=1)} for s in seeds]
     return write_samples(out, result.images, result.x, settings, extra, per_image=per_image,
-                         labels=[f"seed {s}" for s in seeds], title=f"{config.model} | {run.label} | NFE {result.nfe}",
+                         labels=[f"seed {s}" for s in seeds], title=run_title(run, config, result.nfe),
                          save_npz=config.save_npz, replaces=stale, arrays={"seeds": np.array(seeds)})
 
 

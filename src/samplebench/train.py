@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checks import check_out_dir
-from .errors import UsageError, describe
+from .errors import UsageError, describe, unknown
 
 __all__ = ["RECIPES", "train"]
 
@@ -432,7 +432,7 @@ def train(recipe: str, out: str | Path, seed: int = 0, device: str = "cpu", step
     """Train ``recipe`` into ``out``, resuming its checkpoint there (``checkpoint_every``: steps between
     checkpoints, default the recipe's; it changes no weight)."""
     if recipe not in RECIPES:
-        raise UsageError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+        raise unknown("recipe", recipe, RECIPES)
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
     from .models import parse_device

@@ -124,7 +124,9 @@ class AlignResult:
 
     def summary(self) -> dict[str, Any]:
         r = self.rewards
-        return {"method": self.method, "nfe": self.nfe, "reward_calls": self.reward_calls,
+        # network evaluations of the whole run (every rollout of every sample), and per sample as sampling records
+        return {"method": self.method, "nfe_total": self.nfe, "nfe_per_sample": self.nfe / len(r),
+                "reward_calls": self.reward_calls,
                 "reward_time_s": self.reward_time_s, "wall_time_s": self.wall_time_s,
                 "reward_mean": float(r.mean()), "reward_std": float(r.std()) if len(r) > 1 else 0.0,
                 "reward_min": float(r.min()), "reward_max": float(r.max()), **self.stats}

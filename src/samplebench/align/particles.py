@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from ..noise import SampleGenerators
 from ..samplers._common import tables
 from ..samplers.basic import ddim_update
@@ -59,7 +59,7 @@ def fk_steering(chain: Chain, *, budget: int, num: int, lam: float = 1.0, potent
     are drawn from the final weights. Every draw uses one generator seeded with ``seed``."""
     start = time.perf_counter()
     if potential not in POTENTIALS:
-        raise UsageError(f"unknown potential {potential!r}; valid: {', '.join(POTENTIALS)}")
+        raise unknown("potential", potential, POTENTIALS)
     k = budget // chain.steps
     if k < 1:
         raise UsageError(f"--budget {budget} is below one particle for fk: at least {chain.steps} "

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 
 __all__ = ["Reward", "ClassReward", "CountedReward", "get_reward", "REWARD_NAMES"]
 
@@ -58,7 +58,7 @@ def get_reward(spec: str) -> Reward:
         return ClassReward([int(k)])
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise UsageError(f"unknown reward {spec!r}; valid: {', '.join(REWARD_NAMES)}")
+        raise unknown("reward", spec, REWARD_NAMES)
     if not all(part.isidentifier() for part in module.split(".")) or not name.isidentifier():
         raise UsageError(f"reward {spec!r}: give an absolute module path and a function, e.g. mypkg.rewards:sharpness "
                          f"(relative modules are not supported); or one of {', '.join(REWARD_NAMES)}")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..checks import MAX_BUDGET, MAX_NFE, MAX_SAMPLES, check_count, check_float, check_seeds
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from ..models import DEFAULT_MODEL, Conditioning, DiffusionModel
 from .chain import AlignResult, Chain, default_branch_steps
 from .particles import POTENTIALS, best_of_n, fk_steering
@@ -64,7 +64,7 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise UsageError(f"unknown alignment method {self.method!r}; valid: {', '.join(METHODS)}")
+            raise unknown("alignment method", self.method, METHODS)
         for name, hi in (("budget", MAX_BUDGET), ("num", MAX_SAMPLES), ("nfe", MAX_NFE), ("batch_size", None)):
             check_count(f"--{name.replace('_', '-')}", getattr(self, name), 1, hi)
         check_seeds(self.seed, self.num)
@@ -76,7 +76,7 @@ class AlignConfig:
         if self.class_label is not None:
             check_count("--class-label", self.class_label, 0, 2**31 - 1)
         if self.potential not in POTENTIALS:
-            raise UsageError(f"unknown --potential {self.potential!r}; valid: {', '.join(POTENTIALS)}")
+            raise unknown("--potential", self.potential, POTENTIALS)
         steps = self.branches
         if steps[0] != 0 or any(b >= self.nfe for b in steps) or len(set(steps)) != len(steps):
             raise UsageError(f"--branch-steps {','.join(map(str, steps))} must be distinct step indices in "
@@ -156,5 +156,9 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, mo
     return write_samples(out, result.images, result.x, settings, extra,
                          per_image=[{"index": i, "seed": config.seed, "reward": r} for i, r in enumerate(rewards)],
                          labels=[f"r {r:.3f}" for r in rewards],
-                         title=f"{config.model} | {config.method} {config.reward} | {result.nfe} NFE",
+                         title=" · ".join([config.model, f"{config.method}, reward {config.reward}, lambda {config.lam:g}",
+                                           f"{result.nfe} NFE in all", f"budget {config.budget}",
+                                           *([f"class {config.class_label}"] if config.class_label is not None else []),
+                                           *([f"guidance {config.guidance_scale:g}"] if config.guidance_scale != 1
+                                             else [])]),
                          save_npz=config.save_npz, replaces=stale, arrays={"rewards": np.array(rewards)})

@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 
 from ..checks import MAX_SEED, check_count, check_float, check_seeds
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from ..learned import stored_only
 from ..models import DEFAULT_MODEL, load_model
 from ..models.embedded import EMBEDDED
 
 __all__ = ["Limits", "check_model", "read_upload", "Cell", "CellResult", "ModelPool", "Cancelled", "parse_seeds", "parse_nfes", "compare_cells",
            "AXES", "parse_axis", "xyz_cells",
-           "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "cell_fid", "tile", "zip_folder",
+           "s3_cells", "align_cells", "skipping_cells", "cascade_cells", "run_cells", "cell_numbers", "plot_rows",
+           "FID_MIN_IMAGES", "tile", "zip_folder",
            "grid_html", "comparison_image", "query_runs", "results_table", "start_eval"]
 
 
@@ -159,7 +160,12 @@ class CellResult:
     folder: Path
     summary: dict[str, Any]
     images: list[np.ndarray] = field(repr=False)  # uint8 [H, W, C] as saved
-    numbers: dict[str, Any] | None = None  # quick FID of the cell's own images (``cell_fid``)
+    numbers: dict[str, Any] | None = None  # KID (and FID from FID_MIN_IMAGES) of the cell's own images
+
+    @property
+    def label(self) -> str:
+        """The cell in a few words (the two-cell comparison's choices)."""
+        return " · ".join(p for p in (self.cell.panel, self.cell.row, self.cell.column) if p)
 
     @cached_property
     def tile(self):
@@ -176,7 +182,8 @@ class CellResult:
     @property
     def caption(self) -> str:
         s = self.summary
-        nfe = s.get("nfe_per_sample", s.get("nfe"))
+        nfe = (f"{s['nfe_total']} in all ({s['nfe_per_sample']:.0f} per sample)" if "nfe_total" in s else
+               s.get("nfe_per_sample", s.get("nfe")))
         text = f"{self.cell.row} · NFE {nfe} · {s['wall_time_s']:.2f} s"
         compute = s.get("compute") or {}
         if "block_fraction" in compute and compute["block_fraction"] < 1:
@@ -186,11 +193,20 @@ class CellResult:
             text += f" · {flops:.0%} FLOPs"
         if "reward_mean" in s:
             text += f" · reward {s['reward_mean']:.2f}"
+        schedule = s.get("schedule")
+        if isinstance(schedule, dict) and schedule.get("steps"):  # which S3 schedule ran: its file and decisions
+            steps = "-".join(f"{st.get('order', 1)}{'n' if st.get('prediction') == 'noise' else 'd'}"
+                             + ("c" if (st.get("corrector") or {}).get("kind", "none") != "none" else "")
+                             for st in schedule["steps"])
+            where = s.get("schedule_file") or "shipped"
+            text += f" · schedule {Path(str(where)).name} {str(s.get('schedule_sha256', ''))[:8]} ({steps})"
         if self.numbers is not None:
             n = self.numbers
-            text += (f" · {1000 * s['wall_time_s'] / len(self.images):.0f} ms/image · FID {n['fid']:.2f} "
-                     f"[{n['fid_low']:.2f}, {n['fid_high']:.2f}] · KID {n['kid']:.3f} "
-                     f"[{n['kid_low']:.3f}, {n['kid_high']:.3f}] (n={n['n']}, vs {n['ref']})")
+            text += (f" · {1000 * s['wall_time_s'] / len(self.images):.0f} ms/image · KID {n['kid']:.3f} "
+                     f"[{n['kid_low']:.3f}, {n['kid_high']:.3f}]")
+            text += (f" · FID {n['fid']:.2f} [{n['fid_low']:.2f}, {n['fid_high']:.2f}]" if n.get("fid") is not None
+                     else f" · FID needs {FID_MIN_IMAGES}+ images")
+            text += f" (n={n['n']}, vs {n['ref']})"
         return text
 
 
@@ -239,7 +255,7 @@ def parse_axis(name: str, text: str, limits: Limits) -> list[tuple[str, Any]]:
     from ..names import GRIDS, LEARNED_GRIDS
 
     if name not in AXES:
-        raise UsageError(f"axis {str(name)[:40]!r} is not valid; valid: {', '.join(AXES)}")
+        raise unknown("axis", str(name)[:40], AXES)
     field, sep = AXES[name]
     if not isinstance(text, str) or len(text) > 1000:
         raise UsageError(f"the {name} axis takes text of at most 1000 characters")
@@ -257,7 +273,7 @@ def parse_axis(name: str, text: str, limits: Limits) -> list[tuple[str, Any]]:
         elif field in ("guidance_scale", "skip_rho"):
             v = check_float(name, p, 0, limits.guidance if field == "guidance_scale" else 10)
         elif field == "time_grid" and p not in GRIDS + LEARNED_GRIDS:
-            raise UsageError(f"time grid {p[:40]!r} is not valid; valid: {', '.join(GRIDS + LEARNED_GRIDS)}")
+            raise unknown("time grid", p[:40], GRIDS + LEARNED_GRIDS)
         elif field == "prompt" and len(p) > limits.prompt_chars:
             raise UsageError(f"the prompt must be text of at most {limits.prompt_chars} characters")
         else:
@@ -351,7 +367,7 @@ def align_cells(method: str, reward: str, budget: int, num: int, nfe: int, lam: 
     if not isinstance(reward, str) or not ALIGN_REWARDS.fullmatch(reward):
         raise UsageError(f"reward {str(reward)[:40]!r} is not offered here; valid: class:0 .. class:9, even, odd")
     if method not in ALIGN_METHODS:
-        raise UsageError(f"method {str(method)[:40]!r} is not valid; valid: {', '.join(ALIGN_METHODS)}")
+        raise unknown("method", str(method)[:40], ALIGN_METHODS)
     config = AlignConfig(method=method, reward=reward, budget=_count("budget", budget, limits.budget,
                                                                      " network evaluations"),
                          num=_count("samples", num, limits.images), nfe=_count("chain NFE", nfe, limits.nfe),
@@ -427,20 +443,44 @@ class ModelPool:
                     self._idle.popitem(last=False)
 
 
-def cell_fid(images: Sequence[np.ndarray], model: str) -> dict[str, Any] | None:
-    """The digits-FID and KID of a cell's own images against the model's reference, each with its 95% interval (few
-    images give wide ones, and FIDs of different image counts are not comparable); None for a model without a
-    reference."""
+FID_MIN_IMAGES = 250  # below, FID's bias (about 40 at 8 digits images) swamps the differences between solvers
+NUMBER_RESAMPLES = 200  # bootstrap resamples of a cell's KID interval (quick; the evaluation harness uses 1,000)
+
+
+def cell_numbers(images: Sequence[np.ndarray], model: str) -> dict[str, Any] | None:
+    """The digits-KID of a cell's own images against the model's reference with its 95% interval (KID is unbiased
+    at any count, so a few images give a wide interval, not a wrong number), and the FID from ``FID_MIN_IMAGES``
+    images (None below: at 8 images its bias is several times the differences between solvers); None for a model
+    without a reference or fewer than 3 images."""
     from ..api import _features, fid_of, kid_of
     from ..evaluate import DEFAULT_REFS
 
-    if model not in DEFAULT_REFS or len(images) < 2:
+    if model not in DEFAULT_REFS or len(images) < 3:
         return None
     ref = DEFAULT_REFS[model]
     feats, reference = _features(np.stack(images), ref)  # one feature pass for both numbers
-    f, k = fid_of(feats, reference), kid_of(feats, reference)
-    return {"fid": f.estimate, "fid_low": f.low, "fid_high": f.high, "kid": k.estimate, "kid_low": k.low,
-            "kid_high": k.high, "n": f.n, "ref": ref}
+    k = kid_of(feats, reference, NUMBER_RESAMPLES)
+    out = {"kid": k.estimate, "kid_low": k.low, "kid_high": k.high, "n": k.n, "ref": ref, "fid": None,
+           "fid_low": None, "fid_high": None}
+    if len(images) >= FID_MIN_IMAGES:
+        f = fid_of(feats, reference, NUMBER_RESAMPLES)
+        out |= {"fid": f.estimate, "fid_low": f.low, "fid_high": f.high}
+    return out
+
+
+def plot_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The rows the Results plot draws, and a note: all of them when they share model, features and reference, else
+    the group with the most runs (a plot never mixes harness settings), saying so."""
+    key = lambda r: (r.get("model"), r.get("extractor"), r.get("mode"), r.get("ref"), r.get("ref_sha256"))  # noqa: E731
+    groups: dict[Any, list] = {}
+    for r in rows:
+        if r.get("nfe") is not None and r.get("fid") is not None:
+            groups.setdefault(key(r), []).append(r)
+    if len(groups) <= 1:
+        return list(rows), ""
+    best = max(groups, key=lambda g: (len(groups[g]), str(g)))
+    return groups[best], (f"Plot: model {best[0]} ({best[1]} features, vs {best[3]}), the most runs of "
+                          f"{len(groups)} settings; choose a model or features above to see another")
 
 
 def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
@@ -448,7 +488,7 @@ def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
               cancelled: Callable[[], bool] | None = None, numbers: bool = False) -> Iterator[CellResult]:
     """Run ``cells`` in order, yielding each result as it is done. ``on_progress(fraction, text)`` follows the
     solver steps; once ``cancelled()`` is true the run stops at the next step with ``Cancelled``. ``numbers``: each
-    result carries the quick FID of its images (``cell_fid``)."""
+    result carries the numbers of its images (``cell_numbers``; the app computes them after showing the images)."""
     from ..align import AlignConfig, run_align
     from ..sampling import run_sample
 
@@ -471,7 +511,7 @@ def run_cells(cells: Sequence[Cell], folder: str | Path, pool: ModelPool, *,
                 with stored_only():  # a request never starts a GITS teacher pass or an LD3 training
                     summary = run_sample(config, out, progress=False, model=model, on_progress=tick)
         images = _read_pngs(out, summary["images"])
-        yield CellResult(cell, out, summary, images, cell_fid(images, config.model) if numbers else None)
+        yield CellResult(cell, out, summary, images, cell_numbers(images, config.model) if numbers else None)
 
 
 def _read_pngs(folder: Path, names: Sequence[str]) -> list[np.ndarray]:

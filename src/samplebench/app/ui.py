@@ -110,8 +110,8 @@ def _message(e: Exception) -> str:
 def guarded(fn=None, *, status: tuple[int, int] | None = None):
     """Bad input -> its one-line message in the UI; anything else -> a one-line error there and the trace in the
     server log; a cancelled run ends quietly. ``status=(index, count)``: the callback's outputs hold a status line
-    at ``index`` of ``count``; an error is also written there, so it stays on the page until the next run (the
-    callback runs as a generator for that)."""
+    at ``index`` of ``count``; an error is written there instead of a toast, so it is said once and stays on the
+    page until the next run (the callback runs as a generator for that)."""
     if fn is None:
         return functools.partial(guarded, status=status)
 
@@ -149,8 +149,9 @@ def guarded(fn=None, *, status: tuple[int, int] | None = None):
             return
         except Exception as e:
             error = convert(e)
-            if status is not None:
-                yield on_page(error)
+            if status is not None:  # said once, on the status line: the event still fails (API callers see an
+                yield on_page(error)  # error), but without the toast
+                error.visible = False
             raise error from None
     return gen
 
@@ -177,11 +178,19 @@ def build(app: App) -> gr.Blocks:
         yield core.grid_html(cells, results), f"{GRID_COMPUTING} 0 of {len(cells)} cells", None, results
         progress(0.0, desc="loading the model")
         try:
-            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set, numbers=numbers,
+            for r in core.run_cells(cells, folder, app.pool, cancelled=flag.is_set,
                                     on_progress=lambda f, text: progress(f, desc=text)):
                 results.append(r)
                 status = f"{GRID_COMPUTING} {len(results)} of {len(cells)} cells"
                 yield core.grid_html(cells, results), status, None, results
+            if numbers:  # the images are on the page first; the numbers follow, cell by cell
+                for k, r in enumerate(results):
+                    if flag.is_set():
+                        raise core.Cancelled
+                    progress(k / len(results), desc=f"numbers of {r.cell.row} · {r.cell.column}")
+                    r.numbers = core.cell_numbers(r.images, r.summary["model"])
+                    yield core.grid_html(cells, results), f"Numbers: {k + 1} of {len(results)} cells", None, \
+                        results
         except core.Cancelled:
             yield core.grid_html(cells, results), f"Cancelled after {len(results)} of {len(cells)} cells", \
                 None, results
@@ -192,12 +201,12 @@ def build(app: App) -> gr.Blocks:
         yield core.grid_html(cells, results), status, [str(core.zip_folder(folder)), str(picture)], results
 
     def slider_choices(results):
-        labels = [r.caption for r in results]
+        labels = [r.label for r in results]
         return (gr.Dropdown(choices=labels, value=labels[0] if labels else None),
                 gr.Dropdown(choices=labels, value=labels[-1] if labels else None))
 
     def slide(results, a, b):
-        found = {r.caption: r for r in results or []}
+        found = {r.label: r for r in results or []}
         if a in found and b in found:
             return found[a].tile, found[b].tile
         return None
@@ -229,8 +238,10 @@ def build(app: App) -> gr.Blocks:
                                               info="class-conditional models; auto = seed mod classes")
                     guidance = gr.Slider(1.0, limits.guidance, value=1.0, step=0.5, label="Guidance scale")
                     prompt = gr.Textbox("", label="Prompt", info="text-to-image models")
-            numbers = gr.Checkbox(False, label="Numbers per cell: time per image and the digits-FID of the cell's "
-                                               "own images with its 95% interval (few images: a wide interval)",
+            numbers = gr.Checkbox(False, label="Numbers per cell, after the images: time per image and the KID of the "
+                                               "cell's own images with its 95% interval (unbiased at any count); "
+                                               f"FID from {core.FID_MIN_IMAGES} images (below, its bias swamps "
+                                               "the differences: use the Results tab's evaluation)",
                                   elem_id="compare-numbers")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="compare-run")
@@ -242,8 +253,8 @@ def build(app: App) -> gr.Blocks:
             results = gr.State([])
             with gr.Accordion("Compare two cells", open=True):
                 with gr.Row():
-                    cell_a = gr.Dropdown([], label="Left")
-                    cell_b = gr.Dropdown([], label="Right")
+                    cell_a = gr.Dropdown([], label="Left", elem_id="compare-left")
+                    cell_b = gr.Dropdown([], label="Right", elem_id="compare-right")
                 slider = gr.ImageSlider(label="Left | right", type="pil", format="png", max_height=360)
 
             @guarded(status=(1, 4))
@@ -259,7 +270,8 @@ def build(app: App) -> gr.Blocks:
             inputs = [model, seeds, solver, nfe, x_axis, x_values, y_axis, y_values, z_axis, z_values, class_label,
                       guidance, prompt, numbers]
             busy = run.click(lambda: gr.Button(interactive=False), None, run, queue=False)  # no second run meanwhile
-            event = busy.then(compare, inputs, [grid, status, download, results], concurrency_id="sampling")
+            event = busy.then(compare, inputs, [grid, status, download, results], concurrency_id="sampling",
+                              show_progress_on=status)  # one progress text, above the grid (not over it)
             enable = lambda: gr.Button(interactive=True)  # noqa: E731
             event.success(enable, None, run, queue=False)
             event.failure(enable, None, run, queue=False)
@@ -310,7 +322,8 @@ def method_views(app: App, run_grid) -> None:
                                   upload_root=gradio_utils.get_upload_folder())
             yield from run_grid(cells, request, progress, numbers=True)
 
-        go.click(s3, [model, nfe, baseline, seeds, upload], list(outputs), concurrency_id="sampling")
+        go.click(s3, [model, nfe, baseline, seeds, upload], list(outputs), concurrency_id="sampling",
+                 show_progress_on=outputs[1])
 
     with gr.Tab("Tree search (DTS)"):
         gr.Markdown("**Diffusion Tree Sampling** (Jain et al. 2025): a tree search over a DDPM chain that samples "
@@ -333,7 +346,8 @@ def method_views(app: App, run_grid) -> None:
             cells = core.align_cells(method, reward, budget, num, chain, lam, limits=limits)
             yield from run_grid(cells, request, progress, numbers=True)
 
-        go.click(align, [method, reward, budget, num, chain, lam], list(outputs), concurrency_id="sampling")
+        go.click(align, [method, reward, budget, num, chain, lam], list(outputs), concurrency_id="sampling",
+                 show_progress_on=outputs[1])
 
     with gr.Tab("Early exit and caching"):
         gr.Markdown("**Compute skipping**: DeeDiff early exit leaves the DiT once its uncertainty heads are "
@@ -359,7 +373,8 @@ def method_views(app: App, run_grid) -> None:
                                         cache=_text(cache, "cache").strip() or None, limits=limits)
             yield from run_grid(cells, request, progress, numbers=True)
 
-        go.click(skipping, [model, solver, nfe, seeds, threshold, cache], list(outputs), concurrency_id="sampling")
+        go.click(skipping, [model, solver, nfe, seeds, threshold, cache], list(outputs), concurrency_id="sampling",
+                 show_progress_on=outputs[1])
 
     with gr.Tab("Cascades"):
         gr.Markdown("**LowDiff cascade**: most steps at low resolution, a few at full resolution from the upsampled "
@@ -382,7 +397,8 @@ def method_views(app: App, run_grid) -> None:
                                        limits=limits)
             yield from run_grid(cells, request, progress, numbers=True)
 
-        go.click(cascade, [model, stages, start, solver, seeds], list(outputs), concurrency_id="sampling")
+        go.click(cascade, [model, stages, start, solver, seeds], list(outputs), concurrency_id="sampling",
+                 show_progress_on=outputs[1])
 
 
 def _float(text: str, name: str) -> float:
@@ -408,7 +424,7 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         f_extractor = gr.Dropdown(["", "digits", "inception"], value="", label="Features")
         refresh = gr.Button("Refresh")
     table = gr.Dataframe(headers=list(core.TABLE_COLUMNS), interactive=False, label="Runs")
-    plot_note = gr.Markdown()
+    plot_note = gr.Markdown(elem_id="results-plot-note")
     plot = gr.Image(label="FID vs NFE and vs time (bars: 95% intervals; one curve per solver and sample count)",
                     type="filepath", format="png")
 
@@ -427,9 +443,10 @@ def results_view(app: App, demo: gr.Blocks) -> None:
         rows = core.query_runs(app.db, model=_text(model, "model", 500), solver=_text(solver, "solver"),
                                extractor=_text(extractor, "features"))
         data = [[_cell(r[k]) for k in core.TABLE_COLUMNS] for r in core.results_table(rows)]
+        drawn, note = core.plot_rows(rows)
         try:
-            return data, "", str(plot_runs(rows, app.request_folder() / "fid.png"))
-        except UsageError as e:  # nothing to draw, or mixed settings: say how to narrow the filters
+            return data, note, str(plot_runs(drawn, app.request_folder() / "fid.png"))
+        except UsageError as e:  # nothing to draw: say so
             return data, f"Plot: {_message(e)}", None
 
     @guarded(status=(0, 1))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from .store import _must_compute, _read, _write, grid_cost, grid_file, model_key, stored_only
 
 __all__ = ["LEARNED", "learned_grid", "learned_solver", "grid_file", "grid_cost", "model_key", "stored_only"]
@@ -94,7 +94,7 @@ def learned_grid(model, solver, steps: int, kind: str, *, progress: bool = True)
         from .ld3 import ld3_record
 
         return torch.tensor(ld3_record(model, solver, steps, progress=progress)["grid"], dtype=torch.float64)
-    raise UsageError(f"unknown learned grid {kind!r}; valid: {', '.join(LEARNED)}")
+    raise unknown("learned grid", kind, LEARNED)
 
 
 def learned_solver(model, solver, grid: torch.Tensor, kind: str):

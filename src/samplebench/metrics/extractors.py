@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 
 __all__ = ["MODES", "EXTRACTORS", "Extractor", "DigitsExtractor", "InceptionExtractor", "get_extractor",
            "inception_weights", "INCEPTION_ENV"]
@@ -55,7 +55,7 @@ class Extractor(Protocol):
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        raise unknown("mode", mode, MODES)
 
 
 class DigitsExtractor(torch.nn.Module):
@@ -216,4 +216,4 @@ def get_extractor(name: str, mode: str = "clean", device: str | torch.device = "
         return DigitsExtractor(mode, device)
     if name == "inception":
         return InceptionExtractor(mode, device, inception_weights_path)
-    raise UsageError(f"unknown feature extractor {name!r}; valid: {', '.join(EXTRACTORS)}")
+    raise unknown("feature extractor", name, EXTRACTORS)

@@ -42,6 +42,7 @@ __all__ = ["LEVEL", "RESAMPLES", "SEED", "check", "Interval", "Difference", "Fid
 LEVEL, RESAMPLES, SEED = 0.95, 1000, 0
 _BLOCK = 2048  # rows of a kernel matrix at a time
 _MEMORY = 2**28  # bytes for one batch of weighted products
+_RESAMPLE_BLOCK = 100  # FID resamples at a time (a progress bar moves between blocks)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _fid(feats: np.ndarray, ref: _Ref) -> float:
     return float(fid_batch(x.mean(0)[None], (y.T @ y / (len(x) - 1))[None], ref)[0])
 
 
-def _resampled_fids(feats: np.ndarray, counts: np.ndarray, ref: _Ref) -> np.ndarray:
+def _resampled_fids(feats: np.ndarray, counts: np.ndarray, ref: _Ref, progress=None) -> np.ndarray:
     """FID of every resample (``counts`` rows) of ``feats``: weighted means and covariances (ddof 1, as np.cov).
 
     The weighted second moments of all resamples are one matrix product, counts @ [y_i y_i^T]_i, over the upper
@@ -161,7 +162,7 @@ def _resampled_fids(feats: np.ndarray, counts: np.ndarray, ref: _Ref) -> np.ndar
     y = x - centre  # centred once: the covariance is shift-invariant, and this keeps float64 sums small
     iu, ju = torch.triu_indices(d, d)
     p = len(iu)
-    rows = max(1, min(len(counts), _MEMORY // (8 * p)))
+    rows = max(1, min(len(counts), _MEMORY // (8 * p), _RESAMPLE_BLOCK))
     block = max(1, min(n, _MEMORY // (8 * p)))
     out = []
     for lo in range(0, len(counts), rows):
@@ -176,14 +177,17 @@ def _resampled_fids(feats: np.ndarray, counts: np.ndarray, ref: _Ref) -> np.ndar
         sigmas[:, ju, iu] = second
         sigmas = (sigmas - n * ybar[:, :, None] * ybar[:, None, :]) / (n - 1)
         out.append(fid_batch(ybar + centre, sigmas, ref))
+        if progress is not None:
+            progress(min(lo + rows, len(counts)), len(counts))
     return torch.cat(out).numpy()
 
 
 def fid_interval(feats: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, *, estimate: float | None = None,
-                 level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+                 level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED, progress=None) -> Interval:
     """FID of ``feats`` against fixed reference statistics, with the centred bootstrap interval of E[FID_n].
 
-    ``estimate`` is the reported FID (clean-fid's ``frechet_distance``); without it, the fast form here is used."""
+    ``estimate`` is the reported FID (clean-fid's ``frechet_distance``); without it, the fast form here is used.
+    ``progress(done, total)`` after each block of resamples."""
     check(level, resamples)
     feats = np.asarray(feats)
     n = len(feats)
@@ -192,7 +196,7 @@ def fid_interval(feats: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, *
     ref = _Ref(mu_ref, sigma_ref)
     if estimate is None:
         estimate = _fid(feats, ref)
-    replicates = _resampled_fids(feats, bootstrap_counts(n, resamples, seed), ref)
+    replicates = _resampled_fids(feats, bootstrap_counts(n, resamples, seed), ref, progress)
     low, high = _centred(estimate, replicates, level)
     return Interval(float(estimate), max(low, 0.0), high, level, n, resamples, "centred bootstrap, reference fixed")
 
@@ -202,7 +206,7 @@ def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b.T / a.shape[1] + 1) ** 3
 
 
-def _resampled_kids(feats: np.ndarray, ref_feats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _resampled_kids(feats: np.ndarray, ref_feats: np.ndarray, counts: np.ndarray, progress=None) -> np.ndarray:
     """The unbiased MMD^2 estimate (clean-fid's kernel) of each resample of the generated samples against the fixed
     reference: generated pairs of distinct samples (a sample and its own copy are not a pair), the cross term and the
     reference pairs. The kernel matrix is built in row blocks, never whole."""
@@ -217,6 +221,8 @@ def _resampled_kids(feats: np.ndarray, ref_feats: np.ndarray, counts: np.ndarray
         kxx[:, lo:lo + _BLOCK].fill_diagonal_(0)
         wk += w[:, lo:lo + _BLOCK] @ kxx
         cross[lo:lo + _BLOCK] = _kernel(x[lo:lo + _BLOCK], y).mean(1)
+        if progress is not None:
+            progress(min(lo + _BLOCK, len(x)), len(x))
     kyy = sum(float(_kernel(y[lo:lo + _BLOCK], y).sum()) for lo in range(0, m, _BLOCK))
     kyy -= float(((y * y).sum(1) / y.shape[1] + 1).pow(3).sum())  # the self-pairs
     pairs = (wk * w).sum(1) / (n * n - (w * w).sum(1))
@@ -224,18 +230,21 @@ def _resampled_kids(feats: np.ndarray, ref_feats: np.ndarray, counts: np.ndarray
 
 
 def kid_interval(feats: np.ndarray, ref_feats: np.ndarray, *, estimate: float | None = None, level: float = LEVEL,
-                 resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
-    """KID with the centred bootstrap interval of the generated side, the reference features fixed.
+                 resamples: int = RESAMPLES, seed: int = SEED, progress=None) -> Interval:
+    """KID with the centred bootstrap interval of the generated side, the reference features fixed
+    (``progress(done, total)`` after each block of samples).
 
     ``estimate`` is the reported KID (clean-fid's subset estimate); without it, the full U-statistic is used. A
     resample that draws a single image n times has no pair of distinct images, so no KID: it is left out (with few
     images only; at n = 4, 1 in 64)."""
     check(level, resamples)
     n = len(feats)
-    if n < 2 or len(ref_feats) < 2:
-        raise UsageError("a KID interval needs at least 2 samples on each side")
+    if n < 3 or len(ref_feats) < 2:
+        raise UsageError(f"a KID interval needs at least 3 generated samples, got {n} (a resample of 2 is the pair "
+                         "itself or one image repeated, which has no KID: no spread to measure)" if n < 3 else
+                         "a KID interval needs at least 2 reference samples")
     both = np.concatenate([np.ones((1, n)), bootstrap_counts(n, resamples, seed)])
-    full, *replicates = _resampled_kids(feats, ref_feats, both)
+    full, *replicates = _resampled_kids(feats, ref_feats, both, progress)
     replicates = np.asarray(replicates)
     replicates = replicates[np.isfinite(replicates)]  # a resample of one image repeated has no pair: undefined
     low, high = _centred(full, replicates, level)

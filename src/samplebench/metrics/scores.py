@@ -58,7 +58,9 @@ def batches(images: np.ndarray, extractor: Extractor, batch_size: int = 256) -> 
     size = extractor.input_size
     if size is not None and tuple(images.shape[1:3]) != size:
         raise UsageError(f"the {extractor.name} extractor takes {size[0]}x{size[1]} images, got "
-                         f"{images.shape[1]}x{images.shape[2]}")
+                         f"{images.shape[1]}x{images.shape[2]}; give --features inception (any size, resized as "
+                         f"clean-fid does) and a reference made with it ('samplebench refs make FOLDER --features "
+                         f"inception')")
     fn_resize = extractor.resizer()
     for lo in range(0, len(images), batch_size):
         yield torch.stack([prepare(im, fn_resize) for im in images[lo:lo + batch_size]])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from .analytic import AnalyticDenoiser, GaussianMixture, gaussian_ode_solution
 from .base import LOADING, Conditioning, DiffusionModel
 from .embedded import DEFAULT_MODEL, EMBEDDED, AnalyticModel
@@ -21,7 +21,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+        raise unknown("dtype", name, DTYPES)
     return DTYPES[name]
 
 
@@ -71,5 +71,5 @@ def _load_model(name: str, device, dtype, local_files_only: bool | None) -> Diff
         raise UsageError(f"model folder {name!r} {what}; give a local pipeline folder saved with save_pretrained, "
                          f"a folder from 'samplebench train', an embedded model ({', '.join(EMBEDDED)}) or a hub id "
                          "(owner/name)")
-    raise UsageError(f"unknown model {name!r}; valid: {', '.join(EMBEDDED)}, a diffusers hub id (owner/name), "
-                     "a local directory saved with save_pretrained, or a folder from 'samplebench train digits-dit'")
+    raise unknown("model", name, EMBEDDED, ", a diffusers hub id (owner/name), a local directory saved with "
+                  "save_pretrained, or a folder from 'samplebench train digits-dit'")

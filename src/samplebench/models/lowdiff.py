@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from .diffusers_models import UNet2DPixelModel
 
 __all__ = ["CascadeUNetModel", "NO_CONDITION", "UPSAMPLE_MODES", "upsample", "read_cascade_config"]
@@ -28,7 +28,7 @@ UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")
 def upsample(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """Up(x): ``x`` [B, C, h, w] resized to ``size`` x ``size`` (``align_corners=False``, as the digits data)."""
     if mode not in UPSAMPLE_MODES:
-        raise UsageError(f"unknown upsampling {mode!r}; valid: {', '.join(UPSAMPLE_MODES)}")
+        raise unknown("upsampling", mode, UPSAMPLE_MODES)
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     kw = {} if mode == "nearest" else {"align_corners": False}

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 from ..schedules import NoiseSchedule, flow_shift, noise_end
 
 __all__ = ["GRID_KINDS", "PIPELINE", "make_grid", "parse_grid", "validate_grid", "ends_at_zero"]
@@ -78,8 +78,8 @@ def make_grid(schedule: NoiseSchedule, kind: str, steps: int, *, t_start: float 
         raise UsageError(f"time grid {kind!r} comes from the model (sampling.solver_grid), not from a noise "
                          "schedule alone")
     else:
-        raise UsageError(f"unknown time grid {kind!r}; valid: {', '.join(GRID_KINDS)}, flow-shift:S, {PIPELINE}, "
-                         "or a comma-separated list of decreasing times")
+        raise unknown("time grid", kind, GRID_KINDS, f", flow-shift:S, {PIPELINE}, or a comma-separated list of "
+                      "decreasing times")
     grid[0], grid[-1] = t0, t1  # exact end points (no round trip through lambda)
     return validate_grid(schedule, grid)
 
@@ -104,8 +104,8 @@ def parse_grid(spec: str) -> str | list[float]:
     try:
         times = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"unknown time grid {spec!r}; valid: {', '.join(GRID_KINDS + LEARNED_KINDS)}, "
-                         f"flow-shift:S, {PIPELINE}, or a comma-separated list of decreasing times") from None
+        raise unknown("time grid", spec, GRID_KINDS + LEARNED_KINDS + (PIPELINE,),
+                      ", flow-shift:S, or a comma-separated list of decreasing times") from None
     if len(times) < 2:
         raise UsageError(f"an explicit time grid needs at least 2 times, got {spec!r}")
     return times

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, unknown
 
 __all__ = ["SolverSpec", "StepInfo", "register", "get_solver", "solver_names", "SOLVERS"]
 
@@ -132,5 +132,8 @@ def solver_names() -> list[str]:
 def get_solver(name: str) -> SolverSpec:
     _load_entry_points()
     if name not in SOLVERS:
-        raise UsageError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
+        from ..names import ALIGN_METHODS
+
+        # the command line also takes s3 (a shipped schedule) and the alignment methods where it takes a solver
+        raise unknown("solver", name, [*SOLVERS, "s3", *ALIGN_METHODS])
     return SOLVERS[name]

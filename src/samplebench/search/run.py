@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from ..checks import MAX_EVAL_SAMPLES, check_count, check_seeds
-from ..errors import UsageError, damaged, describe
+from ..errors import UsageError, damaged, describe, unknown
 from ..files import atomic_write
 from ..usf import SolverSchedule
 from .predictor import Predictor
@@ -114,7 +114,7 @@ class SearchConfig:
         if self.budget < len(self.nfes):
             raise UsageError(f"--budget {self.budget} is below one evaluation per NFE ({len(self.nfes)})")
         if self.signal not in SIGNALS:
-            raise UsageError(f"unknown --signal {self.signal!r}; valid: {', '.join(SIGNALS)}")
+            raise unknown("--signal", self.signal, SIGNALS)
         for name, v, lo, hi in (("--samples", self.samples, 2, MAX_EVAL_SAMPLES),
                                 ("--batch-size", self.batch_size, 1, None),
                                 ("--per-stage", self.per_stage, 1, None),
@@ -131,9 +131,9 @@ class SearchConfig:
             raise UsageError(f"--rescore-seed {self.rescore_seed}: its {self.rescore} seeds overlap the screening "
                              f"seeds {self.seed}..{self.seed + self.samples - 1}; re-scoring needs fresh seeds")
         if self.features not in EXTRACTORS:
-            raise UsageError(f"unknown feature extractor {self.features!r}; valid: {', '.join(EXTRACTORS)}")
+            raise unknown("feature extractor", self.features, EXTRACTORS)
         if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+            raise unknown("mode", self.mode, MODES)
         if self.ref is None and self.model not in DEFAULT_REFS:
             raise UsageError(f"model {self.model!r} has no default reference; give --ref")
 
@@ -279,6 +279,20 @@ def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRID
     return out[:limit]
 
 
+def _check_budget(config: SearchConfig, model) -> None:
+    """A one-line error when some NFE's share of ``--budget`` would be spent on stage 0 alone (the baselines), so
+    that nothing would be searched there."""
+    sizes = {n: len(_initial(model.schedule, n, 10**9, _grids(model), _learned(model, n)[0])) for n in config.nfes}
+    short = [n for n in config.nfes if config.budget_for(n) <= sizes[n]]
+    if short:
+        n = short[0]
+        need = len(config.nfes) * (max(sizes.values()) + config.per_stage)
+        raise UsageError(f"--budget {config.budget} gives {config.budget_for(n)} screenings at NFE {n}, and stage 0 "
+                         f"there (every expressible solver on every grid, the baselines) takes {sizes[n]}, so nothing "
+                         f"would be searched; give --budget {need} or more (stage 0 and one bred stage at every NFE), "
+                         f"or --budget quick")
+
+
 def _breed(population: list, nfe: int, space: Space, rng: np.random.Generator, pool: int, seen: set) -> list:
     """Up to ``pool`` new valid schedules of exactly ``nfe`` NFE from the best of ``population``."""
     parents = [s for s, _ in sorted(population, key=lambda p: p[1])[:RANK_BAR]]
@@ -332,6 +346,8 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
             if diff:
                 raise UsageError(f"{str(out)!r} holds a search with other settings ({', '.join(diff)}); resume it "
                                  f"with the same settings or choose another --out")
+        if not (out / "stages" / "stage-00000.json").exists():
+            _check_budget(config, ev.model)  # a budget that stage 0 would use up is refused before anything is written
         for sub in ("stages", "evals", "rescore", "s3"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         for tmp in out.rglob(".*.tmp"):

@@ -254,5 +254,8 @@ def known_schedule(name: str, grid) -> SolverSchedule:
     """The USF schedule of registry solver ``name`` (a key of ``KNOWN_SCHEDULES``) on ``grid``."""
     if name not in KNOWN_SCHEDULES:
         why = f" ({NOT_EXPRESSIBLE[name]})" if name in NOT_EXPRESSIBLE else ""
-        raise UsageError(f"solver {name!r} has no USF schedule{why}; valid: {', '.join(KNOWN_SCHEDULES)}")
+        from ..names import nearest
+
+        raise UsageError(f"solver {name!r} has no USF schedule{why}{nearest(name, KNOWN_SCHEDULES)}; valid: "
+                         f"{', '.join(KNOWN_SCHEDULES)}")
     return KNOWN_SCHEDULES[name][0](grid)
