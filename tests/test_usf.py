@@ -261,7 +261,7 @@ def test_sample_with_a_schedule_file(tmp_path, capsys, monkeypatch):
     assert np.allclose(a, b, atol=1e-5)
     summary = __import__("json").loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["solver"] == "usf" and summary["nfe_per_sample"] == 6 and summary["schedule"]["steps"]
-    assert titles == ["digits-gmm | usf | NFE 6", "digits-gmm | dpmpp-2m | NFE 6"]
+    assert titles == ["digits-gmm · USF schedule 2m.json · NFE 6", "digits-gmm · dpmpp-2m on logsnr · NFE 6"]
     capsys.readouterr()
     for extra, message in [(["--schedule", str(tmp_path / "2m.json"), "--nfe", "5"], "uses 6 NFE, not --nfe 5"),
                            (["--schedule", str(tmp_path / "none.json")], "does not exist"),

@@ -57,7 +57,10 @@ def check_model(name: Any, limits: Limits) -> str:
     a hub id, so a request learns nothing about the server's files."""
     name = DEFAULT_MODEL if name in (None, "") else name
     if not isinstance(name, str) or (limits.models is not None and name not in limits.models):
-        raise UsageError(f"that model is not offered here; valid: {', '.join(limits.models or ())}")
+        from ..names import nearest
+
+        hint = nearest(name, limits.models or ()) if isinstance(name, str) and len(name) <= 40 else ""
+        raise UsageError(f"that model is not offered here{hint}; valid: {', '.join(limits.models or ())}")
     return name
 
 
