@@ -97,6 +97,9 @@ def bench_model(model: str, args, root: Path) -> dict:
     extra = {}  # other searches (--searched LABEL=FOLDER): their S3 schedules, cost and paired test against LD3
     for label, pattern in args.searched:
         folder = Path(pattern.format(model=model))
+        if not (folder / "report.json").is_file():
+            print(f"{model}: no search at {folder} for --searched {label!r}; left out", flush=True)
+            continue
         rep = json.loads((folder / "report.json").read_text())
         nfes = tuple(n for n in args.nfe_list if (folder / "s3" / f"nfe{n}.json").is_file())
         job = root / model / f"searched-{label.replace(' ', '-')}"

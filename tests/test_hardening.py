@@ -146,7 +146,7 @@ CASES = [
     (["runs", "--db", "file"], "is not a samplebench results database"),
     # files that are not what they claim
     (["sample", "--schedule", "binary.json"], "is not a text file"),
-    (["sample", "--schedule", "folder"], "is not a file"),
+    (["sample", "--schedule", "folder"], "is a folder of schedules; give --nfe"),
     (["sample", "--schedule", "nan.json"], "not a finite time"),
     (["sample", "--schedule", "deep.json"], "invalid solver schedule"),
     (["eval", "--folder", "imgs", "--ref", "noimages.npz", "--db", "r.db"], "name the image array 'images'"),

@@ -394,18 +394,18 @@ def test_eval_scores_shipped_s3_schedules(tmp_path):
 def test_a_resumed_s3_job_refuses_a_changed_shipped_schedule(tmp_path, monkeypatch):
     """``--solver s3`` names the shipped schedule of the day: a job's shards from another schedule are never
     reused when it is resumed (the job records each schedule's fingerprint)."""
-    import samplebench.sampling
+    import samplebench.plan
     from samplebench.evaluate import EvalConfig, run_eval
     from samplebench.usf import known_schedule
 
     config = EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(4,), num=20, metrics=("fid",))
     run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
-    shipped = samplebench.sampling.load_schedule
+    shipped = samplebench.plan.load_schedule
     other = known_schedule("ddim", shipped("digits-gmm", "s3", 4, None).timesteps)
-    monkeypatch.setattr(samplebench.sampling, "load_schedule", lambda *a: other)
+    monkeypatch.setattr(samplebench.plan, "load_schedule", lambda *a: other)
     with pytest.raises(UsageError, match="another S3 schedule for model 'digits-gmm' at NFE 4"):
         run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
-    monkeypatch.setattr(samplebench.sampling, "load_schedule", shipped)
+    monkeypatch.setattr(samplebench.plan, "load_schedule", shipped)
     assert run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)[0]["nfe"] == 4
 
 

@@ -445,3 +445,11 @@ def test_official_dicts_that_cannot_run_here_are_refused_in_one_line(mutate, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "official USF schedule: " + message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_official_relaxations_are_the_schedules_but_half():
+    """``official.py`` reads relaxation names without importing the schedule module (no import circle): its list
+    must be the schedule's, less samplebench's own "half"."""
+    from samplebench.usf import official, schedule
+
+    assert set(official.RELAXATIONS) == set(schedule.RELAXATIONS) - {"half"}

@@ -32,7 +32,8 @@ __all__ = ["from_official", "read_official", "is_official"]
 
 PREDICTIONS = {"noise_prediction": "noise", "data_prediction": "data"}
 AFS = {"no_afs": "none", "zero_x0": "zero-official", "average_x0": "mean"}
-RELAXATIONS = ("none", "linear")  # of the official update's first derivative
+# of the official update's first derivative: schedule.RELAXATIONS but "half" (a samplebench-only kind)
+RELAXATIONS = ("none", "linear", "dpmsolver-2", "unipc-bh1", "unipc-bh2", "0.5exp", "-0.5exp")
 
 
 def _fail(where: str, message: str):
