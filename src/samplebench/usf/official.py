@@ -118,7 +118,8 @@ def from_official(decisions: dict) -> dict[str, Any]:
             _fail(where, "a DPM-Solver-v3 prediction needs the model's empirical model statistics (EMS), which "
                          "samplebench does not have; this schedule cannot be run here")
         if kind not in PREDICTIONS:
-            _fail(where, f"unknown prediction type {kind!r}{nearest(kind, PREDICTIONS)}; valid: {', '.join(PREDICTIONS)}")
+            _fail(where, f"unknown prediction type {kind!r}{nearest(kind, PREDICTIONS)}; valid: "
+                         f"{', '.join(PREDICTIONS)}")
         start = int(lists["start_points"][i])
         derivatives = _derivatives(lists["derivative_types"][i], orders[i], start, available, where)
         c = lists["corrector_types"][i] or {"type": "no_corrector"}
