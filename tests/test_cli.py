@@ -52,7 +52,7 @@ BAD = [
     (["--solver", "heun", "--nfe", "1"], "below the minimum"),
     (["--solver", "heun", "--nfe", "7"], "nearest valid: 6, 8"),
     (["--nfe", "0"], "--nfe must be >= 1"),
-    (["--dtype", "float8"], "unknown dtype 'float8'; valid: float32"),
+    (["--dtype", "float8"], "unknown dtype 'float8' (did you mean 'float32'?); valid: float32"),
     (["--device", "cuda:7"], "device 'cuda:7' is not available"),
     (["--device", "toaster"], "unknown device 'toaster'"),
     (["--time-grid", "wiggly"], "unknown time grid 'wiggly'"),

@@ -111,12 +111,13 @@ def test_job_outputs_and_database(reference_job, tmp_path, capsys):
     assert len(ResultsDB(db).query()) == 4
 
 
-def _kill_job_after(out: Path, db: Path, features: int) -> None:
-    """Start the job in a subprocess and SIGKILL it once ``features`` feature shards exist."""
+def _kill_job_after(out: Path, db: Path, count: int, folder: str = "features") -> None:
+    """Start the job in a subprocess and SIGKILL it once ``count`` shards exist under ``folder`` (samples are all
+    drawn first, then each cell's features are extracted and scored)."""
     cmd = [str(BIN / "samplebench"), "eval", *JOB, "--out", str(out), "--db", str(db)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD_ENV)
     deadline = time.time() + 300
-    while len(list((out / "features").rglob("shard-*.npz"))) < features:
+    while len(list((out / folder).rglob("shard-*.npz"))) < count:
         assert proc.poll() is None and time.time() < deadline, "the job ended before it could be killed"
         time.sleep(0.01)
     assert proc.poll() is None, "the job ended before it could be killed"
@@ -127,7 +128,7 @@ def _kill_job_after(out: Path, db: Path, features: int) -> None:
 def test_killed_job_resumes_to_the_same_files_and_numbers(reference_job, tmp_path):
     out, _ = reference_job
     resumed = tmp_path / "resumed"
-    _kill_job_after(resumed, tmp_path / "r.db", 5)
+    _kill_job_after(resumed, tmp_path / "r.db", 5, "samples")  # killed while sampling
     before = {p: p.stat().st_mtime_ns for p in (resumed / "samples").rglob("shard-*.npz")}
     assert 5 <= len(before) < 24 and not (resumed / "results.json").exists()
     with one_thread():
