@@ -170,6 +170,13 @@ CASES = [
     # rewards
     ([*ALIGN, "--reward", ".rel:fn"], "relative modules are not supported"),
     ([*ALIGN, "--reward", "no_such_module_anywhere:fn"], "cannot be loaded"),
+    # names not among the valid ones: the message suggests the nearest
+    (["sample", "--solver", "dpmpp2m"], "unknown solver 'dpmpp2m' (did you mean 'dpmpp-2m'?); valid: ddim"),
+    (["sample", "--solver", "dts_star"], "(did you mean 'dts-star'?)"),
+    (["sample", "--model", "digit"], "unknown model 'digit' (did you mean 'digits'?)"),
+    (["sample", "--time-grid", "karas"], "unknown time grid 'karas' (did you mean 'karras'?)"),
+    (["eval", "--metrics", "fdi", "--out", "x"], "unknown metric 'fdi' (did you mean 'fid'?)"),
+    (["eval", "--features", "digit", "--out", "x"], "(did you mean 'digits'?)"),
     # the app's own flags
     (["app", "--port", "0"], "--port must be from 1 to 65535"),
     (["app", "--models", "./no/such/folder"], "neither a folder nor a hub id"),

@@ -39,7 +39,7 @@ def sample(model: str = "digits", *, solver: str = "dpmpp-2m", nfe: int | None =
     from tqdm import tqdm
 
     from .checks import check_seeds
-    from .errors import UsageError
+    from .errors import UsageError, unknown
     from .plan import RunOptions, RunSpec, plan
     from .loop import to_uint8
 
@@ -48,9 +48,7 @@ def sample(model: str = "digits", *, solver: str = "dpmpp-2m", nfe: int | None =
     valid = [f for f in RunOptions.__dataclass_fields__ if f != "model"]
     for key in options:
         if key not in valid:
-            from .names import nearest
-
-            raise UsageError(f"sample() got an unknown option {key!r}{nearest(key, valid)}; valid: {', '.join(valid)}")
+            raise unknown("option", key, valid)
     seeds = [check_seeds(s, 1, "seed") for s in seeds]
     if not seeds:
         raise UsageError("give at least one seed")

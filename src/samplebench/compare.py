@@ -45,11 +45,11 @@ def _job_run(job: Path, selector: str | None) -> Run:
         except ValueError:
             cell = None
         if cell not in cells:
-            valid = ", ".join(f"{job}:{s}:{n}" for s, n in cells)
             from .names import nearest
 
-            raise UsageError(f"job {str(job)!r} has no run {selector!r}{nearest(f'{job}:{selector}', valid.split(', '))}; "
-                             f"valid: {valid}")
+            valid = [f"{job}:{s}:{n}" for s, n in cells]
+            raise UsageError(f"job {str(job)!r} has no run {selector!r}{nearest(f'{job}:{selector}', valid)}; "
+                             f"valid: {', '.join(valid)}")
     elif len(cells) == 1:
         cell = cells[0]
     else:

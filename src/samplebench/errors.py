@@ -16,10 +16,15 @@ def damaged(path: object, reason: str, recover: str) -> UsageError:
     return UsageError(f"{str(path)!r} is damaged ({reason}); {recover}")
 
 
-def unknown(what: str, value: object, valid, more: str = "") -> UsageError:
-    """The error for a name that is not one of ``valid``: the value, the nearest valid name when one is close, and
-    the valid names (``more``: what else is valid, e.g. ", or a folder")."""
+def unknown_text(what: str, value: object, valid, more: str = "") -> str:
+    """The text "unknown WHAT 'value' (did you mean 'x'?); valid: ...": the value, the nearest valid name when one is
+    close, and the valid names (``more``: what else is valid, e.g. ", or a folder")."""
     from .names import nearest
 
     valid = [str(v) for v in valid]
-    return UsageError(f"unknown {what} {value!r}{nearest(value, valid)}; valid: {', '.join(valid)}{more}")
+    return f"unknown {what} {value!r}{nearest(value, valid)}; valid: {', '.join(valid)}{more}"
+
+
+def unknown(what: str, value: object, valid, more: str = "") -> UsageError:
+    """The error for a name that is not one of ``valid`` (``unknown_text``)."""
+    return UsageError(unknown_text(what, value, valid, more))

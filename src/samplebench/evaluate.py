@@ -184,14 +184,13 @@ class _Job:
 
     def plan(self, solver: str, nfe: int):
         """The ``loop.Plan`` of one (solver, NFE), built once."""
-        from .plan import load_models, plan
+        from .plan import plan
 
         if (solver, nfe) not in self._plans:
             spec = self.config.spec(solver, nfe)
-            model, low = load_models(spec, self.device or "cpu", self.model())
-            if low is not None:
-                low = self.model(low.name) if low.name in self._models else self._models.setdefault(low.name, low)
-            self._plans[solver, nfe] = plan(model, spec, low)
+            cascade = spec.cascade_spec  # a cascade's lower-stage model, loaded once for every cell
+            low = self.model(cascade.low_model) if cascade is not None and cascade.low_model is not None else None
+            self._plans[solver, nfe] = plan(self.model(), spec, low)
         return self._plans[solver, nfe]
 
     def sample_shard(self, solver_name: str, nfe: int, shard: int, process: int = 0) -> None:
@@ -325,7 +324,8 @@ def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
     if diff:
         k = diff[0]
         raise UsageError(f"--out {str(out)!r} holds a job with {k}={held.get(k)!r}, not {settings.get(k)!r}; "
-                         f"use another --out, or the same settings to resume it (a job may change only --num, --solver and --nfe)")
+                         "use another --out, or the same settings to resume it (a job may change only --num, --solver "
+                         "and --nfe)")
     schedules = s3_fingerprints(config)
     changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
     if changed:
@@ -375,10 +375,8 @@ def _features_fresh(job, s: str, n: int, j: int, have: int, logits: bool) -> boo
 
 def _cell_settings(c: EvalConfig, s: str, n: int) -> dict[str, Any]:
     """What a (solver, NFE) row records as its settings (and how a stored row is found again)."""
-    from .plan import S3, load_schedule
-
-    return {**c.settings(), "solver": s, "nfe": n,
-            **({"schedule": load_schedule(c.model, s, n, c.schedule).to_dict()} if s == S3 else {})}
+    schedule = c.spec(s, n).usf_schedule  # loaded once, with the spec
+    return {**c.settings(), "solver": s, "nfe": n, **({"schedule": schedule.to_dict()} if schedule else {})}
 
 
 def _duration(seconds: float) -> str:
@@ -414,7 +412,7 @@ def _forecast(job, todo: list, unscored: list, extractor, ref, resamples: int, p
     dim = len(ref.mu)
     scored = 0.0
     if unscored and any(m in ("fid", "kid") for m in c.metrics):
-        fake = np.random.default_rng(0).normal(size=(c.num, dim)) + (ref.mu if ref.mu is not None else 0)
+        fake = np.random.default_rng(0).normal(size=(c.num, dim)) + ref.mu
         t0 = time.perf_counter()
         if "fid" in c.metrics:
             intervals.fid_interval(fake, ref.mu, ref.sigma, resamples=10)
@@ -505,6 +503,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     items = [(s, n, j) for s in c.solvers for n in c.nfes for j in range(c.num_shards)]
     mine = items[state.process_index::state.num_processes]
     todo = [(s, n, j) for s, n, j in mine if _rows(job.sample_file(s, n, j), "seeds") < _need(c, j)]
+    pending = set(todo)
     stored = _stored_rows(job, ref.sha256, resamples) if state.is_main_process else {}
     cells = [(s, n, _cell_settings(c, s, n)) for s in c.solvers for n in c.nfes]
     show = progress and state.is_main_process
@@ -515,7 +514,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
     bar = tqdm(mine, desc=f"eval {c.model}: sampling [process {state.process_index}]", unit="shard",
                disable=not show)
     for s, n, j in bar:
-        if (s, n, j) in todo:  # missing, or the part a smaller job drew: drawn whole, as one batch like a fresh job's
+        if (s, n, j) in pending:  # missing, or the part a smaller job drew: drawn whole, as one batch like a fresh job's
             bar.set_postfix_str(f"{s} nfe={n} shard {j}")
             job.sample_shard(s, n, j, state.process_index)
     bar.close()
@@ -553,7 +552,7 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         feats, logits, seeds, wall, nfe = [], [], [], 0.0, None
         work = dict.fromkeys(WORK, 0.0)
         for j in range(c.num_shards):
-            need = min(c.num, (j + 1) * c.shard_size) - j * c.shard_size
+            need = _need(c, j)
             with np.load(job.feature_file(s, n, j)) as z:
                 feats.append(z["feats"][:need])
                 logits.append(z["logits"][:need] if want_logits else None)

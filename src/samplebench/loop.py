@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,6 @@ class Plan:
     cascade: Any = None
     schedule: Any = None
     label: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> DiffusionModel:
@@ -124,9 +123,8 @@ class Plan:
                 gens = SampleGenerators(batch)
                 x, counted = None, []
                 for stage in self.stages:
-                    x = self._run_stage(stage, x, batch, gens, meter, on_step)
-                    counted.append(x[1])
-                    x = x[0]
+                    x, n = self._run_stage(stage, x, batch, gens, meter, on_step)
+                    counted.append(n)
                 finals.append(x.float().cpu())
                 images.append(self.model.decode(x).float().cpu())
                 if nfe is not None and nfe != counted:

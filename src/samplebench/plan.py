@@ -29,8 +29,9 @@ from .models import DEFAULT_MODEL, DiffusionModel, load_model
 from .samplers import SolverSpec, get_solver, make_grid, parse_grid, validate_grid
 from .samplers.grids import LEARNED_KINDS, PIPELINE, ends_at_zero
 
-__all__ = ["S3", "RunOptions", "RunSpec", "plan", "plan_schedule", "load_models", "run_settings", "run_title", "command_line", "solver_grid",
-           "resolve_solver", "load_schedule", "schedule_solver", "check_solver_nfe", "default_grid"]
+__all__ = ["S3", "RunOptions", "RunSpec", "plan", "plan_schedule", "load_models", "run_settings", "run_title",
+           "schedule_sha256", "command_line", "solver_grid", "resolve_solver", "load_schedule", "schedule_solver",
+           "check_solver_nfe", "default_grid"]
 
 S3 = "s3"  # the solver name that means "the model's shipped S3 schedule for this NFE"
 OPTIONAL = {"negative_prompt": "", "exit_threshold": None, "cache": None, "cascade": None, "cascade_from": None,
@@ -169,7 +170,8 @@ def plan(model: DiffusionModel, spec: RunSpec, low_model: DiffusionModel | None 
     else:
         schedule = spec.usf_schedule
         solver, grid = resolve_solver(model, spec.solver, spec.nfe, spec.time_grid, schedule)
-        p = Plan([Stage(model, solver, grid)], schedule=schedule, skips=skip_coefficients(model, spec.skip_rho, schedule),
+        p = Plan([Stage(model, solver, grid)], schedule=schedule,
+                 skips=skip_coefficients(model, spec.skip_rho, schedule),
                  label=S3 if spec.schedule is None and spec.solver == S3 else solver.name)
     return replace(p, class_label=spec.class_label, prompt=spec.prompt, negative_prompt=spec.negative_prompt,
                    guidance_scale=spec.guidance_scale, exit_threshold=spec.exit_spec, cache=spec.cache_spec).check()
@@ -210,8 +212,8 @@ def run_settings(p: Plan, spec: RunSpec, nfe: int) -> dict[str, Any]:
                                             else default_grid(stage.model, stage.solver)),
             "grid_times": None if cascade else stage.grid.tolist(),
             "schedule": p.schedule.to_dict() if p.schedule is not None else None,
-            **({"schedule_sha256": schedule_sha256(p.schedule)} if p.schedule is not None else {}),
-            **({"schedule_file": str(schedule_path(spec))} if p.schedule is not None else {}),
+            **({"schedule_sha256": schedule_sha256(p.schedule), "schedule_file": str(schedule_path(spec))}
+               if p.schedule is not None else {}),
             "skip_coefficients": p.skips,
             "exit_threshold": spec.exit_threshold, "cache": p.cache.label() if p.cache is not None else None,
             "cascade": p.describe_cascade() if cascade else None,

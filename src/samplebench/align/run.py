@@ -156,9 +156,14 @@ def run_align(config: AlignConfig, out: str | Path, *, progress: bool = True, mo
     return write_samples(out, result.images, result.x, settings, extra,
                          per_image=[{"index": i, "seed": config.seed, "reward": r} for i, r in enumerate(rewards)],
                          labels=[f"r {r:.3f}" for r in rewards],
-                         title=" · ".join([config.model, f"{config.method}, reward {config.reward}, lambda {config.lam:g}",
-                                           f"{result.nfe} NFE in all", f"budget {config.budget}",
-                                           *([f"class {config.class_label}"] if config.class_label is not None else []),
-                                           *([f"guidance {config.guidance_scale:g}"] if config.guidance_scale != 1
-                                             else [])]),
-                         save_npz=config.save_npz, replaces=stale, arrays={"rewards": np.array(rewards)})
+                         title=_title(config, result.nfe), save_npz=config.save_npz, replaces=stale,
+                         arrays={"rewards": np.array(rewards)})
+
+
+def _title(config: AlignConfig, nfe: int) -> str:
+    """The run in one line (grid.png's title): model, method, reward and lambda, NFE spent, budget, conditioning."""
+    parts = [config.model, f"{config.method}, reward {config.reward}, lambda {config.lam:g}", f"{nfe} NFE in all",
+             f"budget {config.budget}"]
+    parts += [f"class {config.class_label}"] if config.class_label is not None else []
+    parts += [f"guidance {config.guidance_scale:g}"] if config.guidance_scale != 1 else []
+    return " · ".join(parts)

@@ -7,7 +7,6 @@ caching and cascades are wrappers around this protocol.
 
 from __future__ import annotations
 
-from ..names import nearest
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import unknown_text
 from ..schedules import NoiseSchedule
 
 __all__ = [
@@ -92,7 +92,7 @@ def convert_output(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, s
         return Prediction(output, (x - a * output) / s)
     if prediction_type == "flow":  # the velocity dx_t/dt = eps - x_0 of the path x_t = (1 - t) x_0 + t eps
         return Prediction((x - s * output) / (a + s), (x + a * output) / (a + s))
-    raise ValueError(f"unknown prediction type {prediction_type!r}{nearest(prediction_type, PREDICTION_TYPES)}; valid: {', '.join(PREDICTION_TYPES)}")
+    raise ValueError(unknown_text("prediction type", prediction_type, PREDICTION_TYPES))
 
 
 def _network_inputs(schedule: NoiseSchedule, dtype: torch.dtype | None, x: torch.Tensor, t: float | torch.Tensor
@@ -114,7 +114,7 @@ class NetworkDenoiser:
     def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule,
                  prediction_type: str = "epsilon", dtype: torch.dtype | None = None):
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction type {prediction_type!r}{nearest(prediction_type, PREDICTION_TYPES)}; valid: {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(unknown_text("prediction type", prediction_type, PREDICTION_TYPES))
         self.forward = forward
         self.schedule = schedule
         self.prediction_type = prediction_type

@@ -43,7 +43,6 @@ of the re-scoring are dealt round-robin to the processes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -168,7 +167,10 @@ class SearchConfig:
 
 
 def schedule_id(schedule) -> str:
-    return hashlib.sha256(json.dumps(schedule.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """A candidate's name: the first 16 hex digits of its fingerprint (``plan.schedule_sha256``)."""
+    from ..plan import schedule_sha256
+
+    return schedule_sha256(schedule)[:16]
 
 
 class _Evaluator:

@@ -26,8 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, describe
-from ..names import nearest
+from ..errors import UsageError, describe, unknown_text
 __all__ = ["from_official", "read_official", "is_official"]
 
 PREDICTIONS = {"noise_prediction": "noise", "data_prediction": "data"}
@@ -118,8 +117,7 @@ def from_official(decisions: dict) -> dict[str, Any]:
             _fail(where, "a DPM-Solver-v3 prediction needs the model's empirical model statistics (EMS), which "
                          "samplebench does not have; this schedule cannot be run here")
         if kind not in PREDICTIONS:
-            _fail(where, f"unknown prediction type {kind!r}{nearest(kind, PREDICTIONS)}; valid: "
-                         f"{', '.join(PREDICTIONS)}")
+            _fail(where, unknown_text("prediction type", kind, PREDICTIONS))
         start = int(lists["start_points"][i])
         derivatives = _derivatives(lists["derivative_types"][i], orders[i], start, available, where)
         c = lists["corrector_types"][i] or {"type": "no_corrector"}

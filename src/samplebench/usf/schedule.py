@@ -28,8 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..names import nearest
+from ..errors import UsageError, unknown_text
 
 __all__ = ["Derivative", "Corrector", "Step", "SolverSchedule", "PREDICTIONS", "RELAXATIONS", "CORRECTORS",
            "AFS_KINDS", "FORMAT", "MAX_ORDER", "MAX_CORRECTOR_ORDER"]
@@ -94,7 +93,7 @@ def _check_derivatives(where: str, order: int, derivatives: tuple[Derivative, ..
         if not math.isfinite(d.coefficient):
             _fail(w, f"coefficient {d.coefficient} is not finite")
         if d.relaxation not in RELAXATIONS:
-            _fail(w, f"unknown relaxation {d.relaxation!r}{nearest(d.relaxation, RELAXATIONS)}; valid: {', '.join(RELAXATIONS)}")
+            _fail(w, unknown_text("relaxation", d.relaxation, RELAXATIONS))
         if n > 1 and d.relaxation not in HIGHER_RELAXATIONS:
             _fail(w, f"derivative {n} takes relaxation {' or '.join(map(repr, HIGHER_RELAXATIONS))} only, got "
                      f"{d.relaxation!r}")
@@ -122,7 +121,7 @@ class SolverSchedule:
         if ts[-1] <= 0:
             _fail(f"timesteps[{len(ts) - 1}]", f"the last time must be > 0, got {ts[-1]}")
         if self.afs not in AFS_KINDS:
-            _fail("afs", f"unknown kind {self.afs!r}{nearest(self.afs, AFS_KINDS)}; valid: {', '.join(AFS_KINDS)}")
+            _fail("afs", unknown_text("kind", self.afs, AFS_KINDS))
         if self.skip_coefficients is not None and not all(0 <= c < math.inf for c in self.skip_coefficients):
             _fail("skip_coefficients", f"must be >= 0, got {list(self.skip_coefficients)}")
         last = len(self.steps) - 1
@@ -130,7 +129,7 @@ class SolverSchedule:
             where = f"step {i}"
             available = i + 1  # points t_0..t_i
             if st.prediction not in PREDICTIONS:
-                _fail(where, f"unknown prediction {st.prediction!r}{nearest(st.prediction, PREDICTIONS)}; valid: {', '.join(PREDICTIONS)}")
+                _fail(where, unknown_text("prediction", st.prediction, PREDICTIONS))
             if not 1 <= st.order <= min(MAX_ORDER, available):
                 _fail(where, f"order {st.order} is above the available history ({available} point"
                              f"{'s' if available > 1 else ''}; at most {min(MAX_ORDER, available)})"
@@ -140,7 +139,7 @@ class SolverSchedule:
             _check_derivatives(where, st.order, st.derivatives, st.start_point, available)
             c = st.corrector
             if c.kind not in CORRECTORS:
-                _fail(f"{where} corrector", f"unknown kind {c.kind!r}{nearest(c.kind, CORRECTORS)}; valid: {', '.join(CORRECTORS)}")
+                _fail(f"{where} corrector", unknown_text("kind", c.kind, CORRECTORS))
             if c.kind == "none":
                 if c.order or c.derivatives or c.start_point != -2:
                     _fail(f"{where} corrector", "kind 'none' takes no order, derivatives or start point")
