@@ -73,6 +73,37 @@ def test_stage_zero_holds_the_learned_grids_too():
     assert max(fixed) < min(i for i, o in enumerate(origins) if o.split("/")[1] in ("gits", "dmn", "ld3"))
 
 
+def test_stage_zero_runs_ld3_exactly_and_its_children_keep_the_input_times():
+    """An LD3 baseline carries LD3's network input times (``model_times``), so on the search's seeds it is the
+    ``--time-grid ld3`` run itself; a child on the same timesteps keeps them, one on moved times drops them, and a
+    time refinement drops them (it learns the times the network sees)."""
+    import numpy as np
+
+    from samplebench.learned.ld3 import LD3Config, refine_schedule
+    from samplebench.plan import RunSpec, plan
+    from samplebench.search.run import _initial, _learned
+    from samplebench.models import Conditioning
+
+    model = load_model("digits-gmm")
+    learned, _ = _learned(model, 4)
+    baseline = dict(_initial(model.schedule, 4, 1000, learned=learned))["unipc-bh2/ld3"]
+    times, model_times = learned["unipc-bh2/ld3"]
+    assert baseline.timesteps == tuple(times) and baseline.model_times == tuple(model_times) != tuple(times)
+    x_T = torch.randn(6, *model.sample_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ld3 = plan(model, RunSpec(model="digits-gmm", solver="unipc-bh2", nfe=4, time_grid="ld3")).stages[0]
+    denoiser = model.denoiser(Conditioning(), 6)
+    run = ld3.solver(denoiser, x_T.clone(), ld3.grid)
+    assert (run - usf_sample(denoiser, x_T.clone(), baseline)).abs().max().item() < 1e-12
+    assert (run - usf_sample(denoiser, x_T.clone(), known_solver("unipc-bh2", times))).abs().max().item() > 1e-6
+    rng = np.random.default_rng(0)
+    kept = crossover(baseline, baseline, rng)
+    assert kept.model_times == baseline.model_times
+    moved = [c for c in (mutate(baseline, rng, SPACE) for _ in range(40)) if c.timesteps != baseline.timesteps]
+    assert moved and all(c.model_times is None for c in moved)
+    refined, _ = refine_schedule(model, baseline, LD3Config(train=2, valid=2, rounds_times=1, rounds_input_times=0))
+    assert refined.model_times is None and refined.nfe == baseline.nfe
+
+
 def test_stage_zero_of_a_flow_model_holds_its_pipelines_own_grid():
     """A flow pipeline's shifted grid (SD3's shift 3) is a baseline grid too; with shift 1 it is time-uniform."""
     from types import SimpleNamespace

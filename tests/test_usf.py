@@ -210,6 +210,29 @@ def test_json_round_trip_is_exact(tmp_path):
     assert again == sch and again.timesteps == sch.timesteps and again.nfe == 2
 
 
+@pytest.mark.parametrize("name", ["dpmpp-3m", "unipc-bh2"])
+def test_model_times_run_ld3_exactly(name):
+    """A schedule's ``model_times`` feed the network LD3's input times: the known schedule with them reproduces the
+    registry solver behind LD3's time map (``learned.ld3.time_mapped``) to round-off, and differs without them."""
+    from samplebench.learned.ld3 import time_mapped
+
+    build, solver, options = KNOWN_SCHEDULES[name]
+    denoiser = AnalyticDenoiser(GMM, SCHEDULE)
+    grid = make_grid(SCHEDULE, "logsnr", 5)
+    lam = SCHEDULE.lambda_(grid)
+    shift = torch.tensor([0.0, 0.3, -0.2, 0.25, -0.3, 0.0], dtype=torch.float64) * (lam[1:] - lam[:-1]).min()
+    model_times = SCHEDULE.inverse_lambda(lam + shift)  # LD3's parametrisation: ends fixed, shifts < half a gap
+    expected = time_mapped(get_solver(solver), grid, model_times.tolist())(denoiser, X_T.clone(), grid, **options)
+    schedule = build(grid)
+    with_times = SolverSchedule(schedule.timesteps, schedule.steps, model_times=tuple(model_times.tolist()))
+    assert with_times.network_times == tuple(model_times.tolist()) and schedule.network_times == schedule.timesteps
+    got = usf_sample(denoiser, X_T.clone(), with_times)
+    assert (got - expected).abs().max().item() < 1e-13
+    assert (usf_sample(denoiser, X_T.clone(), schedule) - expected).abs().max().item() > 1e-4
+    again = SolverSchedule.from_json(with_times.to_json())
+    assert again == with_times and "model_times" not in schedule.to_dict()  # absent unless given: ids unchanged
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["steps"][0].update(order=2), "step 0: order 2 is above the available history (1 point; at most 1)"),
     (lambda d: d["timesteps"].__setitem__(2, 0.9), "timesteps[2]: 0.9 is not below timesteps[1]"),
@@ -231,6 +254,9 @@ def test_json_round_trip_is_exact(tmp_path):
      "step 0: unknown corrector fields ['colour']"),
     (lambda d: d["steps"][1]["derivatives"][0].update(active_points=[-3]),
      "step 1 derivative 1: active point -3 is not in the history (positions -1..-2)"),
+    (lambda d: d.update(model_times=[1.0, 0.5]), "model_times: one per timestep: 4 expected, got 2"),
+    (lambda d: d.update(model_times=[1.0, 0.5, float("nan"), 0.01]), "model_times[2]: nan is not a finite time > 0"),
+    (lambda d: d.update(model_times=[1.0, 0.5, 0.6, 0.01]), "model_times[2]: 0.6 is not below model_times[1] = 0.5"),
     (lambda d: d["steps"][1].update(derivatives=[]), "step 1: order 2 needs 1 derivative estimates, got 0"),
     (lambda d: d["steps"][1].update(colour="red"), "step 1: unknown step fields ['colour']"),
 ])

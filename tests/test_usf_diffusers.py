@@ -25,14 +25,18 @@ def dirs(tmp_path_factory):
     return {"ddpm": save_ddpm(root / "ddpm"), "sd": save_sd(root / "sd")}
 
 
-@pytest.mark.parametrize("afs, last_corrector", [("none", False), ("zero", False), ("zero-official", True)])
-def test_ddpm_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs, afs, last_corrector):
+@pytest.mark.parametrize("afs, last_corrector, shifted", [("none", False, False), ("zero", False, True),
+                                                          ("zero-official", True, False)])
+def test_ddpm_pipeline_with_the_usf_scheduler_reproduces_the_executor(dirs, afs, last_corrector, shifted):
     import dataclasses
 
     from samplebench.usf import Corrector, Derivative
 
     model = load_model(str(dirs["ddpm"]))
     schedule = _mixed(model, 5, afs)
+    if shifted:  # the network at input times apart from the solver's (LD3's), in the pipeline as in the executor
+        ts = schedule.timesteps
+        schedule = dataclasses.replace(schedule, model_times=(ts[0], *(0.97 * t for t in ts[1:-1]), ts[-1]))
     if last_corrector:  # the pipeline evaluates once more, at the end point, for the corrector
         last = dataclasses.replace(schedule.steps[-1], corrector=Corrector("pseudo", 3, (Derivative((-1, -3)),) * 2))
         schedule = dataclasses.replace(schedule, steps=(*schedule.steps[:-1], last))

@@ -354,6 +354,11 @@ def resolve_solver(model: DiffusionModel, solver: str, nfe: int | None, time_gri
     if time_grid is not None:
         raise UsageError("--time-grid does not apply to a USF schedule (it holds its own timesteps)")
     grid = validate_grid(model.schedule, torch.tensor(schedule.timesteps, dtype=torch.float64))
+    if schedule.model_times is not None:
+        try:
+            validate_grid(model.schedule, torch.tensor(schedule.model_times, dtype=torch.float64))
+        except UsageError as e:
+            raise UsageError(f"the schedule's model_times: {e}") from None
     return schedule_solver(schedule, model.data_mean), grid
 
 

@@ -331,9 +331,10 @@ def ld3_record(model, solver, steps: int, *, progress: bool = True) -> dict[str,
 def refine_schedule(model, schedule, config: LD3Config = LD3Config(rounds_times=7, rounds_input_times=0), *,
                     pairs=None, progress: bool = False):
     """A USF schedule (S3's) with its times refined by LD3's objective, every discrete decision frozen (the LD3
-    objective on a mixed schedule: decisions searched, times learned); its ends and NFE stay. Returns the schedule
+    objective on a mixed schedule: decisions searched, times learned); its ends and NFE stay, and the network sees the
+    refined times (input times apart from them are not learned here: ``model_times`` is dropped). Returns the schedule
     and the provenance of the refinement."""
     from dataclasses import replace
 
     times, _, info = train_ld3(model, schedule, schedule.num_steps, config, pairs=pairs, progress=progress)
-    return replace(schedule, timesteps=tuple(times.tolist())), info
+    return replace(schedule, timesteps=tuple(times.tolist()), model_times=None), info

@@ -47,7 +47,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,9 @@ def _initial(noise_schedule, nfe: int, limit: int, grids: tuple[str, ...] = GRID
         for kind in grids:
             add(f"{name}/{kind}", known_solver(name, make_grid(noise_schedule, kind, nfe).tolist()))
     for origin, times in (learned or {}).items():
-        add(origin, known_solver(origin.split("/")[0], times))
+        times, model_times = times if isinstance(times, tuple) else (times, None)
+        add(origin, replace(known_solver(origin.split("/")[0], times),
+                            model_times=None if model_times is None else tuple(model_times)))
     for name in ("dpmpp-3m", "unipc-bh2", "dpmpp-2m"):
         s = known_solver(name, make_grid(noise_schedule, "logsnr", nfe + 1).tolist())
         add(f"{name}/logsnr+afs", build(s.timesteps, genes_of(s), "zero"))
@@ -499,11 +501,12 @@ def _grids(model) -> tuple[str, ...]:
 LEARNED = ("gits", "dmn", "ld3")  # learned grids stage 0 holds beside the fixed ones (``samplebench.learned``)
 
 
-def _learned(model, nfe: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
+def _learned(model, nfe: int) -> tuple[dict[str, Any], dict[str, dict]]:
     """Every stage-0 solver on its learned grids at ``nfe`` (GITS and DMN made now if needed; LD3 where the model
-    has it for that solver and NFE: a USF schedule takes LD3's times, not its network input times), and what the
+    has it for that solver and NFE, as (times, network input times): the schedule runs LD3 exactly), and what the
     grids cost, by file."""
     from ..learned import grid_cost, learned_grid, stored_only
+    from ..learned.ld3 import ld3_record
     from ..samplers import get_solver
     from ..usf import KNOWN_SCHEDULES
 
@@ -513,7 +516,9 @@ def _learned(model, nfe: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
         for kind in LEARNED:
             try:
                 with stored_only() if kind == "ld3" else contextlib.nullcontext():
-                    grids[f"{name}/{kind}"] = learned_grid(model, spec, nfe, kind, progress=False).tolist()
+                    times = learned_grid(model, spec, nfe, kind, progress=False).tolist()
+                    grids[f"{name}/{kind}"] = times if kind != "ld3" else (
+                        times, ld3_record(model, spec, len(times) - 1, progress=False).get("model_times"))
             except UsageError:  # no LD3 grid for this solver and NFE, or GITS on straight trajectories
                 continue
             if kind != "dmn":

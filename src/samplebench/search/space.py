@@ -179,7 +179,15 @@ def mutate(schedule: SolverSchedule, rng: np.random.Generator, space: Space) -> 
     if space.num_skips and rng.random() < 0.3:
         base = np.ones(space.num_skips) if skip is None else np.array(skip)
         skip = tuple(float(c) for c in np.clip(base + rng.normal(*SKIP_JITTER, space.num_skips), 0.0, 1.0))
-    return build(ts, genes, afs, skip)
+    return _keep_model_times(build(ts, genes, afs, skip), schedule)
+
+
+def _keep_model_times(child: SolverSchedule, parent: SolverSchedule) -> SolverSchedule:
+    """The parent's network input times (LD3's, ``SolverSchedule.model_times``) stay with its timesteps: a child on
+    the same timesteps keeps them, one on moved times evaluates the network at its own times."""
+    if parent.model_times is None or child.timesteps != parent.timesteps:
+        return child
+    return replace(child, model_times=parent.model_times)
 
 
 def crossover(a: SolverSchedule, b: SolverSchedule, rng: np.random.Generator) -> SolverSchedule:
@@ -192,7 +200,7 @@ def crossover(a: SolverSchedule, b: SolverSchedule, rng: np.random.Generator) ->
         genes = [g if rng.random() < 0.5 else o for g, o in zip(genes, other)]
     afs = (a if rng.random() < 0.5 else b).afs
     skip = (a if rng.random() < 0.5 else b).skip_coefficients
-    return build(first.timesteps, genes, afs, skip)
+    return _keep_model_times(build(first.timesteps, genes, afs, skip), first)
 
 
 # --- the predictor's view of a schedule --------------------------------------------------------------------------

@@ -163,7 +163,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         ts = torch.tensor(sched.timesteps, dtype=torch.float64)
         self._tables = (self.noise_schedule.alpha(ts).tolist(), self.noise_schedule.sigma(ts).tolist(),
                         self.noise_schedule.lambda_(ts).tolist())
-        model_times = self.noise_schedule.model_time(ts[indices]).to(torch.float32)
+        seen = torch.tensor(sched.network_times, dtype=torch.float64)  # LD3's input times where the schedule has them
+        self._seen = (self.noise_schedule.alpha(seen).tolist(), self.noise_schedule.sigma(seen).tolist())
+        model_times = self.noise_schedule.model_time(seen[indices]).to(torch.float32)
         self.timesteps = model_times.to(device) if device is not None else model_times
         self.num_inference_steps = len(indices)
         self._steps = None
@@ -183,8 +185,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             if self.schedule.afs != "none":  # the output at x_T is not used
                 return self._out(self._request[0], return_dict)
         x, i = self._request
-        pred = convert_output(model_output.to(x.dtype), x, torch.tensor([a[i]], dtype=torch.float64),
-                              torch.tensor([s[i]], dtype=torch.float64), self.prediction)
+        a_seen, s_seen = self._seen  # the output is the network's at its input time
+        pred = convert_output(model_output.to(x.dtype), x, torch.tensor([a_seen[i]], dtype=torch.float64),
+                              torch.tensor([s_seen[i]], dtype=torch.float64), self.prediction)
         try:
             self._request = self._steps.send((pred.eps, pred.denoised))
             return self._out(self._request[0], return_dict)

@@ -144,10 +144,12 @@ def usf_steps(x: torch.Tensor, schedule: SolverSchedule, a: list[float], s: list
 
 def usf_sample(denoiser, x: torch.Tensor, schedule: SolverSchedule, *, data_mean: torch.Tensor | None = None,
                generator=None, callback: Callback | None = None) -> torch.Tensor:
-    """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``."""
+    """Run ``schedule`` from x at ``timesteps[0]``; ``data_mean`` is the mean image for ``afs="mean"``. The network
+    sees ``schedule.network_times`` (its ``model_times`` where given)."""
     ts = torch.tensor(schedule.timesteps, dtype=torch.float64)
     a, s, lam = tables(denoiser, ts)
-    return drive(usf_steps(x, schedule, a, s, lam, data_mean=data_mean, callback=callback), denoiser, ts)
+    return drive(usf_steps(x, schedule, a, s, lam, data_mean=data_mean, callback=callback), denoiser,
+                 torch.tensor(schedule.network_times, dtype=torch.float64))
 
 
 def drive(steps: Generator, denoiser, times) -> torch.Tensor:

@@ -18,6 +18,11 @@ nothing after it). ``afs`` replaces the first evaluation analytically:
   ``zero`` by (1 - sigma_T) / alpha_T x_T, a few thousandths of x_T at the usual T;
 - ``mean``: x0_pred = the mean training image.
 NFE = steps - [afs != none] + implicit correctors before the last step + [the last step has a corrector].
+
+``model_times`` (optional, one per timestep) decouples the time the network is evaluated at from the time the
+solver's coefficients use: the evaluation at ``timesteps[i]`` feeds the network ``model_times[i]`` (LD3's learned
+input times t~_i, Tong et al., ICLR 2025, Sec. 3.2), so a schedule expresses an LD3 grid exactly. Without it the
+network sees the timesteps themselves.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class SolverSchedule:
     steps: tuple[Step, ...]
     afs: str = "none"
     skip_coefficients: tuple[float, ...] | None = None  # Skip-Tuning: one per UNet skip, outermost first
+    model_times: tuple[float, ...] | None = None  # the network's input time at each timestep (LD3's t~_i)
 
     def __post_init__(self) -> None:
         ts = self.timesteps
@@ -120,11 +126,19 @@ class SolverSchedule:
                 _fail(f"timesteps[{i + 1}]", f"{ts[i + 1]} is not below timesteps[{i}] = {ts[i]}")
         if ts[-1] <= 0:
             _fail(f"timesteps[{len(ts) - 1}]", f"the last time must be > 0, got {ts[-1]}")
+        mt = self.model_times
+        if mt is not None:
+            if len(mt) != len(ts):
+                _fail("model_times", f"one per timestep: {len(ts)} expected, got {len(mt)}")
+            for i, t in enumerate(mt):
+                if not (math.isfinite(t) and t > 0):
+                    _fail(f"model_times[{i}]", f"{t} is not a finite time > 0")
+                if i and not t < mt[i - 1]:
+                    _fail(f"model_times[{i}]", f"{t} is not below model_times[{i - 1}] = {mt[i - 1]}")
         if self.afs not in AFS_KINDS:
             _fail("afs", unknown_text("kind", self.afs, AFS_KINDS))
         if self.skip_coefficients is not None and not all(0 <= c < math.inf for c in self.skip_coefficients):
             _fail("skip_coefficients", f"must be >= 0, got {list(self.skip_coefficients)}")
-        last = len(self.steps) - 1
         for i, st in enumerate(self.steps):
             where = f"step {i}"
             available = i + 1  # points t_0..t_i
@@ -154,6 +168,11 @@ class SolverSchedule:
             _check_derivatives(f"{where} corrector", c.order, c.derivatives, c.start_point, available + 1)
 
     @property
+    def network_times(self) -> tuple[float, ...]:
+        """The time the network sees at each timestep: ``model_times``, else the timesteps."""
+        return self.timesteps if self.model_times is None else self.model_times
+
+    @property
     def num_steps(self) -> int:
         return len(self.steps)
 
@@ -172,6 +191,8 @@ class SolverSchedule:
         for step in d["steps"]:  # the default corrector start is implied, so older files read the same
             if step["corrector"]["start_point"] == -2:
                 del step["corrector"]["start_point"]
+        if d["model_times"] is None:  # absent unless given, so schedules without it read (and hash) as before
+            del d["model_times"]
         return {"format": FORMAT, **d}
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -187,7 +208,7 @@ class SolverSchedule:
             d = official.from_official(d)
         if d.get("format", FORMAT) != FORMAT:
             _fail("format", f"{d.get('format')!r} is not {FORMAT!r}")
-        unknown = set(d) - {"format", "timesteps", "steps", "afs", "skip_coefficients"}
+        unknown = set(d) - {"format", "timesteps", "steps", "afs", "skip_coefficients", "model_times"}
         if unknown:
             _fail("file", f"unknown fields {sorted(unknown)}")
         steps = []
@@ -197,9 +218,10 @@ class SolverSchedule:
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 _fail(f"step {i}", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))
         try:
-            skip = d.get("skip_coefficients")
+            skip, mt = d.get("skip_coefficients"), d.get("model_times")
             return cls(tuple(float(t) for t in d["timesteps"]), tuple(steps), d.get("afs", "none"),
-                       None if skip is None else tuple(float(c) for c in skip))
+                       None if skip is None else tuple(float(c) for c in skip),
+                       None if mt is None else tuple(float(t) for t in mt))
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, UsageError):
                 raise
