@@ -90,3 +90,23 @@ def baselines(model: str) -> dict[int, dict]:
         raise SystemExit(f"docs/baselines.json has no entry for {model!r}: run python bench/fid_vs_nfe.py --models "
                          f"{model} first (it picks each NFE's strongest solver, grid or S3 on other seeds)")
     return {int(n): e for n, e in data.items()}
+
+
+ODE = ("dpmpp-3m", 100)  # the converged reference of a network model: 100 NFE on the logSNR grid
+ANALYTIC = ("digits-gmm", "gaussian")  # their floor is exact samples instead
+
+
+def floor_fid(model: str, num: int) -> float:
+    """FID of ``num`` exact samples of an analytic model (seeds 0..num-1) against its reference."""
+    from samplebench.metrics.extractors import get_extractor
+    from samplebench.metrics.reference import get_reference
+    from samplebench.metrics.scores import extract, fid, statistics
+    from samplebench.models import load_model
+    from samplebench.noise import SampleGenerators
+
+    m = load_model(model)
+    ext = get_extractor("digits")
+    ref = get_reference(model, ext)
+    x = m.mixture.sample(SampleGenerators(range(num)))
+    mu, sigma = statistics(extract(x.float(), ext).feats)
+    return fid(mu, sigma, ref.mu, ref.sigma)

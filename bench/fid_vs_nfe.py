@@ -34,7 +34,8 @@ from pathlib import Path
 from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, fid_cell, fid_panel, has_section, machine, table, write_baselines, write_section  # noqa: E402
+from _report import (ANALYTIC, DOC, ODE, fid_cell, fid_panel, floor_fid, has_section, machine, table,  # noqa: E402
+                     write_baselines, write_section)
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -47,8 +48,6 @@ GRIDS = ("logsnr", "time-uniform", "time-quadratic", "karras")
 NFES = (3, 4, 5, 6, 7, 8, 9, 10)
 MODELS = ("digits", "digits-gmm", "digits-dit", "digits-flow")  # the default, and the order of the tables
 SELECT_SEED = 1_000_000
-ODE = ("dpmpp-3m", 100)  # the converged reference of a network model: 100 NFE on the logSNR grid
-ANALYTIC = ("digits-gmm", "gaussian")  # their floor is exact samples instead
 
 
 def _nfes(solver: str) -> tuple[int, ...]:
@@ -63,22 +62,6 @@ def _eval(out: Path, **kw) -> list[dict]:
 
     rows = run_eval(EvalConfig(metrics=("fid",), **kw), out, db=out.parent / "runs.db", progress=False)
     return broadcast_object_list([rows])[0] if PartialState().num_processes > 1 else rows
-
-
-def floor_fid(model: str, num: int) -> float:
-    """FID of ``num`` exact samples of an analytic model (seeds 0..num-1) against its reference."""
-    from samplebench.metrics.extractors import get_extractor
-    from samplebench.metrics.reference import get_reference
-    from samplebench.metrics.scores import extract, fid, statistics
-    from samplebench.models import load_model
-    from samplebench.noise import SampleGenerators
-
-    m = load_model(model)
-    ext = get_extractor("digits")
-    ref = get_reference(model, ext)
-    x = m.mixture.sample(SampleGenerators(range(num)))
-    mu, sigma = statistics(extract(x.float(), ext).feats)
-    return fid(mu, sigma, ref.mu, ref.sigma)
 
 
 def bench_model(model: str, args, root: Path) -> dict:

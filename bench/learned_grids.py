@@ -12,6 +12,8 @@ each, on the shared seeds. Each method's one-off cost is its wall time as record
 teacher pass, DMN's optimisation, LD3's teacher and training (per solver and NFE), S3's search (its report), 0 for
 a fixed grid. ``--searched`` adds another search's schedules (its folder's ``s3/``) as a row with its one-off
 cost (``search.run.search_cost_s``), paired against S3 and against the best LD3 grid. Writes the tables and docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
+Above NFE 5 each table says how far S3 and the lowest other method are from the floor: the ODE solved near-exactly
+on the same seeds (DPM-Solver++(3M), 100 NFE; paired) on a network model, as many exact samples on digits-gmm.
 Every run is a resumable ``samplebench eval`` job under ``--out``.
 """
 
@@ -24,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import DOC, baselines, fid_cell, fid_panel, has_section, machine, table, write_section  # noqa: E402
+from _report import (ANALYTIC, DOC, ODE, baselines, fid_cell, fid_panel, floor_fid, has_section,  # noqa: E402
+                     machine, table, write_section)
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -112,7 +115,33 @@ def bench_model(model: str, args, root: Path) -> dict:
             if ld3 is not None:
                 extra[label, n] = (ld3, compare_runs(jobs[label, n], jobs[ld3, n])[2], ld3_s)
     paired = {(k, n): compare_runs(jobs["s3", n], jobs[k, n])[2] for (k, n) in jobs if k != "s3"}
-    return {"cells": cells, "costs": costs, "paired": paired, "vs_ld3": extra, "total_s": time.perf_counter() - t0}
+    floor = _floor(model, args, root, cells, jobs)
+    return {"cells": cells, "costs": costs, "paired": paired, "vs_ld3": extra, "floor": floor,
+            "total_s": time.perf_counter() - t0}
+
+
+def _floor(model: str, args, root: Path, cells: dict, jobs: dict) -> dict | None:
+    """Above NFE 5, how far S3 and the lowest other method are from the ODE floor: on a network model the ODE solved
+    near-exactly on the same seeds (``ODE``; paired), on an analytic one the FID of as many exact samples."""
+    above = [n for n in args.nfe_list if n > 5]
+    if not above:
+        return None
+    if model in ANALYTIC:
+        f = floor_fid(model, args.num)
+        out = {"text": f"FID of {args.num} exact mixture samples {f:.3f}"}
+        dist = lambda k, n: f"{cells[k, n]['fid'] - f:+.3f}"  # noqa: E731
+    else:
+        ode = root / model / "ode"
+        (r,) = _eval(ode, model=model, solvers=(ODE[0],), nfes=(ODE[1],), num=args.num, seed=0,
+                     time_grid="logsnr").values()
+        out = {"text": f"the ODE solved near-exactly ({ODE[0]} at {ODE[1]} NFE, logSNR grid, the same seeds) "
+                       f"{fid_cell(r)}"}
+        dist = lambda k, n: _diff(compare_runs(jobs[k, n], f"{ode}:{ODE[0]}:{ODE[1]}")[2]) + " paired"  # noqa: E731
+    for n in above:
+        other = min((k for (k, m) in cells if m == n and k != "s3"), key=lambda k: cells[k, n]["fid"])
+        out[n] = (f"NFE {n}: S3 {dist('s3', n)}" if ("s3", n) in cells else f"NFE {n}:") + \
+            f", the lowest other ({cells[other, n].get('label', other)}) {dist(other, n)}"
+    return out
 
 
 def _plot(model: str, res: dict, path: Path) -> None:
@@ -192,13 +221,16 @@ def main() -> None:
                          f"({res['cells'][k, n]['fid']:.3f}, {res['costs'][k, n]:.0f} s for this solver and NFE): "
                          f"{label} - LD3 {_diff(d)}" for (label, n), (k, d, ld3_s) in sorted(res["vs_ld3"].items()))
         vs_ld3 = f"\n\nOther searches against the best LD3 grid, paired:{vs_ld3}" if vs_ld3 else ""
+        fl = res["floor"]
+        floor = ("" if fl is None else f"\n\nAbove NFE 5, the distance to the floor ({fl['text']}): "
+                 + "; ".join(fl[n] for n in args.nfe_list if n in fl) + ".")
         plot = DOC.parent / f"frontier-{model}.png"
         body = (f"### {model}\n\n`{command.replace('MODEL', model)}` on {machine()}: {args.num} samples per cell "
                 f"(seeds 0..{args.num - 1}); digits-FID [95%], and S3 minus each, paired on the same seeds.\n\n"
                 + table(["method"] + [f"NFE {n}" for n in args.nfe_list] + ["one-off cost, s (largest)"], rows)
                 + f"\n\nThe shipped S3 below every learned grid and the best baseline with its paired interval below "
                 f"zero at NFE "
-                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}).{vs_ld3}\n\n"
+                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}).{floor}{vs_ld3}\n\n"
                 f"This run took {res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
         print(body, flush=True)
         if not args.no_write:
