@@ -186,7 +186,7 @@ def _evals(out, folder="evals"):
     return {p.name: json.loads(p.read_text()) for p in sorted((out / folder).glob("*.json"))}
 
 
-def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
+def test_search_job_screens_rescores_and_ships_what_wins(tmp_path, monkeypatch):
     from samplebench.search.run import _initial, _learned, report_table
 
     out = tmp_path / "s"
@@ -238,6 +238,20 @@ def test_search_job_screens_rescores_and_ships_what_wins(tmp_path):
         assert child.steps == parent.steps and child.nfe == parent.nfe == r["nfe"]
         assert child.timesteps[0] == parent.timesteps[0] and child.timesteps != parent.timesteps
     assert sum(1 for k in report["learned_grids"] if k.startswith("refine/")) == 2
+    # each refinement is kept as it ends: a search killed while refining redoes none of the finished ones
+    assert sorted(p.stem for p in (out / "refine").glob("*.json")) == sorted(r["origin"][8:] for r in refined)
+    last = max((out / "stages").glob("*.json"))
+    for r in refined:
+        (out / "evals" / f"{r['id']}.json").unlink()
+    last.unlink(), (out / "refine.json").unlink(), (out / "report.json").unlink()
+
+    def no_refining(*args, **kwargs):
+        raise AssertionError("refined again")
+
+    monkeypatch.setattr("samplebench.learned.ld3.refine_schedule", no_refining)
+    again = run_search(SearchConfig(**{**TINY, "budget": 70, "refine": 1}), out, progress=False)
+    assert sorted(r["id"] for r in _evals(out).values() if r["origin"].startswith("refined/")) == \
+        sorted(r["id"] for r in refined) and again["decisions"] == report["decisions"]
     with pytest.raises(UsageError, match="other settings .*samples"):
         run_search(SearchConfig(**{**TINY, "samples": 32}), out, progress=False)
 

@@ -30,6 +30,8 @@ Files under ``--out``::
     endpoint.npy                the exact-ODE images of the screening seeds
     stages/stage-00003.json     the candidates of a stage, written before any of them is screened
     evals/<id>.json             one screened schedule: both signals, NFE, origin, wall time, network evaluations
+    refine/<id>.json            one time refinement (``--refine``) of searched schedule <id>: the refined schedule
+                                and its cost, written as it ends (refine.json gathers them when all are done)
     rescore/<id>.json, .npy     one re-scored schedule: FID with its interval; its features (for the paired test)
     s3/nfe<k>.json              the shipped schedule per NFE, with report.json and report.md (copy the folder into
                                 a model directory to ship it)
@@ -473,6 +475,8 @@ def _check_state(out: Path) -> None:
             raise damaged(out / "endpoint.npy", describe(e), recompute) from None
     for path in sorted((out / "stages").glob("*.json")) if (out / "stages").is_dir() else ():
         read(path, ("candidates",), redo)
+    for path in sorted((out / "refine").glob("*.json")) if (out / "refine").is_dir() else ():
+        read(path, ("from", "schedule", "network_evaluations", "wall_time_s"), redo)
     for path in sorted((out / "evals").glob("*.json")) if (out / "evals").is_dir() else ():
         read(path, ("id", "nfe", "stage", "score", "schedule", "network_evaluations", "wall_time_s"), redo)
     for path in sorted((out / "rescore").glob("*")) if (out / "rescore").is_dir() else ():
@@ -604,11 +608,20 @@ def _refined(config: SearchConfig, evals: dict, schedules: dict, model, out: Pat
         rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0 and r["score"] is not None),
                       key=lambda r: (r["score"], r["id"]))
         for r in rows[:config.refine]:
-            refined, info = refine_schedule(model, schedules[r["id"]], ld3, pairs=(x_T, target, {}))
+            done = out / "refine" / f"{r['id']}.json"  # a killed search keeps the refinements it finished
+            if done.exists():
+                row = json.loads(done.read_text())
+                refined = SolverSchedule.from_dict(row["schedule"])
+            else:
+                refined, info = refine_schedule(model, schedules[r["id"]], ld3, pairs=(x_T, target, {}))
+                row = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
+                       + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
+                       "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"],
+                       "schedule": refined.to_dict()}
+                done.parent.mkdir(exist_ok=True)
+                atomic_write(done, json.dumps(row, indent=1))
             cid = schedule_id(refined)
-            costs[cid] = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
-                          + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
-                          "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"]}
+            costs[cid] = {k: v for k, v in row.items() if k != "schedule"}
             if cid not in evals:
                 plan.append({"id": cid, "nfe": nfe, "origin": f"refined/{r['id']}", "schedule": refined.to_dict()})
     atomic_write(out / "refine.json", json.dumps(costs, indent=1))
