@@ -2,7 +2,7 @@
 
     python bench/learned_grids.py [--num 5000] [--models digits,digits-gmm,digits-dit,digits-flow]
                                   [--solvers ipndm,unipc-bh2,dpmpp-3m] [--nfes 3,4,5,6] [--out evals/learned-grids]
-                                  [--searched 'S3 quick=searches/quick-{model}' ...]
+                                  [--searched 'S3 quick=searches/quick-{model}' ...] [--stretch]
 
 Per model and NFE, digits-FID with its 95% interval on seeds 0 .. num - 1 (never searched, never used to fit a
 grid) of: each learned grid with the solvers its paper pairs it with (iPNDM for GITS, UniPC and DPM-Solver++ for DMN
@@ -11,10 +11,12 @@ docs/baselines.json, from bench/fid_vs_nfe.py) and S3 (the model's shipped sched
 each, on the shared seeds. Each method's one-off cost is its wall time as recorded when it was made: GITS's
 teacher pass, DMN's optimisation, LD3's teacher and training (per solver and NFE), S3's search (its report), 0 for
 a fixed grid. ``--searched`` adds another search's schedules (its folder's ``s3/``) as a row with its one-off
-cost (``search.run.search_cost_s``), paired against S3 and against the best LD3 grid. Writes the tables and docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
+cost (``search.run.search_cost_s``), paired against S3 and against the best LD3 grid. Writes the tables and
+docs/frontier-MODEL.png: FID against that cost (log scale) at NFE 4 and 5.
 Above NFE 5 each table says how far S3 and the lowest other method are from the floor: the ODE solved near-exactly
 on the same seeds (DPM-Solver++(3M), 100 NFE; paired) on a network model, as many exact samples on digits-gmm.
-Every run is a resumable ``samplebench eval`` job under ``--out``.
+``--stretch`` runs every method again at twice NFE 4 and 5 and tests S3 at k against the lowest of them at 2k,
+paired. Every run is a resumable ``samplebench eval`` job under ``--out``.
 """
 
 from __future__ import annotations
@@ -71,21 +73,21 @@ def _has_ld3(model: str, solver: str, nfe: int) -> bool:
     return any(p is not None and p.is_file() for p in grid_file(load_model(model), f"ld3/{solver}-steps{nfe}.json"))
 
 
-def bench_model(model: str, args, root: Path) -> dict:
-    t0 = time.perf_counter()
+def _cells(model: str, args, root: Path, nfes: tuple[int, ...]) -> tuple[dict, dict, dict]:
+    """FID cells, their eval jobs (``job:solver:nfe``) and one-off costs at ``nfes``: each learned grid with the
+    solvers its paper pairs it with, the best hand-designed baseline and the shipped S3."""
     cells, jobs, costs = {}, {}, {}
-    solvers = args.solvers.split(",")
-    for s in solvers:
+    for s in args.solvers.split(","):
         for g in LEARNED:
-            nfes = tuple(n for n in args.nfe_list if g != "ld3" or _has_ld3(model, s, n))
-            if not nfes:
+            on = tuple(n for n in nfes if g != "ld3" or _has_ld3(model, s, n))
+            if not on:
                 continue
             job = root / model / f"{s}-{g}"
-            for n, r in _eval(job, model=model, solvers=(s,), nfes=nfes, num=args.num, seed=0, time_grid=g).items():
+            for n, r in _eval(job, model=model, solvers=(s,), nfes=on, num=args.num, seed=0, time_grid=g).items():
                 cells[f"{s}+{g}", n], jobs[f"{s}+{g}", n] = r, f"{job}:{s}:{n}"
                 costs[f"{s}+{g}", n] = _cost(model, g, s, n)
     best = baselines(model)
-    for n in args.nfe_list:
+    for n in nfes:
         b = best[n]
         s, g = b["best_registry_solver"], b["best_registry_grid"]
         job = root / model / f"baseline-{s}-{g}-nfe{n}"
@@ -94,9 +96,14 @@ def bench_model(model: str, args, root: Path) -> dict:
             f"{job}:{s}:{n}", 0.0
     report = s3_folder(model) / "report.json"
     rep = json.loads(report.read_text()) if report.exists() else {}
-    for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=args.nfe_list, num=args.num,
-                      seed=0).items():
+    for n, r in _eval(root / model / "s3", model=model, solvers=("s3",), nfes=nfes, num=args.num, seed=0).items():
         cells["s3", n], jobs["s3", n], costs["s3", n] = r, f"{root / model / 's3'}:s3:{n}", search_cost_s(rep)
+    return cells, jobs, costs
+
+
+def bench_model(model: str, args, root: Path) -> dict:
+    t0 = time.perf_counter()
+    cells, jobs, costs = _cells(model, args, root, args.nfe_list)
     extra = {}  # other searches (--searched LABEL=FOLDER): their S3 schedules, cost and paired test against LD3
     for label, pattern in args.searched:
         folder = Path(pattern.format(model=model))
@@ -116,8 +123,23 @@ def bench_model(model: str, args, root: Path) -> dict:
                 extra[label, n] = (ld3, compare_runs(jobs[label, n], jobs[ld3, n])[2], ld3_s)
     paired = {(k, n): compare_runs(jobs["s3", n], jobs[k, n])[2] for (k, n) in jobs if k != "s3"}
     floor = _floor(model, args, root, cells, jobs)
-    return {"cells": cells, "costs": costs, "paired": paired, "vs_ld3": extra, "floor": floor,
+    stretch = _stretch(model, args, root, cells, jobs) if args.stretch else {}
+    return {"cells": cells, "costs": costs, "paired": paired, "vs_ld3": extra, "floor": floor, "stretch": stretch,
             "total_s": time.perf_counter() - t0}
+
+
+def _stretch(model: str, args, root: Path, cells: dict, jobs: dict) -> dict:
+    """The stretch target: S3 at k against the lowest of every method here at 2k (k = 4, 5), paired on the same
+    seeds."""
+    ks = tuple(k for k in (4, 5) if ("s3", k) in cells)
+    if not ks:
+        return {}
+    c2, j2, _ = _cells(model, args, root, tuple(2 * k for k in ks))
+    out = {}
+    for k in ks:
+        best = min((m for (m, n) in c2 if n == 2 * k), key=lambda m: c2[m, 2 * k]["fid"])
+        out[k] = (best, c2[best, 2 * k], compare_runs(jobs["s3", k], j2[best, 2 * k])[2])
+    return out
 
 
 def _floor(model: str, args, root: Path, cells: dict, jobs: dict) -> dict | None:
@@ -187,13 +209,16 @@ def main() -> None:
     p.add_argument("--searched", action="append", default=[], metavar="LABEL=FOLDER",
                    help="another search's folder (samplebench search --out), {model} standing for the model, e.g. "
                         "'S3 quick=searches/quick-{model}': a row with its schedules and its one-off cost")
+    p.add_argument("--stretch", action="store_true",
+                   help="also run every method at twice NFE 4 and 5 and test S3 at k against the lowest at 2k")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     args.searched = [tuple(x.split("=", 1)) for x in args.searched]
     args.nfe_list = tuple(int(n) for n in args.nfes.split(","))
     root = Path(args.out)
     command = (f"python bench/learned_grids.py --num {args.num} --models MODEL --solvers {args.solvers} "
-               f"--nfes {args.nfes}" + "".join(f" --searched '{a}={b}'" for a, b in args.searched))
+               f"--nfes {args.nfes}" + " --stretch" * args.stretch
+               + "".join(f" --searched '{a}={b}'" for a, b in args.searched))
     for model in args.models.split(","):
         res = bench_model(model, args, root)
         res["searched"] = [label for label, _ in args.searched]
@@ -220,7 +245,22 @@ def main() -> None:
                          f"grids its stage 0 starts from) against the best LD3 grid {k} "
                          f"({res['cells'][k, n]['fid']:.3f}, {res['costs'][k, n]:.0f} s for this solver and NFE): "
                          f"{label} - LD3 {_diff(d)}" for (label, n), (k, d, ld3_s) in sorted(res["vs_ld3"].items()))
+        for label in res["searched"]:  # what a whole search costs against training every LD3 grid of the table
+            ns = sorted(n for (k, n) in res["vs_ld3"] if k == label)
+            if ns:
+                every = sum(c for (k, n), c in res["costs"].items() if k.endswith("+ld3") and n in ns)
+                vs_ld3 += (f"\n- {label}, one search for NFE {', '.join(map(str, ns))}: "
+                           f"{res['costs'][label, ns[0]]:.0f} s; "
+                           f"every LD3 grid of the table at those NFEs (each solver's, since the best is known only "
+                           f"once all are trained): {every:.0f} s")
         vs_ld3 = f"\n\nOther searches against the best LD3 grid, paired:{vs_ld3}" if vs_ld3 else ""
+        stretch = "".join(f"\n- S3 at NFE {k} {res['cells']['s3', k]['fid']:.3f} against the lowest at NFE {2 * k}, "
+                          f"{r.get('label', m) if m != 's3' else 'S3'} {fid_cell(r)}: S3 - it {_diff(d)}, "
+                          + ("not shown worse (the interval reaches 0)" if d.low <= 0 else "worse")
+                          for k, (m, r, d) in sorted(res["stretch"].items()))
+        stretch = (f"\n\nStretch target, S3 at k no worse than the best of every method above at 2k (each run "
+                   f"at 2k on the same seeds; LD3 where the model ships its grid at 2k), paired:{stretch}"
+                   if stretch else "")
         fl = res["floor"]
         floor = ("" if fl is None else f"\n\nAbove NFE 5, the distance to the floor ({fl['text']}): "
                  + "; ".join(fl[n] for n in args.nfe_list if n in fl) + ".")
@@ -229,9 +269,9 @@ def main() -> None:
                 f"(seeds 0..{args.num - 1}); digits-FID [95%], and S3 minus each, paired on the same seeds.\n\n"
                 + table(["method"] + [f"NFE {n}" for n in args.nfe_list] + ["one-off cost, s (largest)"], rows)
                 + f"\n\nThe shipped S3 below every learned grid and the best baseline with its paired interval below "
-                f"zero at NFE "
-                f"{', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))}).{floor}{vs_ld3}\n\n"
-                f"This run took {res['total_s'] / 60:.0f} min.\n\n![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
+                f"zero at NFE {', '.join(map(str, below)) or 'none'} (of {', '.join(map(str, args.nfe_list))})."
+                f"{floor}{vs_ld3}{stretch}\n\nThis run took {res['total_s'] / 60:.0f} min.\n\n"
+                f"![cost-quality frontier, {model}]({plot.relative_to(DOC.parent)})")
         print(body, flush=True)
         if not args.no_write:
             _plot(model, res, plot)
