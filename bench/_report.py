@@ -59,6 +59,11 @@ def fid_cell(row: dict, key: str = "fid", digits: int = 3) -> str:
     return f"{v:.{digits}f}" + ("" if lo is None or hi is None else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
 
 
+def diff_cell(d, digits: int = 3) -> str:
+    """A paired difference (``metrics.intervals`` result) with its 95% interval, "+0.012 [-0.030, +0.051]"."""
+    return f"{d.estimate:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+
+
 def fid_panel(ax, xlabel: str, title: str) -> None:
     """The look of every digits-FID plot: log-scale FID, grid, small legend."""
     ax.set_yscale("log")

@@ -34,8 +34,8 @@ from pathlib import Path
 from accelerate import PartialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import (ANALYTIC, DOC, ODE, fid_cell, fid_panel, floor_fid, has_section, machine, table,  # noqa: E402
-                     write_baselines, write_section)
+from _report import (ANALYTIC, DOC, ODE, diff_cell, fid_cell, fid_panel, floor_fid, has_section,  # noqa: E402
+                     machine, table, write_baselines, write_section)
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -164,9 +164,6 @@ def _replication(report: dict | None, final: dict, num: int) -> str:
             f"{b:.3f} here).")
 
 
-def _diff(d) -> str:
-    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -205,7 +202,7 @@ def main() -> None:
             two = "-"
             if n in res["double"] and n <= 5:
                 name, dd = res["double"][n]
-                two = f"{_diff(dd)} ({name})"
+                two = f"{diff_cell(dd)} ({name})"
                 if dd.low > 0:
                     slower.append(n)
                 elif dd.high > 0:
@@ -213,8 +210,8 @@ def main() -> None:
             s3 = cell("s3")
             if n in shipped_baseline:
                 s3 += f" (= {shipped_baseline[n]})"
-            ode = [f"{_diff(res['converged'][n])}"] if res["ode"] is not None else []
-            rows.append([str(n), s3] + [cell(s) for s in BASELINES] + [f"{_diff(d)} ({best[n]})", two] + ode)
+            ode = [f"{diff_cell(res['converged'][n])}"] if res["ode"] is not None else []
+            rows.append([str(n), s3] + [cell(s) for s in BASELINES] + [f"{diff_cell(d)} ({best[n]})", two] + ode)
         cost = ""
         if rep is not None:
             minutes = search_cost_s(rep) / 60

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import (ANALYTIC, DOC, ODE, baselines, fid_cell, fid_panel, floor_fid, has_section,  # noqa: E402
-                     machine, table, write_section)
+from _report import (ANALYTIC, DOC, ODE, baselines, diff_cell, fid_cell, fid_panel, floor_fid,  # noqa: E402
+                     has_section, machine, table, write_section)
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -158,7 +158,7 @@ def _floor(model: str, args, root: Path, cells: dict, jobs: dict) -> dict | None
                      time_grid="logsnr").values()
         out = {"text": f"the ODE solved near-exactly ({ODE[0]} at {ODE[1]} NFE, logSNR grid, the same seeds) "
                        f"{fid_cell(r)}"}
-        dist = lambda k, n: _diff(compare_runs(jobs[k, n], f"{ode}:{ODE[0]}:{ODE[1]}")[2]) + " paired"  # noqa: E731
+        dist = lambda k, n: diff_cell(compare_runs(jobs[k, n], f"{ode}:{ODE[0]}:{ODE[1]}")[2]) + " paired"  # noqa: E731
     for n in above:
         other = min((k for (k, m) in cells if m == n and k != "s3"), key=lambda k: cells[k, n]["fid"])
         out[n] = (f"NFE {n}: S3 {dist('s3', n)}" if ("s3", n) in cells else f"NFE {n}:") + \
@@ -195,9 +195,6 @@ def _plot(model: str, res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _diff(d) -> str:
-    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -232,7 +229,7 @@ def main() -> None:
                 cell = "-" if r is None else fid_cell(r) + (f" ({r['label']})" if "label" in r else "")
                 if k != "s3" and (k, n) in res["paired"]:
                     d = res["paired"][k, n]
-                    cell += f"; S3 - it {_diff(d)}"
+                    cell += f"; S3 - it {diff_cell(d)}"
                     if k not in res["searched"]:  # the shipped S3 against every learned grid and the baseline
                         wins.setdefault(n, []).append(d.high < 0)
                 row.append(cell)
@@ -244,7 +241,7 @@ def main() -> None:
                          f"{res['costs'][label, n]:.0f} s ({res['costs'][label, n] - ld3_s:.0f} s without the LD3 "
                          f"grids its stage 0 starts from) against the best LD3 grid {k} "
                          f"({res['cells'][k, n]['fid']:.3f}, {res['costs'][k, n]:.0f} s for this solver and NFE): "
-                         f"{label} - LD3 {_diff(d)}" for (label, n), (k, d, ld3_s) in sorted(res["vs_ld3"].items()))
+                         f"{label} - LD3 {diff_cell(d)}" for (label, n), (k, d, ld3_s) in sorted(res["vs_ld3"].items()))
         for label in res["searched"]:  # what a whole search costs against training every LD3 grid of the table
             ns = sorted(n for (k, n) in res["vs_ld3"] if k == label)
             if ns:
@@ -255,7 +252,7 @@ def main() -> None:
                            f"once all are trained): {every:.0f} s")
         vs_ld3 = f"\n\nOther searches against the best LD3 grid, paired:{vs_ld3}" if vs_ld3 else ""
         stretch = "".join(f"\n- S3 at NFE {k} {res['cells']['s3', k]['fid']:.3f} against the lowest at NFE {2 * k}, "
-                          f"{r.get('label', m) if m != 's3' else 'S3'} {fid_cell(r)}: S3 - it {_diff(d)}, "
+                          f"{r.get('label', m) if m != 's3' else 'S3'} {fid_cell(r)}: S3 - it {diff_cell(d)}, "
                           + ("not shown worse (the interval reaches 0)" if d.low <= 0 else "worse")
                           for k, (m, r, d) in sorted(res["stretch"].items()))
         stretch = (f"\n\nStretch target, S3 at k no worse than the best of every method above at 2k (each run "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fid_cell, machine, table, write_section  # noqa: E402
+from _report import diff_cell, fid_cell, machine, table, write_section  # noqa: E402
 
 from samplebench.compare import compare_runs  # noqa: E402
 from samplebench.evaluate import EvalConfig, run_eval  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
                 diff = "-"
             else:
                 d = compare_runs(jobs[rho, n], jobs[1.0, n])[2]
-                diff = f"{d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+                diff = diff_cell(d, 4)
             lines.append([str(n), f"{rho:g}", fid_cell(r), diff])
     command = (f"python bench/skip_tuning.py --num {args.num} --rhos {args.rhos} --nfes {args.nfes} "
                f"--solver {args.solver} --out {args.out}")
