@@ -318,3 +318,33 @@ def test_named_learned_grids_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "dmn" / "summary.json").read_text())["grid_times"] == pytest.approx(expected)
     with stored_only(), pytest.raises(UsageError, match="is not computed yet"):
         learned_grid(gmm, get_solver("ddim"), 3, "ld3")
+
+
+def test_a_resumed_eval_job_refuses_a_changed_learned_grid(tmp_path, monkeypatch):
+    """Shards drawn on an LD3 grid are never reused once the grid file changes (recomputed, or shipped anew) under
+    the same options: each cell records its plan's fingerprint (its grid and the network's input times)."""
+    import json
+
+    from samplebench.errors import UsageError
+    from samplebench.evaluate import EvalConfig, run_eval
+    from samplebench.learned import ld3
+
+    config = EvalConfig(model="digits-gmm", solvers=("ipndm", "unipc-bh2"), nfes=(4,), time_grid="ld3", num=20,
+                        metrics=("fid",))
+    first = run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+    assert set(json.loads((tmp_path / "job" / "job.json").read_text())["plans"]) == {"ipndm-nfe4", "unipc-bh2-nfe4"}
+    shipped = ld3.ld3_record
+    for key in ("model_times", "grid"):
+        def changed(model, solver, steps, key=key, **kw):
+            record = shipped(model, solver, steps, **kw)
+            if solver.name != "ipndm":
+                return record
+            times = record[key] if record.get(key) is not None else record["grid"]
+            return {**record, key: [times[0], *(0.99 * t for t in times[1:-1]), times[-1]]}
+
+        monkeypatch.setattr(ld3, "ld3_record", changed)
+        with pytest.raises(UsageError, match="holds samples of solver 'ipndm' at NFE 4 on another time grid"):
+            run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+    monkeypatch.setattr(ld3, "ld3_record", shipped)
+    again = run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+    assert [r["fid"] for r in again] == [r["fid"] for r in first]

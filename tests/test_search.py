@@ -375,8 +375,8 @@ def test_eval_schedule_folder_is_solver_s3_from_that_folder(tmp_path, capsys):
     a, b = (np.load(tmp_path / d / "samples" / "s3-nfe4" / "shard-00000.npz")["images"] for d in "ab")
     assert np.array_equal(a, b)
     job = json.loads((tmp_path / "a" / "job.json").read_text())
-    assert job["settings"]["schedule"] == str(folder) and job["s3_schedules"] == \
-        json.loads((tmp_path / "b" / "job.json").read_text())["s3_schedules"]
+    assert job["settings"]["schedule"] == str(folder) and job["plans"] == \
+        json.loads((tmp_path / "b" / "job.json").read_text())["plans"]
     capsys.readouterr()
     for argv, message in ((["--schedule", str(folder), "--nfe", "5"], "holds no schedule for --nfe 5"),
                           (["--schedule", str(folder), "--solver", "ddim"], "--schedule runs as --solver s3")):
@@ -433,7 +433,7 @@ def test_eval_scores_shipped_s3_schedules(tmp_path):
     by = {r["solver"]: r for r in rows}
     assert by["s3"]["nfe"] == 4 and by["s3"]["time_grid"] == "s3" and by["s3"]["settings"]["schedule"]["steps"]
     assert by["s3"]["fid"] < by["ddim"]["fid"]
-    assert set(json.loads((tmp_path / "job" / "job.json").read_text())["s3_schedules"]) == {"4"}
+    assert set(json.loads((tmp_path / "job" / "job.json").read_text())["plans"]) == {"s3-nfe4", "ddim-nfe4"}
 
 
 def test_a_resumed_s3_job_refuses_a_changed_shipped_schedule(tmp_path, monkeypatch):
@@ -443,15 +443,24 @@ def test_a_resumed_s3_job_refuses_a_changed_shipped_schedule(tmp_path, monkeypat
     from samplebench.evaluate import EvalConfig, run_eval
     from samplebench.usf import known_schedule
 
-    config = EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(4,), num=20, metrics=("fid",))
-    run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+    def config():  # as each run of the command builds it, reading the schedule of the day
+        return EvalConfig(model="digits-gmm", solvers=("s3",), nfes=(4,), num=20, metrics=("fid",))
+
+    run_eval(config(), tmp_path / "job", db=tmp_path / "runs.db", progress=False)
     shipped = samplebench.plan.load_schedule
     other = known_schedule("ddim", shipped("digits-gmm", "s3", 4, None).timesteps)
     monkeypatch.setattr(samplebench.plan, "load_schedule", lambda *a: other)
     with pytest.raises(UsageError, match="another S3 schedule for model 'digits-gmm' at NFE 4"):
-        run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)
+        run_eval(config(), tmp_path / "job", db=tmp_path / "runs.db", progress=False)
     monkeypatch.setattr(samplebench.plan, "load_schedule", shipped)
-    assert run_eval(config, tmp_path / "job", db=tmp_path / "runs.db", progress=False)[0]["nfe"] == 4
+    assert run_eval(config(), tmp_path / "job", db=tmp_path / "runs.db", progress=False)[0]["nfe"] == 4
+    # a job written before plan fingerprints held its S3 schedules' own: still checked
+    manifest = tmp_path / "job" / "job.json"
+    job = json.loads(manifest.read_text())
+    del job["plans"]
+    manifest.write_text(json.dumps({**job, "s3_schedules": {"4": "0" * 24}}))
+    with pytest.raises(UsageError, match="another S3 schedule for model 'digits-gmm' at NFE 4"):
+        run_eval(config(), tmp_path / "job", db=tmp_path / "runs.db", progress=False)
 
 
 def test_budget_levels():

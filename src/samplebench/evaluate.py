@@ -287,15 +287,12 @@ def _stored_rows(job: _Job, ref_sha256: str, resamples: int) -> dict[str, dict[s
     return found
 
 
-def s3_fingerprints(config: EvalConfig) -> dict[str, str]:
-    """Per NFE, the SHA-256 of the S3 schedule a job with solver ``s3`` samples with: ``--solver s3`` names the
-    model's schedule of the day (or a ``--schedule`` file's), so a resumed job checks that it is still the one its
-    shards hold."""
-    from .plan import S3, load_schedule
-
-    if S3 not in config.solvers:
-        return {}
-    return {str(n): _key(load_schedule(config.model, S3, n, config.schedule).to_dict()) for n in config.nfes}
+def plan_fingerprints(job: _Job) -> dict[str, str]:
+    """Per cell (``<solver>-nfe<k>``, as its samples folder), the fingerprint of its plan (``loop.Plan.fingerprint``):
+    a learned grid or an S3 schedule (``--solver s3`` names the model's schedule of the day) is read from a file, so a
+    resumed job checks that each cell's shards were drawn with what it would draw them with now."""
+    c = job.config
+    return {f"{s}-nfe{n}": job.plan(s, n).fingerprint() for s in c.solvers for n in c.nfes}
 
 
 GROWS = ("num", "solvers", "nfes")  # settings a job may change when run again: it grows (or is scored in part)
@@ -306,9 +303,10 @@ def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
     return {**settings, "ref": settings.get("ref") or DEFAULT_REFS.get(settings.get("model"))}
 
 
-def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
+def _read_manifest(out: Path, config: EvalConfig, plans: dict[str, str]) -> dict[str, Any] | None:
     """The job's ``job.json``, checked against ``config`` without writing anything: a setting other than
-    ``GROWS`` that differs is refused, naming it; None for a new job."""
+    ``GROWS`` that differs is refused, naming it, and so is a cell whose plan fingerprint (``plans``) differs from
+    the one its shards were drawn with; None for a new job."""
     manifest = out / "job.json"
     if not manifest.exists():
         return None
@@ -326,26 +324,32 @@ def _read_manifest(out: Path, config: EvalConfig) -> dict[str, Any] | None:
         raise UsageError(f"--out {str(out)!r} holds a job with {k}={held.get(k)!r}, not {settings.get(k)!r}; "
                          "use another --out, or the same settings to resume it (a job may change only --num, --solver "
                          "and --nfe)")
-    schedules = s3_fingerprints(config)
-    changed = [n for n, h in (job.get("s3_schedules") or {}).items() if schedules.get(n) not in (None, h)]
+    from .plan import S3, load_schedule
+
+    changed = [cell for cell, h in (job.get("plans") or {}).items() if plans.get(cell) not in (None, h)]
+    if S3 in config.solvers:  # a job written before plan fingerprints holds its S3 schedules' own
+        changed += [f"{S3}-nfe{n}" for n, h in (job.get("s3_schedules") or {}).items() if int(n) in config.nfes and
+                    _key(load_schedule(config.model, S3, int(n), config.schedule).to_dict()) != h]
     if changed:
-        raise UsageError(f"--out {str(out)!r} holds samples of another S3 schedule for model {config.model!r} "
-                         f"at NFE {changed[0]} (the {'--schedule file' if config.schedule else 'shipped one'} has "
-                         "changed since); use another --out or remove that folder")
+        solver, nfe = changed[0].rsplit("-nfe", 1)
+        what = (f"another S3 schedule for model {config.model!r} at NFE {nfe} (the "
+                f"{'--schedule file' if config.schedule else 'shipped one'} has changed since)" if solver == S3 else
+                f"solver {solver!r} at NFE {nfe} on another time grid (its {config.time_grid or 'default'} grid has "
+                "changed since: a learned grid recomputed or shipped anew)")
+        raise UsageError(f"--out {str(out)!r} holds samples of {what}; use another --out or remove that folder")
     return job
 
 
-def _write_manifest(out: Path, config: EvalConfig, job: dict[str, Any] | None) -> None:
+def _write_manifest(out: Path, config: EvalConfig, job: dict[str, Any] | None, plans: dict[str, str]) -> None:
     """Record the job's settings (``num``: the most samples it has been asked for; ``solvers`` and ``nfes``: every
-    one asked for) and S3 fingerprints."""
+    one asked for) and each cell's plan fingerprint."""
     settings = config.settings()
     if job is not None:  # the most samples asked for, and every cell ever asked for
         settings["num"] = max(int(job["settings"].get("num") or 0), config.num)
         for key in ("solvers", "nfes"):
             settings[key] = list(dict.fromkeys([*(job["settings"].get(key) or []), *settings[key]]))
-    schedules = {**((job or {}).get("s3_schedules") or {}), **s3_fingerprints(config)}
     record = {"settings": settings, "version": (job or {}).get("version", __version__),
-              **({"s3_schedules": schedules} if schedules else {})}
+              "plans": {**((job or {}).get("plans") or {}), **plans}}
     if record != job:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "job.json", json.dumps(record, indent=2))
@@ -492,9 +496,10 @@ def run_eval(config: EvalConfig, out: str | Path, *, device: str | None = None, 
         for n in c.nfes:
             job.plan(s, n)
     if state.is_main_process:
-        manifest = _read_manifest(out, c)  # another job's folder is refused before anything is read as damaged
+        plans = plan_fingerprints(job)
+        manifest = _read_manifest(out, c, plans)  # another job's folder is refused before anything is read as damaged
         _check_shards(job)  # a damaged file is named before anything is written
-        _write_manifest(out, c, manifest)
+        _write_manifest(out, c, manifest, plans)
         for stale in out.rglob(".*.tmp"):  # a write cut short by a kill; its shard is redone below
             stale.unlink()
     state.wait_for_everyone()

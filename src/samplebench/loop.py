@@ -98,6 +98,19 @@ class Plan:
         return Conditioning(model.class_labels(seeds, self.class_label), self.prompt, self.negative_prompt,
                             self.guidance_scale)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what the plan samples with beyond its options: each stage's model, solver, time grid and network
+        input times, the USF schedule and the Skip-Tuning coefficients. A learned grid or a shipped schedule is read
+        from a file that may change under the same options, so a resumed job compares this with its shards'."""
+        import hashlib
+        import json
+
+        stages = [[str(s.model.name), s.solver.name, [float(t) for t in s.grid], s.solver.input_times, s.resolution]
+                  for s in self.stages]
+        parts = [stages, None if self.schedule is None else self.schedule.to_dict(), self.skips, self.t_start,
+                 self.condition_noise]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
     def check(self) -> Plan:
         """Clear one-line errors before any sampling: conditioning and compute skipping against the model."""
         self.model.check_conditioning(self.base_conditioning(self.model, [0]))

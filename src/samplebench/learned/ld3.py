@@ -116,7 +116,7 @@ def time_mapped(spec, times: torch.Tensor, model_times: list[float]):
     def fn(denoiser, x, grid, **options):
         return spec.fn(_TimeMapped(denoiser, times, mt), x, grid, **options)
 
-    return replace(spec, fn=fn)
+    return replace(spec, fn=fn, input_times=tuple(float(t) for t in model_times))
 
 
 def student(denoiser, x: torch.Tensor, times: torch.Tensor, solver,

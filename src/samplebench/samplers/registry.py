@@ -50,6 +50,9 @@ class SolverSpec:
     # Whether a grid may start at pure noise (alpha = 0, a flow path's t = 1): exponential integrators in lambda take
     # lambda = -inf as its limit; samplers in rho = sigma / alpha (and UniPC-bh1's B(h) = h) are undefined there.
     from_pure_noise: bool = True
+    # The network's input times at the grid's times, where they differ from them (LD3's decoupled times); None: the
+    # grid's own.
+    input_times: tuple[float, ...] | None = None
 
     def check_start(self, schedule, grid: torch.Tensor) -> None:
         """A ``UsageError`` when ``grid`` starts at pure noise and this sampler is undefined there."""
