@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,6 +322,31 @@ def test_a_killed_search_resumes_to_the_same_result(tmp_path):
         assert ((tmp_path / "whole" / "s3" / f"nfe{nfe}.json").read_text()
                 == (tmp_path / "cut" / "s3" / f"nfe{nfe}.json").read_text())
     assert not list((tmp_path / "cut").rglob("*.tmp"))
+
+
+def test_two_processes_search_refine_and_rescore_as_one(tmp_path):
+    """Under ``accelerate launch`` each stage's candidates, the time refinements and the re-scoring are dealt
+    round-robin to the processes; the search screens, refines and ships exactly what one process does."""
+    args = ["-m", "samplebench", "search", "--model", "gaussian", "--nfe", "3,4", "--budget", "70", "--samples", "64",
+            "--batch-size", "32", "--per-stage", "3", "--pool", "24", "--rescore", "96", "--finalists", "2",
+            "--baselines", "2", "--refine", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    r = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                        "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args,
+                        "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for folder in ("evals", "refine", "rescore"):
+        one, two = _evals(tmp_path / "one", folder), _evals(tmp_path / "two", folder)
+        assert set(one) == set(two) and one
+        for k in one:
+            assert {a: v for a, v in one[k].items() if a not in ("process", "wall_time_s", "eval_time_s")} == \
+                {a: v for a, v in two[k].items() if a not in ("process", "wall_time_s", "eval_time_s")}, k
+    refine = _evals(tmp_path / "two", "refine")
+    assert len(refine) == 4 and sorted(r["process"] for r in refine.values()) == [0, 0, 1, 1]
+    for nfe in (3, 4):
+        assert ((tmp_path / "one" / "s3" / f"nfe{nfe}.json").read_text()
+                == (tmp_path / "two" / "s3" / f"nfe{nfe}.json").read_text())
 
 
 def test_search_cli_errors(capsys, tmp_path):

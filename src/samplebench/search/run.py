@@ -38,8 +38,8 @@ Files under ``--out``::
     report.json                 the decisions, rank correlations, evaluations, network evaluations and time
 
 Every file is written whole (temporary file, then rename); a killed search resumes at the first unevaluated
-candidate and continues exactly as an uninterrupted one. Under ``accelerate launch`` the candidates of a stage and
-of the re-scoring are dealt round-robin to the processes.
+candidate and continues exactly as an uninterrupted one. Under ``accelerate launch`` the candidates of a stage, the
+time refinements and the re-scoring are dealt round-robin to the processes.
 """
 
 from __future__ import annotations
@@ -386,6 +386,14 @@ def run_search(config: SearchConfig, out: str | Path, *, device: str | None = No
             if plan:
                 atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
         state.wait_for_everyone()
+        if not path.exists() and _refine_due(config, evals):  # the last stage: every process refines its share
+            _refine(config, evals, ev.model, out, state.process_index, state.num_processes)
+            state.wait_for_everyone()
+            if state.is_main_process:
+                plan = _refined(config, evals, out)
+                if plan:
+                    atomic_write(path, json.dumps({"stage": stage, "candidates": plan}, indent=1))
+            state.wait_for_everyone()
         if not path.exists():
             break
         candidates = json.loads(path.read_text())["candidates"]
@@ -579,51 +587,67 @@ def _plan(config: SearchConfig, stage: int, evals: dict, space: Space, model, ou
             seen.add(schedule_id(s))
             plan.append({"id": schedule_id(s), "nfe": nfe, "origin": f"stage{stage}/{origin}",
                          "predicted": None if scores is None else float(scores[i]), "schedule": s.to_dict()})
-    if not plan and config.refine and out is not None and not any(
-            r["origin"].startswith("refined/") for r in evals.values()):
-        plan = _refined(config, evals, schedules, model, out)
     return plan
 
 
 REFINE_PAIRS = 50  # screening seeds whose exact-ODE images train the refinement (as many more validate it)
 
 
-def _refined(config: SearchConfig, evals: dict, schedules: dict, model, out: Path) -> list:
-    """The last stage: per NFE the best ``refine`` searched schedules with their times refined by LD3's objective
+def _refine_due(config: SearchConfig, evals: dict) -> bool:
+    """Whether the screening stages are over and the refined stage is still to come (``--refine``)."""
+    return bool(config.refine) and not any(r["origin"].startswith("refined/") for r in evals.values())
+
+
+def _to_refine(config: SearchConfig, evals: dict) -> list[dict]:
+    """Per NFE, the best ``refine`` searched schedules by screening score (every process ranks the same)."""
+    out = []
+    for nfe in config.nfes:
+        rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0 and r["score"] is not None),
+                      key=lambda r: (r["score"], r["id"]))
+        out += rows[:config.refine]
+    return out
+
+
+def _refine(config: SearchConfig, evals: dict, model, out: Path, process: int = 0, processes: int = 1) -> None:
+    """Refine this process's share (round-robin) of ``_to_refine``: each schedule's times by LD3's objective
     (``learned.ld3.refine_schedule``: decisions frozen, times learned against the exact-ODE images of the first
-    screening seeds); the refinement's network evaluations are charged to the search (``refine.json``)."""
+    screening seeds), kept in ``refine/<id>.json`` as it ends, so a killed search redoes none it finished."""
     import torch
 
     from ..learned.ld3 import LD3Config, refine_schedule
     from ..noise import SampleGenerators
 
+    todo = [r for j, r in enumerate(_to_refine(config, evals)) if j % processes == process
+            and not (out / "refine" / f"{r['id']}.json").exists()]
+    if not todo:
+        return
     n = min(REFINE_PAIRS, config.samples // 2)
     seeds = list(range(config.seed, config.seed + 2 * n))
     x_T = SampleGenerators(seeds).randn(model.sample_shape, dtype=torch.float64) * model.schedule.prior_std()
     target = torch.from_numpy(np.load(out / "endpoint.npy")[:2 * n]).double()
     ld3 = LD3Config(train=n, valid=n, rounds_times=7, rounds_input_times=0, seed=config.seed,
                     mode="time" if model.latent else "lambda")
+    for r in todo:
+        refined, info = refine_schedule(model, SolverSchedule.from_dict(r["schedule"]), ld3, pairs=(x_T, target, {}))
+        row = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
+               + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
+               "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"],
+               "schedule": refined.to_dict(), "process": process}
+        (out / "refine").mkdir(exist_ok=True)
+        atomic_write(out / "refine" / f"{r['id']}.json", json.dumps(row, indent=1))
+
+
+def _refined(config: SearchConfig, evals: dict, out: Path) -> list:
+    """The last stage's candidates: the refined schedules (``_refine``) not screened yet; their network evaluations
+    and time are charged to the search (``refine.json``)."""
     plan, costs = [], {}
-    for nfe in config.nfes:
-        rows = sorted((r for r in evals.values() if r["nfe"] == nfe and r["stage"] > 0 and r["score"] is not None),
-                      key=lambda r: (r["score"], r["id"]))
-        for r in rows[:config.refine]:
-            done = out / "refine" / f"{r['id']}.json"  # a killed search keeps the refinements it finished
-            if done.exists():
-                row = json.loads(done.read_text())
-                refined = SolverSchedule.from_dict(row["schedule"])
-            else:
-                refined, info = refine_schedule(model, schedules[r["id"]], ld3, pairs=(x_T, target, {}))
-                row = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
-                       + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
-                       "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"],
-                       "schedule": refined.to_dict()}
-                done.parent.mkdir(exist_ok=True)
-                atomic_write(done, json.dumps(row, indent=1))
-            cid = schedule_id(refined)
-            costs[cid] = {k: v for k, v in row.items() if k != "schedule"}
-            if cid not in evals:
-                plan.append({"id": cid, "nfe": nfe, "origin": f"refined/{r['id']}", "schedule": refined.to_dict()})
+    for r in _to_refine(config, evals):
+        row = json.loads((out / "refine" / f"{r['id']}.json").read_text())
+        refined = SolverSchedule.from_dict(row["schedule"])
+        cid = schedule_id(refined)
+        costs[cid] = {k: v for k, v in row.items() if k not in ("schedule", "process")}
+        if cid not in evals:
+            plan.append({"id": cid, "nfe": r["nfe"], "origin": f"refined/{r['id']}", "schedule": refined.to_dict()})
     atomic_write(out / "refine.json", json.dumps(costs, indent=1))
     return plan
 
