@@ -490,10 +490,12 @@ def test_a_resumed_s3_job_refuses_a_changed_shipped_schedule(tmp_path, monkeypat
 
 
 def test_budget_levels():
-    """quick: about 60 screenings per NFE on 64 images, 1,000-image re-scoring; full: as the shipped searches; what is
-    given explicitly wins."""
+    """quick: about 60 screenings per NFE on 64 images, the times of the best 2 refined, 1,000-image re-scoring;
+    full: the defaults; what is given explicitly wins."""
     quick = SearchConfig.at_level("quick", model="gaussian", nfes=(3, 4, 5, 6))
-    assert (quick.budget, quick.samples, quick.rescore, quick.finalists, quick.baselines) == (240, 64, 1000, 2, 2)
+    assert (quick.budget, quick.samples, quick.rescore, quick.finalists, quick.baselines, quick.refine) == \
+        (240, 64, 1000, 2, 2, 2)
+    assert SearchConfig.at_level("quick", model="gaussian", refine=0).refine == 0
     full = SearchConfig.at_level("full", model="gaussian")
     assert full == SearchConfig(model="gaussian")  # the defaults: 800 screenings over NFE 3-10
     assert SearchConfig.at_level("quick", model="gaussian", nfes=(4,), samples=128).samples == 128

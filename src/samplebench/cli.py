@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default=DEFAULT_MODEL_NAME)
     se.add_argument("--nfe", type=_csv(int), default=(3, 4, 5, 6, 7, 8, 9, 10), help="comma-separated target NFEs")
     se.add_argument("--budget", default="full", help="screening evaluations in all, split evenly over the NFEs, or a "
-                    "level: quick (64-sample screenings, about 60 per NFE: stage 0 and a few bred; 1,000-sample "
-                    "re-scoring) or full (the default: 100 per NFE, 500-sample screenings, 5,000-sample re-scoring)")
+                    "level: quick (64-sample screenings, about 60 per NFE: stage 0 and a few bred; the times of the best 2 "
+                    "refined; 1,000-sample re-scoring) or full (the default: 100 per NFE, 500-sample screenings, 5,000-sample re-scoring)")
     se.add_argument("--samples", type=_int, default=None, help="images per screening evaluation (default: the level's)")
     se.add_argument("--seed", type=_int, default=500_000, help="image i of every screening uses seed + i")
     se.add_argument("--signal", default="endpoint", help="screening signal that ranks candidates: endpoint (RMS "
@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--per-stage", type=_int, default=4, help="real evaluations per NFE and stage")
     se.add_argument("--pool", type=_int, default=None, help="bred candidates per NFE and stage, ranked by the predictor")
     se.add_argument("--no-predictor", action="store_true", help="plain evolutionary search (no predictor)")
-    se.add_argument("--refine", type=_int, default=0, help="best searched schedules per NFE whose times are refined "
-                    "by gradient on LD3's objective (decisions kept), screened as a last stage (default 0: none)")
+    se.add_argument("--refine", type=_int, default=None, help="best searched schedules per NFE whose times are "
+                    "refined by gradient on LD3's objective (decisions kept), screened as a last stage (default: the "
+                    "level's, 2 for quick; 0, none, for full or a number of screenings)")
     se.add_argument("--search-seed", type=_int, default=0)
     se.add_argument("--batch-size", type=_int, default=250)
     se.add_argument("--out", required=True, help="search folder (resumed if present); best schedules in OUT/s3")
@@ -433,13 +434,13 @@ def _search(args: argparse.Namespace) -> int:
     from .search.run import SearchConfig, report_table, run_search
 
     check_out_dir(args.out)
-    given = {k: v for k in ("samples", "rescore", "finalists", "baselines", "pool")
+    given = {k: v for k in ("samples", "rescore", "finalists", "baselines", "pool", "refine")
              if (v := getattr(args, k)) is not None}
     config = SearchConfig.at_level(args.budget, model=args.model, nfes=args.nfe, seed=args.seed,
                                    features=args.features, mode=args.mode, ref=args.ref, batch_size=args.batch_size,
                                    per_stage=args.per_stage, predictor=not args.no_predictor, signal=args.signal,
                                    rescore_seed=args.rescore_seed, search_seed=args.search_seed, dtype=args.dtype,
-                                   refine=args.refine, **given)
+                                   **given)
     report = run_search(config, args.out, device=args.device, progress=not args.quiet,
                         inception_weights=args.inception_weights)
     print(report_table(report))

@@ -76,7 +76,8 @@ ENDPOINT_SOLVER, ENDPOINT_NFE = "unipc-bh2", 100  # the exact-ODE reference of t
 # quick: stage 0 (every expressible solver on every fixed and learned grid, about 45-50 per NFE) and about 10 bred
 # per NFE, screened on 64 images and re-scored on 1,000 (intervals about twice as wide: a searched schedule ships
 # less often); full: as the shipped searches
-LEVELS = {"quick": {"per_nfe": 60, "samples": 64, "rescore": 1000, "finalists": 2, "baselines": 2, "pool": 64},
+LEVELS = {"quick": {"per_nfe": 60, "samples": 64, "rescore": 1000, "finalists": 2, "baselines": 2, "pool": 64,
+                    "refine": 2},
           "full": {"per_nfe": 100, "samples": 500, "rescore": 5000, "finalists": 4, "baselines": 3, "pool": 128}}
 
 
