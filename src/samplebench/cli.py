@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--nfe", type=_csv(int), default=(3, 4, 5, 6, 7, 8, 9, 10), help="comma-separated target NFEs")
     se.add_argument("--budget", default="full", help="screening evaluations in all, split evenly over the NFEs, or a "
                     "level: quick (64-sample screenings, about 60 per NFE: stage 0 and a few bred; the times of the best 2 "
-                    "refined; 1,000-sample re-scoring) or full (the default: 100 per NFE, 500-sample screenings, 5,000-sample re-scoring)")
+                    "refined; 1,000-sample re-scoring) or full (the default: 100 per NFE, 500-sample screenings, "
+                    "5,000-sample re-scoring)")
     se.add_argument("--samples", type=_int, default=None, help="images per screening evaluation (default: the level's)")
     se.add_argument("--seed", type=_int, default=500_000, help="image i of every screening uses seed + i")
     se.add_argument("--signal", default="endpoint", help="screening signal that ranks candidates: endpoint (RMS "
