@@ -628,13 +628,13 @@ def _refine(config: SearchConfig, evals: dict, model, out: Path, process: int = 
     target = torch.from_numpy(np.load(out / "endpoint.npy")[:2 * n]).double()
     ld3 = LD3Config(train=n, valid=n, rounds_times=7, rounds_input_times=0, seed=config.seed,
                     mode="time" if model.latent else "lambda")
+    (out / "refine").mkdir(exist_ok=True)
     for r in todo:
         refined, info = refine_schedule(model, SolverSchedule.from_dict(r["schedule"]), ld3, pairs=(x_T, target, {}))
         row = {"from": r["id"], "network_evaluations": info["network_evaluations_forward"]
                + info["network_evaluations_backward"], "wall_time_s": info["wall_time_s"],
                "valid_loss_init": info["valid_loss_init"], "valid_loss": info["valid_loss"],
                "schedule": refined.to_dict(), "process": process}
-        (out / "refine").mkdir(exist_ok=True)
         atomic_write(out / "refine" / f"{r['id']}.json", json.dumps(row, indent=1))
 
 
